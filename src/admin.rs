@@ -1,0 +1,94 @@
+//! The admin listener: liveness, readiness tied to the tokens, Prometheus metrics.
+
+use crate::body::{full, ResponseBody};
+use crate::metrics::TenantLabel;
+use crate::proxy::Proxy;
+use crate::token::Phase;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// Answers one admin request.
+pub async fn handle(proxy: Arc<Proxy>, request: Request<Incoming>) -> Response<ResponseBody> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    match request.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => readiness(&proxy),
+        "/metrics" => {
+            update_token_gauges(&proxy);
+            let mut response = Response::new(full(proxy.metrics().encode()));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+            response
+        }
+        _ => text(StatusCode::NOT_FOUND, "admin endpoints: /healthz /readyz /metrics\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// 200 when not draining and every routable tenant holds a token valid at least
+/// `admin.ready_min_ttl`; the body names each tenant's state either way.
+fn readiness(proxy: &Proxy) -> Response<ResponseBody> {
+    let runtime = proxy.runtime();
+    let min_ttl = runtime.config.admin.ready_min_ttl;
+    let now = Instant::now();
+    let draining = proxy.is_draining();
+    let mut ready = !draining;
+    let mut tenants = serde_json::Map::new();
+    for tenant in runtime.routable_tenants() {
+        let state = tenant.tokens.state();
+        let expires_in = state
+            .token
+            .as_ref()
+            .map(|t| t.expires_at.saturating_duration_since(now).as_secs_f64());
+        let fresh_enough = expires_in.is_some_and(|s| s >= min_ttl.as_secs_f64());
+        ready &= fresh_enough;
+        let label = match (&state.phase, fresh_enough) {
+            (Phase::Failing { reason, .. }, _) => format!("failing: {reason}"),
+            (_, true) => "ok".to_string(),
+            (Phase::Fetching, false) => "fetching".to_string(),
+            (Phase::Idle, false) => "expiring".to_string(),
+        };
+        tenants.insert(
+            tenant.name().to_string(),
+            json!({ "state": label, "expires_in_s": expires_in.map(|s| s.floor()) }),
+        );
+    }
+    let body = json!({ "ready": ready, "draining": draining, "tenants": tenants });
+    let mut response = Response::new(full(format!("{body}\n")));
+    *response.status_mut() = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn update_token_gauges(proxy: &Proxy) {
+    let runtime = proxy.runtime();
+    let now = Instant::now();
+    for tenant in runtime.tenants.values() {
+        let remaining = match tenant.tokens.state().token {
+            Some(t) if t.expires_at > now => (t.expires_at - now).as_secs_f64(),
+            Some(t) => -(now - t.expires_at).as_secs_f64(),
+            None => -1.0,
+        };
+        proxy
+            .metrics()
+            .token_expires_in
+            .get_or_create(&TenantLabel { tenant: tenant.name().to_string() })
+            .set(remaining);
+    }
+}

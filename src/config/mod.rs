@@ -1,0 +1,283 @@
+//! Configuration: the `config` crate layers the TOML file and `ZUORA_PROXY__*` environment
+//! variables into [`raw::RawConfig`]; [`Config::try_from`] validates that into typed settings,
+//! reporting every bad key by its full name.
+
+pub mod raw;
+mod validate;
+
+use crate::routes::{Route, Rule};
+use crate::token::secret::SecretSource;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use url::Url;
+
+pub use raw::RawConfig;
+
+/// Prefix of environment variables that override file keys (`ZUORA_PROXY__SERVER__LISTEN`).
+pub const ENV_PREFIX: &str = "ZUORA_PROXY";
+/// Environment variable naming the configuration file.
+pub const CONFIG_PATH_ENV: &str = "ZUORA_PROXY_CONFIG";
+/// Configuration file used when neither `--config` nor `ZUORA_PROXY_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/zuora-auth-proxy.toml";
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 20;
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
+pub const DEFAULT_READY_MIN_TTL_SECS: u64 = 60;
+/// Zuora's own guidance refreshes about five minutes early.
+pub const DEFAULT_REFRESH_MARGIN_SECS: u64 = 300;
+pub const DEFAULT_TOKEN_WAIT_SECS: u64 = 5;
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub log: LogSettings,
+    pub admin: AdminSettings,
+    pub tenants: BTreeMap<String, Arc<TenantSettings>>,
+    pub routes: Vec<Arc<Route>>,
+    pub rules: Vec<Arc<Rule>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub request_timeout: Duration,
+    pub max_body_bytes: u64,
+    pub shutdown_grace: Duration,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// `None` when the admin listener is disabled.
+    pub listen: Option<SocketAddr>,
+    pub ready_min_ttl: Duration,
+}
+
+/// One Zuora tenant: where it lives and the OAuth client that speaks for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantSettings {
+    pub name: String,
+    pub base_url: Url,
+    pub token_url: Url,
+    pub client_id: String,
+    pub client_secret: SecretSource,
+    pub ca_file: Option<PathBuf>,
+    pub refresh_margin: Duration,
+    pub token_wait: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// One problem found in the configuration, named by its full key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found, so an operator fixes them all in one pass.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.issues.len();
+        write!(f, "{n} configuration problem{}", if n == 1 { "" } else { "s" })?;
+        for issue in &self.issues {
+            write!(f, "\n  {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn single(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            issues: vec![ConfigIssue {
+                key: key.into(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`, applies `ZUORA_PROXY__*` overrides from the process environment, validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (tests never touch the real one).
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let raw = RawConfig::load(path, env)?;
+        Config::try_from(raw)
+    }
+
+    /// Parses and validates TOML text with no environment overrides.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let source = config::File::from_str(text, config::FileFormat::Toml);
+        Config::try_from(RawConfig::from_source(source, std::iter::empty())?)
+    }
+}
+
+impl RawConfig {
+    /// Layers the file and the environment into the raw structure. Unknown keys are errors.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<RawConfig, ConfigError> {
+        if !path.is_file() {
+            return Err(ConfigError::single(
+                path.display().to_string(),
+                "configuration file not found",
+            ));
+        }
+        let source = config::File::from(path).format(config::FileFormat::Toml);
+        Self::from_source(source, env)
+    }
+
+    fn from_source<S>(
+        file: S,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<RawConfig, ConfigError>
+    where
+        S: config::Source + Send + Sync + 'static,
+    {
+        let prefix = format!("{ENV_PREFIX}__");
+        let env: HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .collect();
+        let layered = config::Config::builder()
+            .add_source(file)
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(env)),
+            )
+            .build()
+            .map_err(|e| ConfigError::single("(file)", e.to_string()))?;
+        let mut unknown = Vec::new();
+        let raw: RawConfig = serde_ignored::deserialize(layered, |path| {
+            unknown.push(validate::key_of(&path));
+        })
+        .map_err(|e| ConfigError::single("(file)", e.to_string()))?;
+        if unknown.is_empty() {
+            Ok(raw)
+        } else {
+            Err(ConfigError {
+                issues: unknown
+                    .into_iter()
+                    .map(|key| ConfigIssue {
+                        key,
+                        message: "unknown key".into(),
+                    })
+                    .collect(),
+            })
+        }
+    }
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Config, ConfigError> {
+        validate::validate(raw)
+    }
+}
+
+impl Config {
+    /// The effective configuration as JSON, secrets redacted, for `check-config`.
+    pub fn to_redacted_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let secs = |d: Duration| format!("{}s", d.as_secs_f64());
+        let tenants: serde_json::Map<String, serde_json::Value> = self
+            .tenants
+            .iter()
+            .map(|(name, t)| {
+                (
+                    name.clone(),
+                    json!({
+                        "base_url": t.base_url.as_str(),
+                        "token_url": t.token_url.as_str(),
+                        "client_id": t.client_id,
+                        "client_secret": t.client_secret.to_string(),
+                        "ca_file": t.ca_file.as_ref().map(|p| p.display().to_string()),
+                        "refresh_margin": secs(t.refresh_margin),
+                        "token_wait": secs(t.token_wait),
+                        "connect_timeout": secs(t.connect_timeout),
+                    }),
+                )
+            })
+            .collect();
+        json!({
+            "server": {
+                "listen": self.server.listen.to_string(),
+                "request_timeout": secs(self.server.request_timeout),
+                "max_body_bytes": self.server.max_body_bytes,
+                "shutdown_grace": secs(self.server.shutdown_grace),
+                "header_read_timeout": secs(self.server.header_read_timeout),
+                "max_header_bytes": self.server.max_header_bytes,
+            },
+            "log": {
+                "format": match self.log.format { LogFormat::Json => "json", LogFormat::Text => "text" },
+                "level": self.log.level,
+            },
+            "admin": {
+                "listen": self.admin.listen.map(|a| a.to_string()).unwrap_or_default(),
+                "ready_min_ttl": secs(self.admin.ready_min_ttl),
+            },
+            "tenants": tenants,
+            "routes": self.routes.iter().map(|r| json!({
+                "name": r.name,
+                "method": r.method.as_str(),
+                "path": r.template.to_string(),
+            })).collect::<Vec<_>>(),
+            "rules": self.rules.iter().map(|r| json!({
+                "name": r.name,
+                "routes": r.routes,
+                "when_headers": r.when_headers.iter().map(|(k, v)| (k.as_str().to_string(), v.clone())).collect::<BTreeMap<_, _>>(),
+                "tenant": r.tenant,
+                "entity_ids": r.entity_ids,
+                "org_ids": r.org_ids,
+                "track_id_prefix": r.track_id_prefix,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}

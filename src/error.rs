@@ -1,0 +1,127 @@
+//! Every answer the proxy makes itself: one enum of refusals and failures, mapped to a status,
+//! a stable code and a JSON body in exactly one place.
+
+use crate::body::ResponseBody;
+use crate::headers::{PROXY_ERROR, ZUORA_TRACK_ID};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Response, StatusCode};
+use http_body_util::{Either, Full};
+
+/// Why the proxy answered instead of Zuora.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no allowed route matches this path")]
+    RouteNotFound,
+    #[error("this path is allowed only with another method")]
+    MethodNotAllowed { allow: Vec<Method> },
+    #[error("path parameter '{name}' {reason}")]
+    InvalidPathParameter { name: String, reason: &'static str },
+    #[error("Zuora-Track-Id must be sent once, at most 64 visible US-ASCII characters, none of : ; \" '")]
+    InvalidTrackId,
+    #[error("no routing rule matches this request")]
+    NoMatchingRule,
+    #[error("the request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("the request body could not be read")]
+    BodyRead,
+    #[error("no valid Zuora access token could be obtained in time")]
+    TokenUnavailable,
+    #[error("Zuora could not be reached")]
+    UpstreamUnreachable,
+    #[error("the connection to Zuora failed before it answered")]
+    UpstreamFailed,
+    #[error("Zuora did not answer in time")]
+    UpstreamTimeout,
+}
+
+impl ProxyError {
+    /// The stable code, also the value of `x-zuora-proxy-error` and a metrics label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::RouteNotFound => "route_not_found",
+            ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
+            ProxyError::InvalidPathParameter { .. } => "invalid_path_parameter",
+            ProxyError::InvalidTrackId => "invalid_track_id",
+            ProxyError::NoMatchingRule => "no_matching_rule",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::BodyRead => "invalid_body",
+            ProxyError::TokenUnavailable => "token_unavailable",
+            ProxyError::UpstreamUnreachable => "upstream_unreachable",
+            ProxyError::UpstreamFailed => "upstream_failed",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::RouteNotFound => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::InvalidPathParameter { .. } | ProxyError::InvalidTrackId | ProxyError::BodyRead => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::NoMatchingRule => StatusCode::FORBIDDEN,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::TokenUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamUnreachable | ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The response the caller gets, echoing the request's track id.
+    pub fn into_response(self, track_id: &HeaderValue) -> Response<ResponseBody> {
+        let body = serde_json::json!({
+            "error": self.code(),
+            "message": self.to_string(),
+            "track_id": track_id.to_str().unwrap_or_default(),
+        });
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(PROXY_ERROR.clone(), HeaderValue::from_static(self.code()));
+        headers.insert(ZUORA_TRACK_ID.clone(), track_id.clone());
+        if let ProxyError::MethodNotAllowed { allow } = &self {
+            let list = allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+            headers.insert(header::ALLOW, HeaderValue::try_from(list).expect("methods are tokens"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn every_error_maps_to_its_row() {
+        let rows = [
+            (ProxyError::RouteNotFound, 404, "route_not_found"),
+            (ProxyError::MethodNotAllowed { allow: vec![Method::POST] }, 405, "method_not_allowed"),
+            (ProxyError::InvalidPathParameter { name: "id".into(), reason: "is not a UUID" }, 400, "invalid_path_parameter"),
+            (ProxyError::InvalidTrackId, 400, "invalid_track_id"),
+            (ProxyError::NoMatchingRule, 403, "no_matching_rule"),
+            (ProxyError::BodyTooLarge { limit: 10 }, 413, "body_too_large"),
+            (ProxyError::BodyRead, 400, "invalid_body"),
+            (ProxyError::TokenUnavailable, 503, "token_unavailable"),
+            (ProxyError::UpstreamUnreachable, 502, "upstream_unreachable"),
+            (ProxyError::UpstreamFailed, 502, "upstream_failed"),
+            (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
+        ];
+        let track = HeaderValue::from_static("t-1");
+        for (err, status, code) in rows {
+            let message = err.to_string();
+            let resp = err.into_response(&track);
+            assert_eq!(resp.status().as_u16(), status, "{code}");
+            assert_eq!(resp.headers()["x-zuora-proxy-error"], code);
+            assert_eq!(resp.headers()["zuora-track-id"], "t-1");
+            assert_eq!(resp.headers()["content-type"], "application/json");
+            assert_eq!(resp.headers().contains_key("allow"), status == 405);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["error"], code);
+            assert_eq!(json["track_id"], "t-1");
+            assert_eq!(json["message"], message.as_str());
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Header rules shared by both directions: hop-by-hop stripping (RFC 9110 §7.6.1) and the
+//! rewrite of a caller's request headers into what Zuora receives.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub static ZUORA_TRACK_ID: HeaderName = HeaderName::from_static("zuora-track-id");
+pub static ZUORA_ENTITY_IDS: HeaderName = HeaderName::from_static("zuora-entity-ids");
+pub static ZUORA_ORG_IDS: HeaderName = HeaderName::from_static("zuora-org-ids");
+pub static ZUORA_REQUEST_ID: HeaderName = HeaderName::from_static("zuora-request-id");
+pub static PROXY_ERROR: HeaderName = HeaderName::from_static("x-zuora-proxy-error");
+
+/// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
+/// legacy `Proxy-Connection`. Any other `Proxy-*` header is caught by its prefix.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Removes hop-by-hop headers, including every header named in `Connection`. Used for
+/// requests toward Zuora and for responses toward the caller alike.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in Connection go first, while Connection is still there to read.
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if headers.keys().any(is_proxy_header) {
+        let proxy: Vec<HeaderName> = headers.keys().filter(|n| is_proxy_header(n)).cloned().collect();
+        for name in proxy {
+            headers.remove(name);
+        }
+    }
+}
+
+fn is_proxy_header(name: &HeaderName) -> bool {
+    name.as_str().starts_with("proxy-")
+}
+
+/// Headers the caller may not set: credentials and tenancy are the proxy's to decide, the
+/// host is the tenant's, forwarding headers would leak internal addresses, and `Expect`
+/// is answered by this hop.
+const CALLER_MAY_NOT_SET: [HeaderName; 8] = [
+    header::AUTHORIZATION,
+    header::HOST,
+    header::EXPECT,
+    header::FORWARDED,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-real-ip"),
+];
+
+/// What the proxy decides for one upstream request.
+pub struct Injected<'a> {
+    pub authorization: &'a HeaderValue,
+    pub track_id: &'a HeaderValue,
+    pub entity_ids: Option<&'a HeaderValue>,
+    pub org_ids: Option<&'a HeaderValue>,
+}
+
+/// Turns the caller's headers into the upstream request's headers, in place.
+pub fn rewrite_request(headers: &mut HeaderMap, injected: &Injected<'_>) {
+    strip_hop_by_hop(headers);
+    for name in &CALLER_MAY_NOT_SET {
+        headers.remove(name);
+    }
+    headers.remove(&ZUORA_ENTITY_IDS);
+    headers.remove(&ZUORA_ORG_IDS);
+    let mut authorization = injected.authorization.clone();
+    authorization.set_sensitive(true);
+    headers.insert(header::AUTHORIZATION, authorization);
+    headers.insert(ZUORA_TRACK_ID.clone(), injected.track_id.clone());
+    if let Some(v) = injected.entity_ids {
+        headers.insert(ZUORA_ENTITY_IDS.clone(), v.clone());
+    }
+    if let Some(v) = injected.org_ids {
+        headers.insert(ZUORA_ORG_IDS.clone(), v.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut n: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn hop_by_hop_table() {
+        let cases: &[(&[(&str, &str)], &[&str])] = &[
+            (&[("content-type", "application/json")], &["content-type"]),
+            (&[("connection", "keep-alive"), ("keep-alive", "timeout=5")], &[]),
+            (&[("connection", "close, X-Secret-Hop"), ("x-secret-hop", "1"), ("x-keep", "1")], &["x-keep"]),
+            (&[("connection", "x-a"), ("connection", "x-b"), ("x-a", "1"), ("x-b", "1")], &[]),
+            (&[("te", "trailers"), ("trailer", "x-sum"), ("transfer-encoding", "chunked")], &[]),
+            (&[("upgrade", "h2c"), ("http2-settings", "AAA"), ("connection", "upgrade, http2-settings")], &[]),
+            (&[("proxy-authorization", "Basic x"), ("proxy-authenticate", "Basic"), ("proxy-connection", "keep-alive")], &[]),
+            (&[("proxy-whatever", "1"), ("x-proxy-ok", "1")], &["x-proxy-ok"]),
+            (&[("connection", "bad header name!, x-a"), ("x-a", "1")], &[]),
+            (&[("accept-encoding", "gzip"), ("content-encoding", "gzip"), ("zuora-version", "2024-01-01")], &["accept-encoding", "content-encoding", "zuora-version"]),
+        ];
+        for (input, kept) in cases {
+            let mut h = map(input);
+            strip_hop_by_hop(&mut h);
+            assert_eq!(names(&h), kept.to_vec(), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn rewrite_replaces_what_the_caller_may_not_set() {
+        let mut h = map(&[
+            ("authorization", "Bearer caller"),
+            ("host", "evil.example"),
+            ("zuora-entity-ids", "caller-entity"),
+            ("zuora-org-ids", "caller-org"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("zuora-track-id", "caller-track"),
+            ("idempotency-key", "k1"),
+            ("connection", "keep-alive"),
+        ]);
+        let auth = HeaderValue::from_static("Bearer tok");
+        let track = HeaderValue::from_static("t-1");
+        let entity = HeaderValue::from_static("8a8aa0ad-5ab8-4a9b-9f2e-2f1c5b0c1d3e");
+        rewrite_request(&mut h, &Injected { authorization: &auth, track_id: &track, entity_ids: Some(&entity), org_ids: None });
+        assert_eq!(names(&h), vec!["authorization", "idempotency-key", "zuora-entity-ids", "zuora-track-id"]);
+        assert_eq!(h["authorization"], "Bearer tok");
+        assert!(h["authorization"].is_sensitive());
+        assert_eq!(h["zuora-track-id"], "t-1");
+        assert_eq!(h["zuora-entity-ids"], entity);
+        assert_eq!(h.get_all("authorization").iter().count(), 1);
+    }
+}

@@ -1,0 +1,373 @@
+//! The forwarding service: allowlist, rule, track id, token, then Zuora, streaming both ways.
+//! [`Proxy::handle`] never fails; [`Proxy::forward`] uses `?` and its errors become
+//! responses in [`ProxyError::into_response`].
+
+use crate::body::{ResponseBody, UpstreamBody, REPLAY_BUFFER_BYTES};
+use crate::error::ProxyError;
+use crate::headers::{self, Injected, ZUORA_REQUEST_ID, ZUORA_TRACK_ID};
+use crate::metrics::{self, Metrics, RouteLabel, RouteStatus, TenantLabel};
+use crate::routes::{self, Resolution, Route, Rule};
+use crate::runtime::{Runtime, Tenant};
+use crate::track_id;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Incoming};
+use std::error::Error as StdError;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// Longest path written to the access log; the rest is cut.
+const MAX_LOGGED_PATH: usize = 256;
+
+/// Response headers from Zuora copied into the access log, with their field names.
+const LOGGED_RESPONSE_HEADERS: [(&str, &str); 6] = [
+    ("ratelimit-limit", "ratelimit_limit"),
+    ("ratelimit-remaining", "ratelimit_remaining"),
+    ("ratelimit-reset", "ratelimit_reset"),
+    ("concurrency-limit-type", "concurrency_limit_type"),
+    ("concurrency-limit-limit", "concurrency_limit_limit"),
+    ("concurrency-limit-remaining", "concurrency_limit_remaining"),
+];
+
+/// The proxy: the runtime in force, swapped atomically on reload, and the metrics.
+pub struct Proxy {
+    runtime: ArcSwap<Runtime>,
+    metrics: Arc<Metrics>,
+    draining: AtomicBool,
+}
+
+impl Proxy {
+    pub fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Proxy {
+        Proxy {
+            runtime: ArcSwap::from_pointee(runtime),
+            metrics,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    pub fn swap_runtime(&self, runtime: Runtime) {
+        self.runtime.store(Arc::new(runtime));
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Answers one caller request. Never fails: every refusal is a response.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+        let runtime = self.runtime.load_full();
+        let mut exchange = Exchange::new(&request);
+        let deadline = runtime.config.server.request_timeout;
+        let result = tokio::time::timeout(deadline, self.forward(&runtime, request, &mut exchange))
+            .await
+            .unwrap_or(Err(ProxyError::UpstreamTimeout));
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                let track_id = exchange
+                    .track_id
+                    .get_or_insert_with(|| track_id::generate(None));
+                exchange.error = Some(error.code());
+                error.into_response(track_id)
+            }
+        };
+        exchange.finish(response.status(), &self.metrics);
+        response
+    }
+
+    async fn forward(&self, runtime: &Runtime, request: Request<Incoming>, x: &mut Exchange) -> Result<Response<ResponseBody>, ProxyError> {
+        let config = &runtime.config;
+        let (parts, body) = request.into_parts();
+        let route = match routes::resolve(&config.routes, &parts.method, parts.uri.path()) {
+            Resolution::Allowed(route) => route,
+            Resolution::BadParam { route, name, reason } => {
+                x.route = Some(route.clone());
+                return Err(ProxyError::InvalidPathParameter { name, reason });
+            }
+            Resolution::MethodNotAllowed { allow } => return Err(ProxyError::MethodNotAllowed { allow }),
+            Resolution::NotFound => return Err(ProxyError::RouteNotFound),
+        };
+        x.route = Some(route.clone());
+        let caller_track_id = caller_track_id(&parts.headers)?;
+        let rule = routes::select(&config.rules, &route.name, &parts.headers).ok_or(ProxyError::NoMatchingRule)?;
+        x.rule = Some(rule.clone());
+        let track_id = caller_track_id.unwrap_or_else(|| track_id::generate(rule.track_id_prefix.as_deref()));
+        x.track_id = Some(track_id.clone());
+        let tenant = runtime
+            .tenants
+            .get(&rule.tenant)
+            .expect("validation ties every rule to a tenant");
+        x.tenant = Some(tenant.settings.clone());
+
+        let body = OutgoingBody::read(body, &parts.headers, config.server.max_body_bytes).await?;
+        let uri = tenant.uri_for(parts.uri.path_and_query())?;
+        let token = tenant.tokens.get().await.map_err(|_| ProxyError::TokenUnavailable)?;
+        let mut headers = parts.headers;
+        headers::rewrite_request(
+            &mut headers,
+            &Injected {
+                authorization: token.header(),
+                track_id: &track_id,
+                entity_ids: rule.entity_header.as_ref(),
+                org_ids: rule.org_header.as_ref(),
+            },
+        );
+
+        let _in_flight = InFlight::enter(&self.metrics, tenant.name());
+        let started = Instant::now();
+        // Keep what a replay needs only when the body can be replayed at all.
+        let replay = body.replayable().map(|bytes| (bytes, headers.clone()));
+        let mut response = send(tenant, &parts.method, &uri, headers, body.into_upstream(), config.server.max_body_bytes).await;
+        if let (Ok(first), Some((bytes, mut headers))) = (&response, replay) {
+            if first.status() == StatusCode::UNAUTHORIZED {
+                tenant.tokens.invalidate(&token);
+                let fresh = tenant.tokens.get().await.map_err(|_| ProxyError::TokenUnavailable)?;
+                let mut authorization = fresh.header().clone();
+                authorization.set_sensitive(true);
+                headers.insert(header::AUTHORIZATION, authorization);
+                x.token_retry = true;
+                response = send(tenant, &parts.method, &uri, headers, Either::Left(Full::new(bytes)), config.server.max_body_bytes).await;
+            }
+        }
+        let upstream_time = started.elapsed();
+        x.upstream_ms = Some(millis(upstream_time));
+        self.metrics
+            .upstream_duration
+            .get_or_create(&TenantLabel { tenant: tenant.name().to_string() })
+            .observe(upstream_time.as_secs_f64());
+        let mut response = response?;
+        x.upstream_status = Some(response.status().as_u16());
+        x.note_upstream_headers(response.headers());
+        headers::strip_hop_by_hop(response.headers_mut());
+        if !response.headers().contains_key(&ZUORA_TRACK_ID) {
+            response.headers_mut().insert(ZUORA_TRACK_ID.clone(), track_id);
+        }
+        Ok(response.map(Either::Left))
+    }
+}
+
+/// The caller's `Zuora-Track-Id`: absent, or present once and valid.
+fn caller_track_id(headers: &HeaderMap) -> Result<Option<HeaderValue>, ProxyError> {
+    let mut values = headers.get_all(&ZUORA_TRACK_ID).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(v), None) if track_id::is_valid(v.as_bytes()) => Ok(Some(v.clone())),
+        _ => Err(ProxyError::InvalidTrackId),
+    }
+}
+
+/// The request body as it will go to Zuora.
+enum OutgoingBody {
+    /// Small enough to hold, so it can be sent again after a 401.
+    Buffered(Bytes),
+    /// Streamed through under the size cap; not replayable.
+    Streamed(Limited<Incoming>),
+}
+
+impl OutgoingBody {
+    async fn read(body: Incoming, headers: &HeaderMap, max: u64) -> Result<OutgoingBody, ProxyError> {
+        if body.is_end_stream() {
+            return Ok(OutgoingBody::Buffered(Bytes::new()));
+        }
+        // hyper has already refused a malformed or conflicting Content-Length.
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let limit = usize::try_from(max).unwrap_or(usize::MAX);
+        match declared {
+            Some(n) if n > max => Err(ProxyError::BodyTooLarge { limit: max }),
+            Some(n) if n <= REPLAY_BUFFER_BYTES => {
+                let collected = Limited::new(body, limit).collect().await.map_err(|e| body_error(&*e, max))?;
+                Ok(OutgoingBody::Buffered(collected.to_bytes()))
+            }
+            _ => Ok(OutgoingBody::Streamed(Limited::new(body, limit))),
+        }
+    }
+
+    fn replayable(&self) -> Option<Bytes> {
+        match self {
+            OutgoingBody::Buffered(bytes) => Some(bytes.clone()),
+            OutgoingBody::Streamed(_) => None,
+        }
+    }
+
+    fn into_upstream(self) -> UpstreamBody {
+        match self {
+            OutgoingBody::Buffered(bytes) => Either::Left(Full::new(bytes)),
+            OutgoingBody::Streamed(body) => Either::Right(body),
+        }
+    }
+}
+
+fn body_error(error: &(dyn StdError + 'static), max: u64) -> ProxyError {
+    if chain(error).any(|e| e.is::<LengthLimitError>()) {
+        ProxyError::BodyTooLarge { limit: max }
+    } else {
+        ProxyError::BodyRead
+    }
+}
+
+async fn send(
+    tenant: &Tenant,
+    method: &Method,
+    uri: &Uri,
+    headers: HeaderMap,
+    body: UpstreamBody,
+    max_body: u64,
+) -> Result<Response<Incoming>, ProxyError> {
+    let mut request = Request::new(body);
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = uri.clone();
+    *request.headers_mut() = headers;
+    tenant.tokens.client().request(request).await.map_err(|e| {
+        let error = if e.is_connect() {
+            ProxyError::UpstreamUnreachable
+        } else if chain(&e).any(|e| e.is::<LengthLimitError>()) {
+            ProxyError::BodyTooLarge { limit: max_body }
+        } else {
+            ProxyError::UpstreamFailed
+        };
+        tracing::debug!(tenant = %tenant.name(), error = %describe_client_error(&e), "upstream request failed");
+        error
+    })
+}
+
+fn chain<'a>(error: &'a (dyn StdError + 'static)) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(error), |&e| e.source())
+}
+
+/// A client error with its causes, for logs ("client error (Connect): tcp connect error: Connection refused").
+pub fn describe_client_error(error: &hyper_util::client::legacy::Error) -> String {
+    chain(error).map(ToString::to_string).collect::<Vec<_>>().join(": ")
+}
+
+/// Milliseconds with microsecond precision, for log fields.
+fn millis(d: std::time::Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
+/// Counts a request in `zuora_proxy_in_flight` for as long as it lives.
+struct InFlight<'a> {
+    metrics: &'a Metrics,
+    label: TenantLabel,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(metrics: &'a Metrics, tenant: &str) -> InFlight<'a> {
+        let label = TenantLabel { tenant: tenant.to_string() };
+        metrics.in_flight.get_or_create(&label).inc();
+        InFlight { metrics, label }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.metrics.in_flight.get_or_create(&self.label).dec();
+    }
+}
+
+/// What one request did: the access log line and the request metrics.
+struct Exchange {
+    started: Instant,
+    method: Method,
+    path: String,
+    track_id: Option<HeaderValue>,
+    route: Option<Arc<Route>>,
+    rule: Option<Arc<Rule>>,
+    tenant: Option<Arc<crate::config::TenantSettings>>,
+    upstream_status: Option<u16>,
+    upstream_ms: Option<f64>,
+    token_retry: bool,
+    zuora_request_id: Option<String>,
+    limits: [Option<String>; LOGGED_RESPONSE_HEADERS.len()],
+    error: Option<&'static str>,
+}
+
+impl Exchange {
+    fn new(request: &Request<Incoming>) -> Exchange {
+        let path = request.uri().path();
+        let path = match path.char_indices().nth(MAX_LOGGED_PATH) {
+            Some((cut, _)) => format!("{}...", &path[..cut]),
+            None => path.to_string(),
+        };
+        Exchange {
+            started: Instant::now(),
+            method: request.method().clone(),
+            path,
+            track_id: None,
+            route: None,
+            rule: None,
+            tenant: None,
+            upstream_status: None,
+            upstream_ms: None,
+            token_retry: false,
+            zuora_request_id: None,
+            limits: Default::default(),
+            error: None,
+        }
+    }
+
+    fn note_upstream_headers(&mut self, headers: &HeaderMap) {
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        self.zuora_request_id = text(ZUORA_REQUEST_ID.as_str());
+        for (slot, (name, _)) in self.limits.iter_mut().zip(LOGGED_RESPONSE_HEADERS) {
+            *slot = text(name);
+        }
+    }
+
+    fn finish(self, status: StatusCode, metrics: &Metrics) {
+        let elapsed = self.started.elapsed();
+        let route = self.route.as_ref().map_or(metrics::NO_ROUTE, |r| r.name.as_str());
+        metrics
+            .requests
+            .get_or_create(&RouteStatus { route: route.to_string(), status: status.as_u16() })
+            .inc();
+        metrics
+            .request_duration
+            .get_or_create(&RouteLabel { route: route.to_string() })
+            .observe(elapsed.as_secs_f64());
+        if let Some(code) = self.error {
+            metrics.proxy_errors.get_or_create(&metrics::CodeLabel { code }).inc();
+        }
+        let [rl_limit, rl_remaining, rl_reset, cl_type, cl_limit, cl_remaining] = &self.limits;
+        tracing::info!(
+            target: "access",
+            track_id = self.track_id.as_ref().and_then(|v| v.to_str().ok()),
+            route = self.route.as_ref().map(|r| r.name.as_str()),
+            rule = self.rule.as_ref().map(|r| r.name.as_str()),
+            tenant = self.tenant.as_ref().map(|t| t.name.as_str()),
+            method = self.method.as_str(),
+            path = self.path.as_str(),
+            status = status.as_u16(),
+            upstream_status = self.upstream_status,
+            duration_ms = millis(elapsed),
+            upstream_ms = self.upstream_ms,
+            token_retry = self.token_retry,
+            zuora_request_id = self.zuora_request_id.as_deref(),
+            ratelimit_limit = rl_limit.as_deref(),
+            ratelimit_remaining = rl_remaining.as_deref(),
+            ratelimit_reset = rl_reset.as_deref(),
+            concurrency_limit_type = cl_type.as_deref(),
+            concurrency_limit_limit = cl_limit.as_deref(),
+            concurrency_limit_remaining = cl_remaining.as_deref(),
+            error = self.error,
+            "request"
+        );
+    }
+}

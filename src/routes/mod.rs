@@ -1,0 +1,181 @@
+//! The allowlist (routes) and the routing rules that pick tenant, entity/org headers and the
+//! track-id prefix for an allowed request.
+
+pub mod template;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use std::sync::Arc;
+pub use template::{PathMatch, PathTemplate};
+
+/// One allowed method + path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub name: String,
+    pub method: Method,
+    pub template: PathTemplate,
+}
+
+/// One routing rule: when it applies, and what it decides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub name: String,
+    /// Route names the rule applies to; `None` is every route.
+    pub routes: Option<Vec<String>>,
+    /// Lower-case header names with the exact value each must have.
+    pub when_headers: Vec<(HeaderName, String)>,
+    pub tenant: String,
+    pub entity_ids: Vec<String>,
+    pub org_ids: Vec<String>,
+    pub track_id_prefix: Option<String>,
+    /// `Zuora-Entity-Ids` as sent, built once.
+    pub entity_header: Option<HeaderValue>,
+    /// `Zuora-Org-Ids` as sent (comma-joined), built once.
+    pub org_header: Option<HeaderValue>,
+}
+
+/// What the allowlist says about a request.
+#[derive(Debug)]
+pub enum Resolution<'a> {
+    Allowed(&'a Arc<Route>),
+    /// A placeholder's value was refused (400).
+    BadParam {
+        route: &'a Arc<Route>,
+        name: String,
+        reason: &'static str,
+    },
+    /// The path is allowed for other methods only (405).
+    MethodNotAllowed { allow: Vec<Method> },
+    /// Nothing on the allowlist has this path (404).
+    NotFound,
+}
+
+/// Resolves a method and raw path against the allowlist. A full match wins over a refused
+/// placeholder, which wins over a method mismatch.
+pub fn resolve<'a>(routes: &'a [Arc<Route>], method: &Method, path: &str) -> Resolution<'a> {
+    let mut bad = None;
+    let mut allow: Vec<Method> = Vec::new();
+    for route in routes {
+        match route.template.matches(path) {
+            PathMatch::No => {}
+            PathMatch::Yes if route.method == *method => return Resolution::Allowed(route),
+            PathMatch::BadParam { name, reason } if route.method == *method => {
+                bad.get_or_insert(Resolution::BadParam { route, name, reason });
+            }
+            PathMatch::Yes | PathMatch::BadParam { .. } => {
+                if !allow.contains(&route.method) {
+                    allow.push(route.method.clone());
+                }
+            }
+        }
+    }
+    match bad {
+        Some(bad) => bad,
+        None if !allow.is_empty() => Resolution::MethodNotAllowed { allow },
+        None => Resolution::NotFound,
+    }
+}
+
+impl Rule {
+    /// Whether this rule applies to a request for `route` with these headers.
+    pub fn applies(&self, route: &str, headers: &HeaderMap) -> bool {
+        if let Some(routes) = &self.routes {
+            if !routes.iter().any(|r| r == route) {
+                return false;
+            }
+        }
+        self.when_headers.iter().all(|(name, want)| {
+            let mut values = headers.get_all(name).iter();
+            // Exactly one value, equal to the wanted one: a repeated header is ambiguous.
+            matches!((values.next(), values.next()), (Some(v), None) if v.as_bytes() == want.as_bytes())
+        })
+    }
+}
+
+/// First rule that applies, if any.
+pub fn select<'a>(rules: &'a [Arc<Rule>], route: &str, headers: &HeaderMap) -> Option<&'a Arc<Rule>> {
+    rules.iter().find(|rule| rule.applies(route, headers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, method: Method, path: &str) -> Arc<Route> {
+        Arc::new(Route {
+            name: name.into(),
+            method,
+            template: PathTemplate::parse(path).unwrap(),
+        })
+    }
+
+    fn rule(name: &str, routes: Option<&[&str]>, when: &[(&str, &str)], tenant: &str) -> Arc<Rule> {
+        Arc::new(Rule {
+            name: name.into(),
+            routes: routes.map(|r| r.iter().map(|s| s.to_string()).collect()),
+            when_headers: when
+                .iter()
+                .map(|(k, v)| (HeaderName::from_bytes(k.as_bytes()).unwrap(), v.to_string()))
+                .collect(),
+            tenant: tenant.into(),
+            entity_ids: vec![],
+            org_ids: vec![],
+            track_id_prefix: None,
+            entity_header: None,
+            org_header: None,
+        })
+    }
+
+    const JOB: &str = "/bulk-data/bulk-jobs/3a3e85c4-96e7-486b-ae02-827120104301";
+
+    fn table() -> Vec<Arc<Route>> {
+        vec![
+            route("abort", Method::POST, "/bulk-data/bulk-jobs/{id:uuid}/aborts"),
+            route("summary", Method::GET, "/bulk-data/bulk-jobs/{id:uuid}/summary"),
+            route("any-abort", Method::PUT, "/bulk-data/bulk-jobs/{id}/aborts"),
+        ]
+    }
+
+    #[test]
+    fn resolution_table() {
+        let t = table();
+        let abort = format!("{JOB}/aborts");
+        assert!(matches!(resolve(&t, &Method::POST, &abort), Resolution::Allowed(r) if r.name == "abort"));
+        assert!(matches!(resolve(&t, &Method::GET, &format!("{JOB}/summary")), Resolution::Allowed(r) if r.name == "summary"));
+        match resolve(&t, &Method::GET, &abort) {
+            Resolution::MethodNotAllowed { allow } => assert_eq!(allow, vec![Method::POST, Method::PUT]),
+            other => panic!("{other:?}"),
+        }
+        match resolve(&t, &Method::POST, "/bulk-data/bulk-jobs/nope/aborts") {
+            Resolution::BadParam { route, name, reason } => {
+                assert_eq!((route.name.as_str(), name.as_str(), reason), ("abort", "id", "is not a UUID"))
+            }
+            other => panic!("{other:?}"),
+        }
+        // The untyped PUT route takes a non-UUID id.
+        assert!(matches!(resolve(&t, &Method::PUT, "/bulk-data/bulk-jobs/nope/aborts"), Resolution::Allowed(r) if r.name == "any-abort"));
+        assert!(matches!(resolve(&t, &Method::POST, "/v1/accounts"), Resolution::NotFound));
+        assert!(matches!(resolve(&t, &Method::CONNECT, ""), Resolution::NotFound));
+        assert!(matches!(resolve(&t, &Method::OPTIONS, "*"), Resolution::NotFound));
+    }
+
+    #[test]
+    fn rules_first_match_wins_and_headers_must_all_match() {
+        let rules = vec![
+            rule("eu", Some(&["abort"]), &[("x-tenant", "acme-eu"), ("x-team", "billing")], "eu"),
+            rule("summary-only", Some(&["summary"]), &[], "us"),
+            rule("fallback", None, &[], "default"),
+        ];
+        let mut h = HeaderMap::new();
+        h.insert("x-tenant", HeaderValue::from_static("acme-eu"));
+        assert_eq!(select(&rules, "abort", &h).unwrap().name, "fallback");
+        h.insert("X-Team", HeaderValue::from_static("billing"));
+        assert_eq!(select(&rules, "abort", &h).unwrap().name, "eu");
+        assert_eq!(select(&rules, "summary", &h).unwrap().name, "summary-only");
+        h.append("x-tenant", HeaderValue::from_static("acme-us"));
+        assert_eq!(select(&rules, "abort", &h).unwrap().name, "fallback", "repeated header is not a match");
+        let strict = vec![rule("eu", None, &[("x-tenant", "acme-eu")], "eu")];
+        let mut h = HeaderMap::new();
+        h.insert("x-tenant", HeaderValue::from_static("ACME-EU"));
+        assert!(select(&strict, "abort", &h).is_none(), "values compare exactly");
+    }
+}

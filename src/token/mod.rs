@@ -1,0 +1,323 @@
+//! Per-tenant OAuth token manager. One background task owns fetching (so however many
+//! requests need a token, one call goes to Zuora) and publishes through a `watch` channel;
+//! request paths read the current token without waiting for the fetcher.
+
+pub mod fetch;
+pub mod secret;
+
+use crate::config::TenantSettings;
+use crate::metrics::Metrics;
+use crate::upstream::UpstreamClient;
+use http::HeaderValue;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+/// First retry delay after a failed fetch; doubles per failure.
+pub const BACKOFF_MIN_SECS: u64 = 1;
+/// Longest delay between retries of a failing token endpoint.
+pub const BACKOFF_MAX_SECS: u64 = 60;
+/// Longest wait honoured from a 429's `Retry-After` / `RateLimit-Reset`.
+pub const RETRY_AFTER_MAX_SECS: u64 = 300;
+/// Refresh jitter is at most this share of the refresh delay...
+const JITTER_FRACTION: f64 = 0.05;
+/// ...and never more than this, so replicas spread out without refreshing far too early.
+const JITTER_MAX_SECS: u64 = 30;
+
+/// An access token ready to inject. Its `Debug` never shows the value.
+pub struct Token {
+    header: HeaderValue,
+    pub expires_at: Instant,
+    pub generation: u64,
+}
+
+impl Token {
+    /// `Bearer <token>`, marked sensitive.
+    pub fn header(&self) -> &HeaderValue {
+        &self.header
+    }
+
+    pub fn is_usable(&self, now: Instant) -> bool {
+        now < self.expires_at
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("expires_at", &self.expires_at)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the fetcher is doing, for readiness and logs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    Fetching,
+    Idle,
+    Failing { reason: String, retry_at: Instant },
+}
+
+/// The published state of one tenant's token.
+#[derive(Debug, Clone)]
+pub struct TokenState {
+    pub token: Option<Arc<Token>>,
+    pub phase: Phase,
+}
+
+impl TokenState {
+    fn usable(&self, now: Instant) -> Option<&Arc<Token>> {
+        self.token.as_ref().filter(|t| t.is_usable(now))
+    }
+}
+
+/// No usable token arrived within the tenant's `token_wait`.
+#[derive(Debug, thiserror::Error)]
+#[error("no usable token within the wait limit")]
+pub struct TokenUnavailable;
+
+struct Shared {
+    tenant: Arc<TenantSettings>,
+    client: UpstreamClient,
+    metrics: Arc<Metrics>,
+    state: watch::Sender<TokenState>,
+    /// Wakes the fetcher when a request found no usable token or a token was invalidated.
+    kick: Notify,
+    generation: AtomicU64,
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Handle to a tenant's token; cloning shares the same fetcher. The fetcher stops when the
+/// last handle is dropped.
+#[derive(Clone)]
+pub struct TokenManager {
+    shared: Arc<Shared>,
+    _task: Arc<AbortOnDrop>,
+}
+
+impl TokenManager {
+    /// Starts the fetcher at once; the first token is fetched in the background.
+    pub fn start(tenant: Arc<TenantSettings>, client: UpstreamClient, metrics: Arc<Metrics>) -> TokenManager {
+        let (state, _) = watch::channel(TokenState {
+            token: None,
+            phase: Phase::Fetching,
+        });
+        let shared = Arc::new(Shared {
+            tenant,
+            client,
+            metrics,
+            state,
+            kick: Notify::new(),
+            generation: AtomicU64::new(0),
+        });
+        let task = tokio::spawn(refresh_loop(shared.clone()));
+        TokenManager {
+            shared,
+            _task: Arc::new(AbortOnDrop(task.abort_handle())),
+        }
+    }
+
+    pub fn tenant(&self) -> &Arc<TenantSettings> {
+        &self.shared.tenant
+    }
+
+    /// The tenant's shared upstream client.
+    pub fn client(&self) -> &UpstreamClient {
+        &self.shared.client
+    }
+
+    /// A snapshot of the published state.
+    pub fn state(&self) -> TokenState {
+        self.shared.state.borrow().clone()
+    }
+
+    /// The current token if it is usable now; never waits for the fetcher.
+    pub fn current(&self) -> Option<Arc<Token>> {
+        self.shared.state.borrow().usable(Instant::now()).cloned()
+    }
+
+    /// The current token, or the next one the fetcher publishes within `token_wait`.
+    pub async fn get(&self) -> Result<Arc<Token>, TokenUnavailable> {
+        if let Some(token) = self.current() {
+            return Ok(token);
+        }
+        self.shared.kick.notify_one();
+        let mut rx = self.shared.state.subscribe();
+        let wait = rx.wait_for(|s| s.usable(Instant::now()).is_some());
+        let token = match tokio::time::timeout(self.shared.tenant.token_wait, wait).await {
+            Ok(Ok(state)) => state.token.clone(),
+            _ => None,
+        };
+        token.ok_or(TokenUnavailable)
+    }
+
+    /// Drops `token` after Zuora refused it, unless a newer one replaced it already: however
+    /// many requests see the same 401, the token is fetched once more. True if this call
+    /// invalidated it.
+    pub fn invalidate(&self, token: &Token) -> bool {
+        let dropped = self.shared.state.send_if_modified(|s| {
+            if s.token.as_ref().is_some_and(|t| t.generation == token.generation) {
+                s.token = None;
+                true
+            } else {
+                false
+            }
+        });
+        if dropped {
+            tracing::warn!(tenant = %self.shared.tenant.name, generation = token.generation, "token invalidated after 401 from Zuora");
+            self.shared.kick.notify_one();
+        }
+        dropped
+    }
+}
+
+/// When to refresh a token of `lifetime`: `margin` before expiry, but never before half its
+/// life (a token shorter than the margin is refreshed halfway), minus a little jitter so that
+/// replicas started together do not refresh together. `unit` is uniform in [0, 1).
+pub fn refresh_delay(lifetime: Duration, margin: Duration, unit: f64) -> Duration {
+    let base = lifetime.saturating_sub(margin).max(lifetime / 2);
+    let jitter = base.mul_f64(JITTER_FRACTION).min(Duration::from_secs(JITTER_MAX_SECS));
+    base - jitter.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// Exponential backoff with equal jitter: the n-th failure waits between half and all of
+/// `min(1s * 2^n, 60s)`.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn next(&mut self, unit: f64) -> Duration {
+        let cap = Duration::from_secs(BACKOFF_MIN_SECS)
+            .saturating_mul(1u32 << self.failures.min(16))
+            .min(Duration::from_secs(BACKOFF_MAX_SECS));
+        self.failures = self.failures.saturating_add(1);
+        cap / 2 + (cap / 2).mul_f64(unit.clamp(0.0, 1.0))
+    }
+}
+
+async fn refresh_loop(shared: Arc<Shared>) {
+    let tenant = shared.tenant.name.clone();
+    let mut backoff = Backoff::default();
+    let mut refresh_at = Instant::now();
+    loop {
+        // Sleep until the refresh is due, or until a request needs a token now.
+        loop {
+            let needed = shared.state.borrow().usable(Instant::now()).is_none();
+            if needed || Instant::now() >= refresh_at {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(refresh_at) => {}
+                _ = shared.kick.notified() => {}
+            }
+        }
+        shared.state.send_modify(|s| s.phase = Phase::Fetching);
+        let started = Instant::now();
+        match fetch::fetch(&shared.client, &shared.tenant).await {
+            Ok(fetched) => {
+                backoff = Backoff::default();
+                let generation = shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                // Lifetime counts from when the request left, so the token never outlives Zuora's view.
+                let expires_at = started + fetched.lifetime;
+                let delay = refresh_delay(fetched.lifetime, shared.tenant.refresh_margin, fastrand::f64());
+                refresh_at = started + delay;
+                let mut header = HeaderValue::try_from(format!("Bearer {}", fetched.access_token.expose()))
+                    .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid"));
+                header.set_sensitive(true);
+                let token = Arc::new(Token { header, expires_at, generation });
+                shared.state.send_modify(|s| {
+                    s.token = Some(token);
+                    s.phase = Phase::Idle;
+                });
+                shared.metrics.token_fetched(&tenant, "ok");
+                tracing::info!(
+                    tenant = %tenant,
+                    generation,
+                    expires_in_s = fetched.lifetime.as_secs_f64(),
+                    refresh_in_s = delay.as_secs_f64(),
+                    fetch_ms = started.elapsed().as_millis() as u64,
+                    "token fetched"
+                );
+            }
+            Err(error) => {
+                let wait = match error.retry_after() {
+                    Some(hint) => hint.min(Duration::from_secs(RETRY_AFTER_MAX_SECS)),
+                    None => backoff.next(fastrand::f64()),
+                };
+                let retry_at = Instant::now() + wait;
+                let reason = error.to_string();
+                shared.metrics.token_fetched(&tenant, error.kind());
+                let still_valid = shared.state.borrow().usable(Instant::now()).is_some();
+                tracing::warn!(
+                    tenant = %tenant,
+                    reason = %reason,
+                    retry_in_s = wait.as_secs_f64(),
+                    serving_cached_token = still_valid,
+                    "token refresh failed"
+                );
+                shared.state.send_modify(|s| s.phase = Phase::Failing { reason, retry_at });
+                refresh_at = retry_at;
+                // Requests keep being served from a still-valid token meanwhile; a demand for a
+                // token does not cut the backoff short, so a failing endpoint is not hammered.
+                tokio::time::sleep_until(retry_at).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_delay_table() {
+        let s = Duration::from_secs;
+        // Zuora's hour-long token with the default 300 s margin.
+        assert_eq!(refresh_delay(s(3600), s(300), 0.0), s(3300));
+        assert_eq!(refresh_delay(s(3600), s(300), 0.999_999), s(3300) - s(30).mul_f64(0.999_999));
+        // Shorter than the margin: refreshed halfway, minus up to 5 %.
+        assert_eq!(refresh_delay(s(2), s(300), 0.0), Duration::from_millis(1000));
+        assert_eq!(refresh_delay(s(2), s(300), 1.0), Duration::from_millis(950));
+        // Never later than the expiry, never negative.
+        for (life, margin) in [(1u64, 0u64), (10, 10), (3599, 3600), (0, 0)] {
+            let d = refresh_delay(s(life), s(margin), 1.0);
+            assert!(d <= s(life));
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap() {
+        let mut b = Backoff::default();
+        let lows: Vec<Duration> = (0..9).map(|_| b.next(0.0)).collect();
+        let ms = |v: u64| Duration::from_millis(v);
+        assert_eq!(lows, vec![ms(500), ms(1000), ms(2000), ms(4000), ms(8000), ms(16000), ms(30000), ms(30000), ms(30000)]);
+        let mut b = Backoff::default();
+        assert_eq!(b.next(1.0), Duration::from_secs(1));
+        for _ in 0..100 {
+            assert!(b.next(1.0) <= Duration::from_secs(BACKOFF_MAX_SECS));
+        }
+    }
+
+    #[test]
+    fn token_debug_hides_the_value() {
+        let t = Token {
+            header: HeaderValue::from_static("Bearer abc123"),
+            expires_at: Instant::now(),
+            generation: 1,
+        };
+        assert!(!format!("{t:?}").contains("abc123"));
+    }
+}

@@ -1,0 +1,84 @@
+//! The client toward Zuora: one hyper-util pooled client per tenant, over rustls, built once
+//! and shared by that tenant's API calls and token calls.
+
+use crate::body::UpstreamBody;
+use crate::config::TenantSettings;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::{pem::PemObject, CertificateDer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+
+/// Idle pooled connections are closed after this long; Zuora's edge closes them sooner or later anyway.
+const POOL_IDLE_TIMEOUT_SECS: u64 = 90;
+/// TCP keepalive probes on upstream connections, so a dead peer is noticed while idle.
+const TCP_KEEPALIVE_SECS: u64 = 60;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot read CA file {path}: {source}")]
+    CaFile {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("CA file {path} holds no usable certificate")]
+    CaEmpty { path: PathBuf },
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// The rustls provider used everywhere in the process.
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds the tenant's client: built-in web PKI roots plus the tenant's `ca_file`, HTTPS only.
+pub fn build(tenant: &TenantSettings) -> Result<UpstreamClient, UpstreamError> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = &tenant.ca_file {
+        add_ca_file(&mut roots, path)?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(tenant.connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(TCP_KEEPALIVE_SECS)));
+
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(POOL_IDLE_TIMEOUT_SECS))
+        .build(https))
+}
+
+fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), UpstreamError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| UpstreamError::CaFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let (added, _ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(UpstreamError::CaEmpty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
