@@ -139,4 +139,27 @@ impl Running {
         self.proxy.swap_runtime(runtime);
         Ok(())
     }
+
+    /// Reloads from a file (what SIGHUP does): validates, swaps, logs the outcome and counts
+    /// it in `zuora_proxy_config_reloads_total`. On any error the running configuration stays.
+    pub fn reload_from(&self, path: &std::path::Path) -> Result<(), String> {
+        let outcome = Config::load(path)
+            .map_err(|e| e.to_string())
+            .and_then(|config| self.reload(config).map_err(|e| e.to_string()));
+        let result = if outcome.is_ok() { "ok" } else { "error" };
+        self.proxy
+            .metrics()
+            .config_reloads
+            .get_or_create(&metrics::ResultLabel { result })
+            .inc();
+        match &outcome {
+            Ok(()) => tracing::info!(path = %path.display(), "configuration reloaded"),
+            Err(error) => tracing::error!(
+                path = %path.display(),
+                %error,
+                "configuration reload refused; the previous configuration stays in force"
+            ),
+        }
+        outcome
+    }
 }

@@ -2,7 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tokio::signal::unix::{signal, SignalKind};
 use zuora_auth_proxy::config::{Config, DEFAULT_CONFIG_PATH};
@@ -139,19 +139,7 @@ fn second_signal() -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn reload(running: &zuora_auth_proxy::Running, path: &PathBuf) {
-    let metrics = running.proxy().metrics().clone();
-    let outcome = Config::load(path)
-        .map_err(|e| e.to_string())
-        .and_then(|config| running.reload(config).map_err(|e| e.to_string()));
-    match outcome {
-        Ok(()) => {
-            metrics.config_reloads.get_or_create(&zuora_auth_proxy::metrics::ResultLabel { result: "ok" }).inc();
-            tracing::info!(path = %path.display(), "configuration reloaded");
-        }
-        Err(error) => {
-            metrics.config_reloads.get_or_create(&zuora_auth_proxy::metrics::ResultLabel { result: "error" }).inc();
-            tracing::error!(path = %path.display(), %error, "configuration reload refused; the previous configuration stays in force");
-        }
-    }
+fn reload(running: &zuora_auth_proxy::Running, path: &Path) {
+    // Outcome is logged and counted inside; the old configuration stays on failure.
+    let _ = running.reload_from(path);
 }

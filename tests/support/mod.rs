@@ -1,0 +1,236 @@
+//! Test harness: a mock Zuora over real TLS, the proxy started in-process on `127.0.0.1:0`
+//! and wired to it, and a small plain-HTTP client for callers.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use zuora_auth_proxy::config::Config;
+use zuora_auth_proxy::mock::{MockBuilder, MockZuora, CLIENT_ID, CLIENT_SECRET};
+use zuora_auth_proxy::Running;
+
+pub const JOB: &str = "3a3e85c4-96e7-486b-ae02-827120104301";
+pub const ENTITY: &str = "8a8aa0ad-5ab8-4a9b-9f2e-2f1c5b0c1d3e";
+
+pub fn abort_path() -> String {
+    format!("/bulk-data/bulk-jobs/{JOB}/aborts")
+}
+
+/// The routes most tests use: the abort call, plus a GET and a streaming POST for body tests.
+pub const ROUTES: &str = r#"
+[[routes]]
+name = "abort-bulk-job"
+method = "POST"
+path = "/bulk-data/bulk-jobs/{id:uuid}/aborts"
+
+[[routes]]
+name = "job-summary"
+method = "GET"
+path = "/bulk-data/bulk-jobs/{id:uuid}/summary"
+
+[[routes]]
+name = "job-downloads"
+method = "GET"
+path = "/bulk-data/bulk-jobs/{id:uuid}/downloads"
+
+[[routes]]
+name = "echo"
+method = "POST"
+path = "/bulk-data/bulk-jobs/{id:uuid}/echo"
+"#;
+
+/// Builds a [`Harness`]. Keys are given as TOML `key = value` lines per section.
+pub struct HarnessBuilder {
+    server: BTreeMap<String, String>,
+    admin: BTreeMap<String, String>,
+    tenant: BTreeMap<String, String>,
+    routes: String,
+    rules: String,
+    mock: MockBuilder,
+    secret_file: Option<String>,
+}
+
+impl Default for HarnessBuilder {
+    fn default() -> Self {
+        let mut server = BTreeMap::new();
+        server.insert("listen".into(), "\"127.0.0.1:0\"".into());
+        server.insert("request_timeout".into(), "\"10s\"".into());
+        server.insert("shutdown_grace".into(), "\"5s\"".into());
+        let mut admin = BTreeMap::new();
+        admin.insert("listen".into(), "\"127.0.0.1:0\"".into());
+        admin.insert("ready_min_ttl".into(), "\"1s\"".into());
+        let mut tenant = BTreeMap::new();
+        tenant.insert("client_id".into(), format!("\"{CLIENT_ID}\""));
+        tenant.insert("token_wait".into(), "\"3s\"".into());
+        HarnessBuilder {
+            server,
+            admin,
+            tenant,
+            routes: ROUTES.into(),
+            rules: String::new(),
+            mock: MockZuora::builder(),
+            secret_file: Some(CLIENT_SECRET.into()),
+        }
+    }
+}
+
+impl HarnessBuilder {
+    pub fn server(mut self, key: &str, toml_value: &str) -> Self {
+        self.server.insert(key.into(), toml_value.into());
+        self
+    }
+    pub fn admin(mut self, key: &str, toml_value: &str) -> Self {
+        self.admin.insert(key.into(), toml_value.into());
+        self
+    }
+    pub fn tenant(mut self, key: &str, toml_value: &str) -> Self {
+        self.tenant.insert(key.into(), toml_value.into());
+        self
+    }
+    pub fn routes(mut self, text: &str) -> Self {
+        self.routes = text.into();
+        self
+    }
+    /// `[[rules]]` tables; `{tenant}` is the tenant's name (`default`).
+    pub fn rules(mut self, text: &str) -> Self {
+        self.rules = text.into();
+        self
+    }
+    pub fn mock(mut self, f: impl FnOnce(MockBuilder) -> MockBuilder) -> Self {
+        self.mock = f(self.mock);
+        self
+    }
+    /// Use an inline secret instead of the default secret file.
+    pub fn inline_secret(mut self) -> Self {
+        self.secret_file = None;
+        self.tenant.insert("client_secret".into(), format!("\"{CLIENT_SECRET}\""));
+        self
+    }
+
+    pub async fn start(self) -> Harness {
+        let mock = self.mock.start().await.expect("mock starts");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca_file = mock.write_ca(dir.path()).expect("CA written");
+        let secret_path = dir.path().join("client-secret");
+        let mut tenant = self.tenant.clone();
+        tenant.entry("base_url".into()).or_insert(format!("\"{}\"", mock.base_url()));
+        tenant.insert("ca_file".into(), format!("{:?}", ca_file.display().to_string()));
+        if let Some(secret) = &self.secret_file {
+            std::fs::write(&secret_path, format!("{secret}\n")).unwrap();
+            tenant.insert("client_secret_file".into(), format!("{:?}", secret_path.display().to_string()));
+        }
+        let text = format!(
+            "[server]\n{}\n[admin]\n{}\n[log]\nformat = \"json\"\n[tenants.default]\n{}\n{}\n{}",
+            lines(&self.server),
+            lines(&self.admin),
+            lines(&tenant),
+            self.routes,
+            self.rules
+        );
+        let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+        let proxy = zuora_auth_proxy::start(config).await.expect("proxy starts");
+        Harness {
+            mock,
+            proxy,
+            dir,
+            secret_path,
+            config_text: text,
+        }
+    }
+}
+
+fn lines(map: &BTreeMap<String, String>) -> String {
+    map.iter().map(|(k, v)| format!("{k} = {v}\n")).collect()
+}
+
+/// A running mock Zuora and a proxy wired to it.
+pub struct Harness {
+    pub mock: MockZuora,
+    pub proxy: Running,
+    pub dir: tempfile::TempDir,
+    pub secret_path: PathBuf,
+    pub config_text: String,
+}
+
+impl Harness {
+    pub fn builder() -> HarnessBuilder {
+        HarnessBuilder::default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy.admin_addr.expect("admin listener"))
+    }
+
+    /// Waits until the proxy holds a token (the first fetch is in the background).
+    pub async fn wait_for_token(&self) {
+        assert!(self.mock.wait_token_calls(1, Duration::from_secs(10)).await, "no token fetch");
+        let tenant = &self.proxy.proxy().runtime().tenants["default"];
+        tokio::time::timeout(Duration::from_secs(10), tenant.tokens.get())
+            .await
+            .expect("token in time")
+            .expect("token");
+    }
+}
+
+/// A caller's answer, body collected.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends one plain-HTTP request and collects the answer.
+pub async fn call(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Answer {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = client
+        .request(request.body(Full::new(body.into())).unwrap())
+        .await
+        .expect("proxy answers");
+    let (parts, body) = response.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.expect("body").to_bytes(),
+    }
+}
+
+pub async fn post(url: &str, headers: &[(&str, &str)]) -> Answer {
+    call(Method::POST, url, headers, Bytes::new()).await
+}
+
+pub async fn get(url: &str) -> Answer {
+    call(Method::GET, url, &[], Bytes::new()).await
+}
+
+/// Writes raw bytes to the proxy and reads until the server closes or `timeout` passes.
+pub async fn raw(addr: std::net::SocketAddr, bytes: &[u8], timeout: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(timeout, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
