@@ -102,6 +102,7 @@ struct State {
 /// Builder for [`MockZuora`].
 pub struct MockBuilder {
     expires_in: ExpiresIn,
+    token_mode: TokenMode,
     client_id: String,
     client_secret: String,
     addr: SocketAddr,
@@ -110,6 +111,12 @@ pub struct MockBuilder {
 impl MockBuilder {
     pub fn expires_in(mut self, expires_in: ExpiresIn) -> Self {
         self.expires_in = expires_in;
+        self
+    }
+
+    /// How the token endpoint behaves from the start.
+    pub fn token_mode(mut self, mode: TokenMode) -> Self {
+        self.token_mode = mode;
         self
     }
 
@@ -138,7 +145,7 @@ impl MockBuilder {
                 client_id: self.client_id,
                 client_secret: self.client_secret,
                 expires_in: self.expires_in,
-                token_mode: TokenMode::Normal,
+                token_mode: self.token_mode,
                 api_mode: ApiMode::Normal,
             }),
             token_calls: watch::channel(0).0,
@@ -172,6 +179,7 @@ impl MockZuora {
     pub fn builder() -> MockBuilder {
         MockBuilder {
             expires_in: ExpiresIn::Int(3599),
+            token_mode: TokenMode::Normal,
             client_id: CLIENT_ID.into(),
             client_secret: CLIENT_SECRET.into(),
             addr: ([127, 0, 0, 1], 0).into(),
