@@ -38,6 +38,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Upstream(#[from] upstream::UpstreamError),
+    #[error("listener TLS: {0}")]
+    Tls(#[from] server::tls::TlsError),
 }
 
 /// A started proxy: its bound addresses and the handles to drain and reload it.
@@ -58,10 +60,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let listen = config.server.listen;
     let admin_listen = config.admin.listen;
+    let caller_tls = config.server.tls.as_ref().map(server::tls::CallerTls::new).transpose()?;
     let settings = ConnSettings {
         header_read_timeout: config.server.header_read_timeout,
+        idle_timeout: config.server.idle_timeout,
         max_header_bytes: config.server.max_header_bytes,
+        max_connections: config.server.max_connections,
         shutdown_grace: config.server.shutdown_grace,
+        tls: caller_tls,
     };
     let listener = bind(listen).await?;
     let admin_listener = match admin_listen {
@@ -87,6 +93,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_addr = listener.local_addr().ok();
         let proxy = proxy.clone();
         let handler = move |request| admin::handle(proxy.clone(), request);
+        // The admin listener stays plain HTTP on its own (loopback) address.
+        let settings = ConnSettings { tls: None, ..settings };
         tokio::spawn(server::serve(listener, settings, handler, admin_rx))
     });
     tracing::info!(listen = %addr, admin = ?admin_addr, "zuora-auth-proxy listening");

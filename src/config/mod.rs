@@ -31,6 +31,9 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 20;
 pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_READY_MIN_TTL_SECS: u64 = 60;
 /// Zuora's own guidance refreshes about five minutes early.
 pub const DEFAULT_REFRESH_MARGIN_SECS: u64 = 300;
@@ -56,6 +59,9 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub tls: Option<crate::server::tls::TlsSettings>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,6 +260,14 @@ impl Config {
                 "shutdown_grace": secs(self.server.shutdown_grace),
                 "header_read_timeout": secs(self.server.header_read_timeout),
                 "max_header_bytes": self.server.max_header_bytes,
+                "idle_timeout": secs(self.server.idle_timeout),
+                "max_connections": self.server.max_connections,
+                "tls": self.server.tls.as_ref().map(|t| json!({
+                    "cert_file": t.cert_file.display().to_string(),
+                    "key_file": t.key_file.display().to_string(),
+                    "client_ca_file": t.client_ca_file.as_ref().map(|p| p.display().to_string()),
+                    "handshake_timeout": secs(t.handshake_timeout),
+                })),
             },
             "log": {
                 "format": match self.log.format { LogFormat::Json => "json", LogFormat::Text => "text" },

@@ -42,6 +42,24 @@ pub struct RawServer {
     pub header_read_timeout: Option<String>,
     /// Largest request head (request line plus headers) accepted, in bytes.
     pub max_header_bytes: Option<u64>,
+    /// A keep-alive connection with no request in flight is closed after this long.
+    pub idle_timeout: Option<String>,
+    /// Connections served at once; more wait in the accept backlog.
+    pub max_connections: Option<u64>,
+    /// Serve HTTPS (and optionally require client certificates) instead of plain HTTP.
+    pub tls: Option<RawServerTls>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct RawServerTls {
+    /// PEM certificate chain presented to callers; re-read when it changes.
+    pub cert_file: Option<String>,
+    /// PEM private key of that certificate.
+    pub key_file: Option<String>,
+    /// PEM CA certificates: when set, every caller must present a certificate signed by one.
+    pub client_ca_file: Option<String>,
+    /// A caller must finish the TLS handshake within this time.
+    pub handshake_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

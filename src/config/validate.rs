@@ -111,11 +111,21 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             shutdown_grace: issues.duration("server.shutdown_grace", s.shutdown_grace.as_deref(), DEFAULT_SHUTDOWN_GRACE_SECS),
             header_read_timeout: issues.duration("server.header_read_timeout", s.header_read_timeout.as_deref(), DEFAULT_HEADER_READ_TIMEOUT_SECS),
             max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
+            idle_timeout: issues.duration("server.idle_timeout", s.idle_timeout.as_deref(), DEFAULT_IDLE_TIMEOUT_SECS),
+            max_connections: match s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS) {
+                0 => {
+                    issues.push("server.max_connections", "must be at least 1");
+                    1
+                }
+                n => usize::try_from(n).unwrap_or(usize::MAX),
+            },
+            tls: s.tls.as_ref().and_then(|t| server_tls(&mut issues, t)),
         }
     };
     for (key, d) in [
         ("server.request_timeout", server.request_timeout),
         ("server.header_read_timeout", server.header_read_timeout),
+        ("server.idle_timeout", server.idle_timeout),
     ] {
         if d.is_zero() {
             issues.push(key, "must be greater than zero");
@@ -198,6 +208,41 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     } else {
         Err(ConfigError { issues: issues.0 })
     }
+}
+
+fn server_tls(issues: &mut Issues, t: &super::raw::RawServerTls) -> Option<crate::server::tls::TlsSettings> {
+    let before = issues.0.len();
+    let mut file = |key: &str, value: &Option<String>, required: bool| -> Option<PathBuf> {
+        match value {
+            None if required => {
+                issues.push(key, "required when [server.tls] is set");
+                None
+            }
+            None => None,
+            Some(path) if !Path::new(path).is_file() => {
+                issues.push(key, format!("no such file {path}"));
+                None
+            }
+            Some(path) => Some(PathBuf::from(path)),
+        }
+    };
+    let cert_file = file("server.tls.cert_file", &t.cert_file, true);
+    let key_file = file("server.tls.key_file", &t.key_file, true);
+    let client_ca_file = file("server.tls.client_ca_file", &t.client_ca_file, false);
+    let handshake_timeout = issues.duration(
+        "server.tls.handshake_timeout",
+        t.handshake_timeout.as_deref(),
+        DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS,
+    );
+    if issues.0.len() != before {
+        return None;
+    }
+    Some(crate::server::tls::TlsSettings {
+        cert_file: cert_file?,
+        key_file: key_file?,
+        client_ca_file,
+        handshake_timeout,
+    })
 }
 
 fn tenant(issues: &mut Issues, name: &str, t: &RawTenant) -> Option<TenantSettings> {

@@ -1,0 +1,181 @@
+//! TLS toward callers (optional): a server certificate re-read when its files change, and
+//! optionally a client CA that every caller's certificate must chain to (mTLS).
+
+use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+/// Certificate files are checked for changes at most this often (at handshakes).
+const RELOAD_CHECK_INTERVAL_MS: u64 = 1000;
+
+/// Settings of the caller-facing TLS listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
+    pub handshake_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client CA: {0}")]
+    ClientCa(#[from] rustls::server::VerifierBuilderError),
+}
+
+/// Who a caller is, from its verified client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// RFC 4514 form, e.g. `CN=billing,O=Acme`.
+    pub subject: String,
+    pub common_name: Option<String>,
+}
+
+impl ClientIdentity {
+    /// A rule's `when_client_cert_subject` matches the common name or the whole subject.
+    pub fn matches(&self, wanted: &str) -> bool {
+        self.common_name.as_deref() == Some(wanted) || self.subject == wanted
+    }
+}
+
+/// Accepts TLS connections from callers.
+#[derive(Clone)]
+pub struct CallerTls {
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
+}
+
+impl CallerTls {
+    pub fn new(settings: &TlsSettings) -> Result<CallerTls, TlsError> {
+        let provider = crate::upstream::crypto_provider();
+        let resolver = Arc::new(ReloadingCert::load(&settings.cert_file, &settings.key_file)?);
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+        let builder = match &settings.client_ca_file {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in read_certs(path)? {
+                    roots.add(cert)?;
+                }
+                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(resolver);
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(CallerTls {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            handshake_timeout: settings.handshake_timeout,
+        })
+    }
+
+    /// Completes the handshake within the handshake timeout.
+    pub async fn accept(&self, stream: TcpStream) -> std::io::Result<(TlsStream<TcpStream>, Option<ClientIdentity>)> {
+        let tls = tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(stream))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        let identity = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|cert| identity_of(cert));
+        Ok((tls, identity))
+    }
+}
+
+fn identity_of(cert: &CertificateDer<'_>) -> Option<ClientIdentity> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let subject = parsed.subject();
+    let common_name = subject
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string);
+    let subject = subject.to_string().replace(", ", ",");
+    Some(ClientIdentity { subject, common_name })
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let file_error = |reason: String| TlsError::File { path: path.to_path_buf(), reason };
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| file_error(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(file_error("no certificate in file".into()));
+    }
+    Ok(certs)
+}
+
+fn load_key(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+    let certs = read_certs(cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| TlsError::File {
+        path: key_file.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(Arc::new(CertifiedKey::from_der(certs, key, &crate::upstream::crypto_provider())?))
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Serves the certificate in the files, reloading it when their modification times change
+/// (a rotated certificate is used by the next handshake, without a restart).
+#[derive(Debug)]
+struct ReloadingCert {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    state: Mutex<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    stamps: (Option<SystemTime>, Option<SystemTime>),
+    checked: Instant,
+}
+
+impl ReloadingCert {
+    fn load(cert_file: &Path, key_file: &Path) -> Result<ReloadingCert, TlsError> {
+        let stamps = (modified(cert_file), modified(key_file));
+        let key = load_key(cert_file, key_file)?;
+        Ok(ReloadingCert {
+            cert_file: cert_file.to_path_buf(),
+            key_file: key_file.to_path_buf(),
+            state: Mutex::new(Loaded { key, stamps, checked: Instant::now() }),
+        })
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.checked.elapsed() >= Duration::from_millis(RELOAD_CHECK_INTERVAL_MS) {
+            state.checked = Instant::now();
+            let stamps = (modified(&self.cert_file), modified(&self.key_file));
+            if stamps != state.stamps {
+                match load_key(&self.cert_file, &self.key_file) {
+                    Ok(key) => {
+                        state.key = key;
+                        state.stamps = stamps;
+                        tracing::info!(cert_file = %self.cert_file.display(), "listener certificate reloaded");
+                    }
+                    // A half-written pair is retried at the next check; the old one serves meanwhile.
+                    Err(error) => tracing::warn!(%error, "listener certificate not reloaded; keeping the current one"),
+                }
+            }
+        }
+        Some(state.key.clone())
+    }
+}
