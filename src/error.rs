@@ -26,6 +26,8 @@ pub enum ProxyError {
     BodyRead,
     #[error("no valid Zuora access token could be obtained in time")]
     TokenUnavailable,
+    #[error("too many requests are in flight to this Zuora tenant; retry later")]
+    Overloaded,
     #[error("Zuora could not be reached")]
     UpstreamUnreachable,
     #[error("the connection to Zuora failed before it answered")]
@@ -46,6 +48,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BodyRead => "invalid_body",
             ProxyError::TokenUnavailable => "token_unavailable",
+            ProxyError::Overloaded => "overloaded",
             ProxyError::UpstreamUnreachable => "upstream_unreachable",
             ProxyError::UpstreamFailed => "upstream_failed",
             ProxyError::UpstreamTimeout => "upstream_timeout",
@@ -61,7 +64,7 @@ impl ProxyError {
             }
             ProxyError::NoMatchingRule => StatusCode::FORBIDDEN,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::TokenUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::TokenUnavailable | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable | ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -104,6 +107,7 @@ mod tests {
             (ProxyError::BodyTooLarge { limit: 10 }, 413, "body_too_large"),
             (ProxyError::BodyRead, 400, "invalid_body"),
             (ProxyError::TokenUnavailable, 503, "token_unavailable"),
+            (ProxyError::Overloaded, 503, "overloaded"),
             (ProxyError::UpstreamUnreachable, 502, "upstream_unreachable"),
             (ProxyError::UpstreamFailed, 502, "upstream_failed"),
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),

@@ -4,6 +4,7 @@
 //! [`start`] binds the listeners and returns a [`Running`] proxy; the binary adds signals.
 
 pub mod admin;
+pub mod backoff;
 pub mod body;
 pub mod config;
 pub mod demo;

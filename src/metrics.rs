@@ -60,6 +60,15 @@ pub struct Metrics {
     pub in_flight: Family<TenantLabel, Gauge>,
     pub proxy_errors: Family<CodeLabel, Counter>,
     pub config_reloads: Family<ResultLabel, Counter>,
+    pub queue_length: Family<TenantLabel, Gauge>,
+    pub queue_wait: Family<TenantLabel, Histogram, fn() -> Histogram>,
+    pub retries: Family<RouteReason, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteReason {
+    pub route: String,
+    pub reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -80,6 +89,9 @@ impl Metrics {
             in_flight: Family::default(),
             proxy_errors: Family::default(),
             config_reloads: Family::default(),
+            queue_length: Family::default(),
+            queue_wait: Family::new_with_constructor(latency_histogram),
+            retries: Family::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests answered, by route and status", m.requests.clone());
@@ -90,6 +102,9 @@ impl Metrics {
         registry.register("in_flight", "Requests being forwarded to Zuora, by tenant", m.in_flight.clone());
         registry.register("proxy_errors", "Answers made by the proxy itself, by error code", m.proxy_errors.clone());
         registry.register("config_reloads", "Configuration reloads, by result", m.config_reloads.clone());
+        registry.register("queue_length", "Requests waiting for a concurrency slot, by tenant", m.queue_length.clone());
+        registry.register("queue_wait_seconds", "Time requests waited for a concurrency slot, by tenant", m.queue_wait.clone());
+        registry.register("retries", "Requests sent to Zuora again, by route and reason", m.retries.clone());
         Metrics { registry, ..m }
     }
 

@@ -2,12 +2,14 @@
 //! [`Proxy::handle`] never fails; [`Proxy::forward`] uses `?` and its errors become
 //! responses in [`ProxyError::into_response`].
 
-use crate::body::{ResponseBody, UpstreamBody, REPLAY_BUFFER_BYTES};
+use crate::backoff::{self, Backoff};
+use crate::body::{GuardedBody, ResponseBody, UpstreamBody, REPLAY_BUFFER_BYTES};
 use crate::error::ProxyError;
 use crate::headers::{self, Injected, ZUORA_REQUEST_ID, ZUORA_TRACK_ID};
-use crate::metrics::{self, Metrics, RouteLabel, RouteStatus, TenantLabel};
-use crate::routes::{self, Resolution, Route, Rule};
+use crate::metrics::{self, Metrics, RouteLabel, RouteReason, RouteStatus};
+use crate::routes::{self, Resolution, RetryPolicy, Route, Rule};
 use crate::runtime::{Runtime, Tenant};
+use crate::server::tls::ClientIdentity;
 use crate::track_id;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -16,7 +18,10 @@ use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
 use std::error::Error as StdError;
 use std::sync::atomic::{AtomicBool, Ordering};
+use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 /// Longest path written to the access log; the rest is cut.
@@ -73,7 +78,7 @@ impl Proxy {
         let runtime = self.runtime.load_full();
         let mut exchange = Exchange::new(&request);
         let deadline = runtime.config.server.request_timeout;
-        let result = tokio::time::timeout(deadline, self.forward(&runtime, request, &mut exchange))
+        let result = tokio::time::timeout(deadline, self.forward(&runtime, request, &mut exchange, Instant::now() + deadline))
             .await
             .unwrap_or(Err(ProxyError::UpstreamTimeout));
         let response = match result {
@@ -90,7 +95,13 @@ impl Proxy {
         response
     }
 
-    async fn forward(&self, runtime: &Runtime, request: Request<Incoming>, x: &mut Exchange) -> Result<Response<ResponseBody>, ProxyError> {
+    async fn forward(
+        &self,
+        runtime: &Runtime,
+        request: Request<Incoming>,
+        x: &mut Exchange,
+        deadline: Instant,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
         let config = &runtime.config;
         let (parts, body) = request.into_parts();
         let route = match routes::resolve(&config.routes, &parts.method, parts.uri.path()) {
@@ -104,7 +115,8 @@ impl Proxy {
         };
         x.route = Some(route.clone());
         let caller_track_id = caller_track_id(&parts.headers)?;
-        let rule = routes::select(&config.rules, &route.name, &parts.headers).ok_or(ProxyError::NoMatchingRule)?;
+        let caller = parts.extensions.get::<ClientIdentity>();
+        let rule = routes::select(&config.rules, &route.name, &parts.headers, caller).ok_or(ProxyError::NoMatchingRule)?;
         x.rule = Some(rule.clone());
         let track_id = caller_track_id.unwrap_or_else(|| track_id::generate(rule.track_id_prefix.as_deref()));
         x.track_id = Some(track_id.clone());
@@ -114,9 +126,12 @@ impl Proxy {
             .expect("validation ties every rule to a tenant");
         x.tenant = Some(tenant.settings.clone());
 
-        let body = OutgoingBody::read(body, &parts.headers, config.server.max_body_bytes).await?;
+        let max_body = config.server.max_body_bytes;
+        let body = OutgoingBody::read(body, &parts.headers, max_body).await?;
         let uri = tenant.uri_for(parts.uri.path_and_query())?;
-        let token = tenant.tokens.get().await.map_err(|_| ProxyError::TokenUnavailable)?;
+        let slot = acquire_slot(tenant).await?;
+        let in_flight = GaugeGuard::enter(&tenant.meters.in_flight);
+        let mut token = tenant.tokens.get().await.map_err(|_| ProxyError::TokenUnavailable)?;
         let mut headers = parts.headers;
         headers::rewrite_request(
             &mut headers,
@@ -127,37 +142,106 @@ impl Proxy {
                 org_ids: rule.org_header.as_ref(),
             },
         );
-
-        let _in_flight = InFlight::enter(&self.metrics, tenant.name());
+        let may_retry = route.retry.allows(&parts.method, &headers);
+        // Only a buffered body can be sent twice; a streamed one gets exactly one attempt.
+        let replay = body.replayable();
+        let mut first_body = Some(body.into_upstream());
+        let mut backoff = Backoff::new(Duration::from_millis(RETRY_BACKOFF_BASE_MS), Duration::from_millis(RETRY_BACKOFF_MAX_MS));
         let started = Instant::now();
-        // Keep what a replay needs only when the body can be replayed at all.
-        let replay = body.replayable().map(|bytes| (bytes, headers.clone()));
-        let mut response = send(tenant, &parts.method, &uri, headers, body.into_upstream(), config.server.max_body_bytes).await;
-        if let (Ok(first), Some((bytes, mut headers))) = (&response, replay) {
-            if first.status() == StatusCode::UNAUTHORIZED {
+        let result = loop {
+            let (attempt_headers, attempt_body) = match (first_body.take(), &replay) {
+                (Some(body), None) => (std::mem::take(&mut headers), body),
+                (Some(body), Some(_)) => (headers.clone(), body),
+                (None, Some(bytes)) => (headers.clone(), Either::Left(Full::new(bytes.clone()))),
+                (None, None) => unreachable!("a streamed body is never sent twice"),
+            };
+            let result = send(tenant, &parts.method, &uri, attempt_headers, attempt_body, max_body).await;
+            if replay.is_none() {
+                break result;
+            }
+            // Zuora refused the token: fetch a new one (once for all requests that saw this
+            // token refused) and send again, once.
+            if !x.token_retry && matches!(&result, Ok(r) if r.status() == StatusCode::UNAUTHORIZED) {
+                x.token_retry = true;
                 tenant.tokens.invalidate(&token);
-                let fresh = tenant.tokens.get().await.map_err(|_| ProxyError::TokenUnavailable)?;
-                let mut authorization = fresh.header().clone();
+                token = tenant.tokens.get().await.map_err(|_| ProxyError::TokenUnavailable)?;
+                let mut authorization = token.header().clone();
                 authorization.set_sensitive(true);
                 headers.insert(header::AUTHORIZATION, authorization);
-                x.token_retry = true;
-                response = send(tenant, &parts.method, &uri, headers, Either::Left(Full::new(bytes)), config.server.max_body_bytes).await;
+                continue;
             }
-        }
+            if may_retry && x.retries < route.retry.attempts {
+                if let Some(reason) = retry_reason(&route.retry, &result) {
+                    let hint = result.as_ref().ok().and_then(|r| backoff::retry_hint(r.headers()));
+                    let wait = hint.unwrap_or_else(|| backoff.next(fastrand::f64()));
+                    // A wait that would outlast the request's deadline is no retry at all.
+                    if Instant::now() + wait < deadline {
+                        x.retries += 1;
+                        self.metrics
+                            .retries
+                            .get_or_create(&RouteReason { route: route.name.clone(), reason })
+                            .inc();
+                        drop(result);
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                }
+            }
+            break result;
+        };
         let upstream_time = started.elapsed();
         x.upstream_ms = Some(millis(upstream_time));
-        self.metrics
-            .upstream_duration
-            .get_or_create(&TenantLabel { tenant: tenant.name().to_string() })
-            .observe(upstream_time.as_secs_f64());
-        let mut response = response?;
+        tenant.meters.upstream_duration.observe(upstream_time.as_secs_f64());
+        let mut response = result?;
         x.upstream_status = Some(response.status().as_u16());
         x.note_upstream_headers(response.headers());
         headers::strip_hop_by_hop(response.headers_mut());
         if !response.headers().contains_key(&ZUORA_TRACK_ID) {
             response.headers_mut().insert(ZUORA_TRACK_ID.clone(), track_id);
         }
-        Ok(response.map(Either::Left))
+        Ok(response.map(|body| Either::Left(GuardedBody::new(body, (slot, in_flight)))))
+    }
+}
+
+/// First retry waits 50-100 ms, doubling per retry.
+const RETRY_BACKOFF_BASE_MS: u64 = 100;
+/// Longest wait between retries when Zuora gives no hint.
+const RETRY_BACKOFF_MAX_MS: u64 = 5_000;
+
+/// Why an attempt's outcome is worth another try under `policy`, if it is.
+fn retry_reason(policy: &RetryPolicy, result: &Result<Response<Incoming>, ProxyError>) -> Option<&'static str> {
+    let status = match result {
+        Err(ProxyError::UpstreamUnreachable) => return policy.on_connect.then_some("connect"),
+        // A connection that broke before Zuora answered is what the caller sees as 502.
+        Err(ProxyError::UpstreamFailed) => StatusCode::BAD_GATEWAY,
+        Err(_) => return None,
+        Ok(response) => response.status(),
+    };
+    if !policy.on_status.contains(&status) {
+        return None;
+    }
+    match status.as_u16() {
+        429 => Some("429"),
+        502 => Some("502"),
+        503 => Some("503"),
+        504 => Some("504"),
+        _ => None,
+    }
+}
+
+/// A concurrency slot for `tenant`, waiting in arrival order for at most `queue_timeout`.
+/// A caller that goes away while queued leaves the queue (its future is dropped).
+async fn acquire_slot(tenant: &Tenant) -> Result<OwnedSemaphorePermit, ProxyError> {
+    if let Ok(permit) = tenant.slots.clone().try_acquire_owned() {
+        return Ok(permit);
+    }
+    let _queued = GaugeGuard::enter(&tenant.meters.queue_length);
+    let waiting = Instant::now();
+    let permit = tokio::time::timeout(tenant.settings.queue_timeout, tenant.slots.clone().acquire_owned()).await;
+    tenant.meters.queue_wait.observe(waiting.elapsed().as_secs_f64());
+    match permit {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(ProxyError::Overloaded),
     }
 }
 
@@ -262,23 +346,19 @@ fn millis(d: std::time::Duration) -> f64 {
     d.as_micros() as f64 / 1000.0
 }
 
-/// Counts a request in `zuora_proxy_in_flight` for as long as it lives.
-struct InFlight<'a> {
-    metrics: &'a Metrics,
-    label: TenantLabel,
-}
+/// Adds one to a gauge for as long as it lives (requests in flight, requests queued).
+struct GaugeGuard(Gauge);
 
-impl<'a> InFlight<'a> {
-    fn enter(metrics: &'a Metrics, tenant: &str) -> InFlight<'a> {
-        let label = TenantLabel { tenant: tenant.to_string() };
-        metrics.in_flight.get_or_create(&label).inc();
-        InFlight { metrics, label }
+impl GaugeGuard {
+    fn enter(gauge: &Gauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for GaugeGuard {
     fn drop(&mut self) {
-        self.metrics.in_flight.get_or_create(&self.label).dec();
+        self.0.dec();
     }
 }
 
@@ -294,6 +374,7 @@ struct Exchange {
     upstream_status: Option<u16>,
     upstream_ms: Option<f64>,
     token_retry: bool,
+    retries: u32,
     zuora_request_id: Option<String>,
     limits: [Option<String>; LOGGED_RESPONSE_HEADERS.len()],
     error: Option<&'static str>,
@@ -317,6 +398,7 @@ impl Exchange {
             upstream_status: None,
             upstream_ms: None,
             token_retry: false,
+            retries: 0,
             zuora_request_id: None,
             limits: Default::default(),
             error: None,
@@ -359,6 +441,7 @@ impl Exchange {
             duration_ms = millis(elapsed),
             upstream_ms = self.upstream_ms,
             token_retry = self.token_retry,
+            retries = self.retries,
             zuora_request_id = self.zuora_request_id.as_deref(),
             ratelimit_limit = rl_limit.as_deref(),
             ratelimit_remaining = rl_remaining.as_deref(),

@@ -3,20 +3,48 @@
 
 use crate::config::{Config, TenantSettings};
 use crate::error::ProxyError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TenantLabel};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::Semaphore;
 use crate::token::TokenManager;
 use crate::upstream::{self, UpstreamError};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// One tenant ready to serve: where requests go and who holds its token.
+/// One tenant ready to serve: where requests go, who holds its token, how many requests
+/// may be in flight to it.
 pub struct Tenant {
     pub settings: Arc<TenantSettings>,
     pub tokens: TokenManager,
+    /// Slots for requests in flight (`max_concurrency`), granted in arrival order.
+    pub slots: Arc<Semaphore>,
+    pub meters: TenantMeters,
     authority: Authority,
     /// The base URL's path without its trailing slash ("" for Zuora's hosts).
     base_path: String,
+}
+
+/// The tenant's metric handles, looked up once instead of per request.
+#[derive(Clone)]
+pub struct TenantMeters {
+    pub in_flight: Gauge,
+    pub queue_length: Gauge,
+    pub queue_wait: Histogram,
+    pub upstream_duration: Histogram,
+}
+
+impl TenantMeters {
+    fn new(metrics: &Metrics, tenant: &str) -> TenantMeters {
+        let label = TenantLabel { tenant: tenant.to_string() };
+        TenantMeters {
+            in_flight: metrics.in_flight.get_or_create(&label).clone(),
+            queue_length: metrics.queue_length.get_or_create(&label).clone(),
+            queue_wait: metrics.queue_wait.get_or_create(&label).clone(),
+            upstream_duration: metrics.upstream_duration.get_or_create(&label).clone(),
+        }
+    }
 }
 
 impl Tenant {
@@ -56,10 +84,13 @@ impl Runtime {
             let reused = previous
                 .and_then(|p| p.tenants.get(name))
                 .filter(|t| *t.settings == **settings)
-                .map(|t| t.tokens.clone());
-            let tokens = match reused {
-                Some(tokens) => tokens,
-                None => TokenManager::start(settings.clone(), upstream::build(settings)?, metrics.clone()),
+                .map(|t| (t.tokens.clone(), t.slots.clone()));
+            let (tokens, slots) = match reused {
+                Some(kept) => kept,
+                None => (
+                    TokenManager::start(settings.clone(), upstream::build(settings)?, metrics.clone()),
+                    Arc::new(Semaphore::new(settings.max_concurrency)),
+                ),
             };
             let authority = Authority::try_from(settings.base_url[url::Position::BeforeHost..url::Position::AfterPort].to_string())
                 .expect("validated base_url has a host");
@@ -68,6 +99,8 @@ impl Runtime {
                 Tenant {
                     settings: settings.clone(),
                     tokens,
+                    slots,
+                    meters: TenantMeters::new(metrics, name),
                     authority,
                     base_path: settings.base_url.path().trim_end_matches('/').to_string(),
                 },

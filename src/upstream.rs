@@ -3,15 +3,24 @@
 
 use crate::body::UpstreamBody;
 use crate::config::TenantSettings;
+use http::Uri;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::{pem::PemObject, CertificateDer};
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::net::TcpStream;
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+pub type UpstreamClient = Client<HttpsConnector<Egress>, UpstreamBody>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Idle pooled connections are closed after this long; Zuora's edge closes them sooner or later anyway.
 const POOL_IDLE_TIMEOUT_SECS: u64 = 90;
@@ -55,11 +64,20 @@ pub fn build(tenant: &TenantSettings) -> Result<UpstreamClient, UpstreamError> {
     http.set_connect_timeout(Some(tenant.connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(TCP_KEEPALIVE_SECS)));
 
+    let proxy = match &tenant.proxy_url {
+        Some(url) => Matcher::builder().https(url.0.as_str()).build(),
+        None => Matcher::from_env(),
+    };
+    let egress = Egress {
+        http,
+        proxy: Arc::new(proxy),
+        connect_timeout: tenant.connect_timeout,
+    };
     let https = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
         .enable_http1()
-        .wrap_connector(http);
+        .wrap_connector(egress);
 
     Ok(Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
@@ -81,4 +99,49 @@ fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), Ups
         });
     }
     Ok(())
+}
+
+/// TCP toward Zuora: direct, or through a CONNECT tunnel when an egress proxy applies (the
+/// tenant's `proxy_url`, else `HTTPS_PROXY` unless `NO_PROXY` names the host). TLS runs
+/// inside the tunnel, end to end with Zuora.
+#[derive(Clone)]
+pub struct Egress {
+    http: HttpConnector,
+    proxy: Arc<Matcher>,
+    connect_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("connecting through the egress proxy timed out")]
+struct TunnelTimeout;
+
+impl tower_service::Service<Uri> for Egress {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let mut http = self.http.clone();
+        match self.proxy.intercept(&dst) {
+            None => Box::pin(async move { http.call(dst).await.map_err(Into::into) }),
+            Some(intercept) => {
+                let mut tunnel = Tunnel::new(intercept.uri().clone(), http);
+                if let Some(auth) = intercept.basic_auth() {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                // The proxy's answer to CONNECT counts toward the connect timeout too.
+                let limit = self.connect_timeout;
+                Box::pin(async move {
+                    match tokio::time::timeout(limit, tunnel.call(dst)).await {
+                        Ok(result) => result.map_err(Into::into),
+                        Err(_) => Err(TunnelTimeout.into()),
+                    }
+                })
+            }
+        }
+    }
 }

@@ -39,6 +39,9 @@ pub const DEFAULT_READY_MIN_TTL_SECS: u64 = 60;
 pub const DEFAULT_REFRESH_MARGIN_SECS: u64 = 300;
 pub const DEFAULT_TOKEN_WAIT_SECS: u64 = 5;
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
+/// Zuora's default per-tenant concurrency limit.
+pub const DEFAULT_MAX_CONCURRENCY: u64 = 40;
+pub const DEFAULT_QUEUE_TIMEOUT_SECS: u64 = 10;
 
 /// Validated configuration.
 #[derive(Debug, Clone)]
@@ -95,6 +98,37 @@ pub struct TenantSettings {
     pub refresh_margin: Duration,
     pub token_wait: Duration,
     pub connect_timeout: Duration,
+    pub max_concurrency: usize,
+    pub queue_timeout: Duration,
+    /// Explicit egress proxy; `None` means the `HTTPS_PROXY` / `NO_PROXY` environment.
+    pub proxy_url: Option<ProxyUrl>,
+}
+
+/// An egress proxy URL, which may carry credentials: `Debug` and `Display` redact them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyUrl(pub Url);
+
+impl ProxyUrl {
+    /// The URL with any password replaced, safe for output.
+    pub fn redacted(&self) -> String {
+        let mut url = self.0.clone();
+        if url.password().is_some() {
+            let _ = url.set_password(Some("<redacted>"));
+        }
+        url.to_string()
+    }
+}
+
+impl fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ProxyUrl({})", self.redacted())
+    }
+}
+
+impl fmt::Display for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
 }
 
 /// One problem found in the configuration, named by its full key.
@@ -248,6 +282,9 @@ impl Config {
                         "refresh_margin": secs(t.refresh_margin),
                         "token_wait": secs(t.token_wait),
                         "connect_timeout": secs(t.connect_timeout),
+                        "max_concurrency": t.max_concurrency,
+                        "queue_timeout": secs(t.queue_timeout),
+                        "proxy_url": t.proxy_url.as_ref().map(ProxyUrl::redacted),
                     }),
                 )
             })
@@ -282,10 +319,14 @@ impl Config {
                 "name": r.name,
                 "method": r.method.as_str(),
                 "path": r.template.to_string(),
+                "retry_attempts": r.retry.attempts,
+                "retry_on": r.retry.describe(),
+                "idempotent": r.retry.idempotent,
             })).collect::<Vec<_>>(),
             "rules": self.rules.iter().map(|r| json!({
                 "name": r.name,
                 "routes": r.routes,
+                "when_client_cert_subject": r.when_client_cert_subject,
                 "when_headers": r.when_headers.iter().map(|(k, v)| (k.as_str().to_string(), v.clone())).collect::<BTreeMap<_, _>>(),
                 "tenant": r.tenant,
                 "entity_ids": r.entity_ids,

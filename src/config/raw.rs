@@ -98,6 +98,13 @@ pub struct RawTenant {
     pub token_wait: Option<String>,
     /// TCP connect timeout toward Zuora.
     pub connect_timeout: Option<String>,
+    /// Requests in flight to this tenant at once (Zuora's default concurrency limit is 40).
+    pub max_concurrency: Option<u64>,
+    /// How long a request may queue for a concurrency slot before a 503 `overloaded`.
+    pub queue_timeout: Option<String>,
+    /// `http://[user:password@]host:port` of a corporate proxy to tunnel through (CONNECT).
+    /// Default: the `HTTPS_PROXY` / `NO_PROXY` environment.
+    pub proxy_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -108,6 +115,12 @@ pub struct RawRoute {
     pub method: Option<String>,
     /// Path template with `{name}` or `{name:uuid}` placeholders.
     pub path: Option<String>,
+    /// Retries after the first attempt (default 0).
+    pub retry_attempts: Option<u32>,
+    /// What to retry on: any of "429", "502", "503", "504", "connect".
+    pub retry_on: Option<Vec<String>>,
+    /// The call is safe to repeat even though its method is not idempotent.
+    pub idempotent: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -118,6 +131,9 @@ pub struct RawRule {
     pub routes: Option<Vec<String>>,
     /// Request headers that must all be present with exactly these values.
     pub when_headers: Option<BTreeMap<String, String>>,
+    /// The caller's client certificate (TLS listener with client_ca_file) must have this
+    /// common name, or this whole subject in RFC 4514 form (`CN=billing,O=Acme`).
+    pub when_client_cert_subject: Option<String>,
     /// Tenant the request is sent to.
     pub tenant: Option<String>,
     /// Sent as `Zuora-Entity-Ids`.

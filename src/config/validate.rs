@@ -3,10 +3,13 @@
 
 use super::raw::{RawConfig, RawRoute, RawRule, RawTenant};
 use super::*;
-use crate::routes::{PathTemplate, Route, Rule};
+use crate::routes::{PathTemplate, RetryPolicy, Route, Rule};
 use crate::token::secret::Secret;
 use crate::track_id;
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+
+/// More retries than this only multiply load on a struggling Zuora.
+const MAX_RETRY_ATTEMPTS: u32 = 5;
 
 /// A `serde_ignored` path as a configuration key (`tenants.eu.base_ur`, `routes.0.nme`).
 pub(super) fn key_of(path: &serde_ignored::Path<'_>) -> String {
@@ -191,6 +194,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 name: "default".into(),
                 routes: None,
                 when_headers: Vec::new(),
+                when_client_cert_subject: None,
                 tenant: (*only).clone(),
                 entity_ids: Vec::new(),
                 org_ids: Vec::new(),
@@ -307,6 +311,28 @@ fn tenant(issues: &mut Issues, name: &str, t: &RawTenant) -> Option<TenantSettin
     if connect_timeout.is_zero() {
         issues.push(key("connect_timeout"), "must be greater than zero");
     }
+    let max_concurrency = match t.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY) {
+        0 => {
+            issues.push(key("max_concurrency"), "must be at least 1");
+            1
+        }
+        n => usize::try_from(n).unwrap_or(usize::MAX),
+    };
+    let queue_timeout = issues.duration(&key("queue_timeout"), t.queue_timeout.as_deref(), DEFAULT_QUEUE_TIMEOUT_SECS);
+    let proxy_url = match t.proxy_url.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) => match Url::parse(text) {
+            Ok(url) if url.scheme() == "http" && url.host_str().is_some() => Some(ProxyUrl(url)),
+            Ok(_) => {
+                issues.push(key("proxy_url"), "must be http://[user:password@]host:port (the tunnel to Zuora is TLS end to end)");
+                None
+            }
+            Err(e) => {
+                issues.push(key("proxy_url"), e.to_string());
+                None
+            }
+        },
+    };
     if issues.0.len() != before {
         return None;
     }
@@ -320,6 +346,9 @@ fn tenant(issues: &mut Issues, name: &str, t: &RawTenant) -> Option<TenantSettin
         refresh_margin,
         token_wait,
         connect_timeout,
+        max_concurrency,
+        queue_timeout,
+        proxy_url,
     })
 }
 
@@ -352,7 +381,30 @@ fn route(issues: &mut Issues, i: usize, r: &RawRoute) -> Option<Route> {
             .map_err(|e| issues.push(key("path"), format!("{p:?}: {e}")))
             .ok(),
     };
-    Some(Route { name: name?, method: method?, template: template? })
+    let mut retry = RetryPolicy {
+        attempts: r.retry_attempts.unwrap_or(0),
+        idempotent: r.idempotent.unwrap_or(false),
+        ..RetryPolicy::default()
+    };
+    for (j, on) in r.retry_on.iter().flatten().enumerate() {
+        match on.trim() {
+            "connect" => retry.on_connect = true,
+            code @ ("429" | "502" | "503" | "504") => {
+                retry.on_status.push(StatusCode::from_bytes(code.as_bytes()).expect("listed codes"))
+            }
+            other => issues.push(
+                format!("routes.{i}.retry_on.{j}"),
+                format!("{other:?} is not one of \"429\", \"502\", \"503\", \"504\", \"connect\""),
+            ),
+        }
+    }
+    if retry.attempts > MAX_RETRY_ATTEMPTS {
+        issues.push(key("retry_attempts"), format!("at most {MAX_RETRY_ATTEMPTS}"));
+    }
+    if retry.attempts > 0 && retry.on_status.is_empty() && !retry.on_connect {
+        issues.push(key("retry_on"), "retry_attempts is set but retry_on names nothing to retry");
+    }
+    Some(Route { name: name?, method: method?, template: template?, retry })
 }
 
 fn rule(issues: &mut Issues, i: usize, r: &RawRule, raw: &RawConfig) -> Option<Rule> {
@@ -391,6 +443,12 @@ fn rule(issues: &mut Issues, i: usize, r: &RawRule, raw: &RawConfig) -> Option<R
             issues.push(format!("rules.{i}.org_ids.{j}"), format!("{id:?} is not an org id"));
         }
     }
+    if r.when_client_cert_subject.is_some() && raw.server.tls.as_ref().is_none_or(|t| t.client_ca_file.is_none()) {
+        issues.push(
+            key("when_client_cert_subject"),
+            "needs [server.tls] with client_ca_file: plain-HTTP callers have no certificate",
+        );
+    }
     if let Some(prefix) = &r.track_id_prefix {
         if !track_id::is_valid_prefix(prefix) {
             issues.push(
@@ -407,6 +465,7 @@ fn rule(issues: &mut Issues, i: usize, r: &RawRule, raw: &RawConfig) -> Option<R
         name: name?,
         routes: r.routes.clone(),
         when_headers,
+        when_client_cert_subject: r.when_client_cert_subject.clone(),
         tenant: tenant?,
         entity_header: header(&entity_ids),
         org_header: header(&org_ids),

@@ -3,7 +3,8 @@
 
 pub mod template;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use crate::server::tls::ClientIdentity;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use std::sync::Arc;
 pub use template::{PathMatch, PathTemplate};
 
@@ -13,6 +14,35 @@ pub struct Route {
     pub name: String,
     pub method: Method,
     pub template: PathTemplate,
+    pub retry: RetryPolicy,
+}
+
+/// When a request on a route may be sent again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    pub on_status: Vec<StatusCode>,
+    pub on_connect: bool,
+    /// Repeating the call does no harm, whatever its method.
+    pub idempotent: bool,
+}
+
+impl RetryPolicy {
+    /// A request may be retried only when repeating it is harmless: an idempotent method,
+    /// a route marked idempotent, or an `Idempotency-Key` from the caller.
+    pub fn allows(&self, method: &Method, headers: &HeaderMap) -> bool {
+        self.attempts > 0 && (self.idempotent || method.is_idempotent() || headers.contains_key("idempotency-key"))
+    }
+
+    /// `retry_on` as written in the configuration.
+    pub fn describe(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.on_status.iter().map(|s| s.as_str().to_string()).collect();
+        if self.on_connect {
+            out.push("connect".into());
+        }
+        out
+    }
 }
 
 /// One routing rule: when it applies, and what it decides.
@@ -23,6 +53,8 @@ pub struct Rule {
     pub routes: Option<Vec<String>>,
     /// Lower-case header names with the exact value each must have.
     pub when_headers: Vec<(HeaderName, String)>,
+    /// The caller's client certificate must have this common name or subject (TLS listener only).
+    pub when_client_cert_subject: Option<String>,
     pub tenant: String,
     pub entity_ids: Vec<String>,
     pub org_ids: Vec<String>,
@@ -76,10 +108,15 @@ pub fn resolve<'a>(routes: &'a [Arc<Route>], method: &Method, path: &str) -> Res
 }
 
 impl Rule {
-    /// Whether this rule applies to a request for `route` with these headers.
-    pub fn applies(&self, route: &str, headers: &HeaderMap) -> bool {
+    /// Whether this rule applies to a request for `route` with these headers, from this caller.
+    pub fn applies(&self, route: &str, headers: &HeaderMap, caller: Option<&ClientIdentity>) -> bool {
         if let Some(routes) = &self.routes {
             if !routes.iter().any(|r| r == route) {
+                return false;
+            }
+        }
+        if let Some(wanted) = &self.when_client_cert_subject {
+            if !caller.is_some_and(|c| c.matches(wanted)) {
                 return false;
             }
         }
@@ -92,8 +129,13 @@ impl Rule {
 }
 
 /// First rule that applies, if any.
-pub fn select<'a>(rules: &'a [Arc<Rule>], route: &str, headers: &HeaderMap) -> Option<&'a Arc<Rule>> {
-    rules.iter().find(|rule| rule.applies(route, headers))
+pub fn select<'a>(
+    rules: &'a [Arc<Rule>],
+    route: &str,
+    headers: &HeaderMap,
+    caller: Option<&ClientIdentity>,
+) -> Option<&'a Arc<Rule>> {
+    rules.iter().find(|rule| rule.applies(route, headers, caller))
 }
 
 #[cfg(test)]
@@ -105,6 +147,7 @@ mod tests {
             name: name.into(),
             method,
             template: PathTemplate::parse(path).unwrap(),
+            retry: RetryPolicy::default(),
         })
     }
 
@@ -116,6 +159,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (HeaderName::from_bytes(k.as_bytes()).unwrap(), v.to_string()))
                 .collect(),
+            when_client_cert_subject: None,
             tenant: tenant.into(),
             entity_ids: vec![],
             org_ids: vec![],
@@ -123,6 +167,26 @@ mod tests {
             entity_header: None,
             org_header: None,
         })
+    }
+
+    fn select_h<'a>(rules: &'a [Arc<Rule>], route: &str, h: &HeaderMap) -> Option<&'a Arc<Rule>> {
+        select(rules, route, h, None)
+    }
+
+    #[test]
+    fn client_certificate_subject_rules() {
+        let mut r = (*rule("mtls", None, &[], "eu")).clone();
+        r.when_client_cert_subject = Some("billing".into());
+        let rules = vec![Arc::new(r), rule("fallback", None, &[], "default")];
+        let h = HeaderMap::new();
+        let billing = ClientIdentity { subject: "CN=billing,O=Acme".into(), common_name: Some("billing".into()) };
+        let other = ClientIdentity { subject: "CN=other".into(), common_name: Some("other".into()) };
+        assert_eq!(select(&rules, "abort", &h, Some(&billing)).unwrap().name, "mtls");
+        assert_eq!(select(&rules, "abort", &h, Some(&other)).unwrap().name, "fallback");
+        assert_eq!(select(&rules, "abort", &h, None).unwrap().name, "fallback", "plain HTTP has no subject");
+        let mut by_subject = (*rules[0]).clone();
+        by_subject.when_client_cert_subject = Some("CN=billing,O=Acme".into());
+        assert!(by_subject.applies("abort", &h, Some(&billing)));
     }
 
     const JOB: &str = "/bulk-data/bulk-jobs/3a3e85c4-96e7-486b-ae02-827120104301";
@@ -133,6 +197,22 @@ mod tests {
             route("summary", Method::GET, "/bulk-data/bulk-jobs/{id:uuid}/summary"),
             route("any-abort", Method::PUT, "/bulk-data/bulk-jobs/{id}/aborts"),
         ]
+    }
+
+    #[test]
+    fn retries_only_when_repeating_is_harmless() {
+        let mut p = RetryPolicy { attempts: 2, ..Default::default() };
+        let none = HeaderMap::new();
+        let mut keyed = HeaderMap::new();
+        keyed.insert("idempotency-key", HeaderValue::from_static("k"));
+        assert!(!p.allows(&Method::POST, &none));
+        assert!(p.allows(&Method::POST, &keyed));
+        assert!(p.allows(&Method::GET, &none));
+        assert!(p.allows(&Method::PUT, &none));
+        p.idempotent = true;
+        assert!(p.allows(&Method::POST, &none));
+        p.attempts = 0;
+        assert!(!p.allows(&Method::GET, &keyed));
     }
 
     #[test]
@@ -167,15 +247,15 @@ mod tests {
         ];
         let mut h = HeaderMap::new();
         h.insert("x-tenant", HeaderValue::from_static("acme-eu"));
-        assert_eq!(select(&rules, "abort", &h).unwrap().name, "fallback");
+        assert_eq!(select_h(&rules, "abort", &h).unwrap().name, "fallback");
         h.insert("X-Team", HeaderValue::from_static("billing"));
-        assert_eq!(select(&rules, "abort", &h).unwrap().name, "eu");
-        assert_eq!(select(&rules, "summary", &h).unwrap().name, "summary-only");
+        assert_eq!(select_h(&rules, "abort", &h).unwrap().name, "eu");
+        assert_eq!(select_h(&rules, "summary", &h).unwrap().name, "summary-only");
         h.append("x-tenant", HeaderValue::from_static("acme-us"));
-        assert_eq!(select(&rules, "abort", &h).unwrap().name, "fallback", "repeated header is not a match");
+        assert_eq!(select_h(&rules, "abort", &h).unwrap().name, "fallback", "repeated header is not a match");
         let strict = vec![rule("eu", None, &[("x-tenant", "acme-eu")], "eu")];
         let mut h = HeaderMap::new();
         h.insert("x-tenant", HeaderValue::from_static("ACME-EU"));
-        assert!(select(&strict, "abort", &h).is_none(), "values compare exactly");
+        assert!(select_h(&strict, "abort", &h).is_none(), "values compare exactly");
     }
 }

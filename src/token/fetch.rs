@@ -6,7 +6,7 @@ use crate::body::UpstreamBody;
 use crate::config::TenantSettings;
 use crate::upstream::UpstreamClient;
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use oauth2::basic::{BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenType};
 use oauth2::{AccessToken, AuthType, ClientId, ClientSecret, StandardRevocableToken, TokenUrl};
@@ -191,7 +191,7 @@ async fn send(client: &UpstreamClient, request: oauth2::HttpRequest) -> Result<o
     if parts.status != StatusCode::OK {
         return Err(HttpFailure(FetchError::Status {
             status: parts.status,
-            retry_after: retry_hint(&parts.headers),
+            retry_after: crate::backoff::retry_hint(&parts.headers),
         }));
     }
     let body = Limited::new(body, MAX_TOKEN_RESPONSE_BYTES)
@@ -200,14 +200,6 @@ async fn send(client: &UpstreamClient, request: oauth2::HttpRequest) -> Result<o
         .map_err(|e| HttpFailure(FetchError::Transport(format!("reading the answer failed: {e}"))))?
         .to_bytes();
     Ok(http::Response::from_parts(parts, body.to_vec()))
-}
-
-/// `Retry-After` (seconds) first, else `RateLimit-Reset` (seconds).
-pub fn retry_hint(headers: &HeaderMap) -> Option<Duration> {
-    ["retry-after", "ratelimit-reset"].iter().find_map(|name| {
-        let value = headers.get(*name)?.to_str().ok()?.trim();
-        value.parse::<u64>().ok().map(Duration::from_secs)
-    })
 }
 
 #[cfg(test)]
@@ -227,16 +219,6 @@ mod tests {
         assert_eq!(parse(r#"{"access_token":"a","token_type":"bearer"}"#).expires_in(), None);
         assert_eq!(parse(r#"{"access_token":"a","token_type":"Bearer","scope":"user.1 tenant.2","jti":"x"}"#).token_type, BasicTokenType::Bearer);
         assert!(serde_json::from_str::<ZuoraTokenResponse>(r#"{"token_type":"bearer"}"#).is_err());
-    }
-
-    #[test]
-    fn retry_hint_prefers_retry_after() {
-        let mut h = HeaderMap::new();
-        assert_eq!(retry_hint(&h), None);
-        h.insert("ratelimit-reset", "7".parse().unwrap());
-        assert_eq!(retry_hint(&h), Some(Duration::from_secs(7)));
-        h.insert("retry-after", "3".parse().unwrap());
-        assert_eq!(retry_hint(&h), Some(Duration::from_secs(3)));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod fetch;
 pub mod secret;
 
+use crate::backoff::Backoff;
 use crate::config::TenantSettings;
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamClient;
@@ -191,26 +192,10 @@ pub fn refresh_delay(lifetime: Duration, margin: Duration, unit: f64) -> Duratio
     base - jitter.mul_f64(unit.clamp(0.0, 1.0))
 }
 
-/// Exponential backoff with equal jitter: the n-th failure waits between half and all of
-/// `min(1s * 2^n, 60s)`.
-#[derive(Debug, Default)]
-struct Backoff {
-    failures: u32,
-}
-
-impl Backoff {
-    fn next(&mut self, unit: f64) -> Duration {
-        let cap = Duration::from_secs(BACKOFF_MIN_SECS)
-            .saturating_mul(1u32 << self.failures.min(16))
-            .min(Duration::from_secs(BACKOFF_MAX_SECS));
-        self.failures = self.failures.saturating_add(1);
-        cap / 2 + (cap / 2).mul_f64(unit.clamp(0.0, 1.0))
-    }
-}
-
 async fn refresh_loop(shared: Arc<Shared>) {
     let tenant = shared.tenant.name.clone();
-    let mut backoff = Backoff::default();
+    let new_backoff = || Backoff::new(Duration::from_secs(BACKOFF_MIN_SECS), Duration::from_secs(BACKOFF_MAX_SECS));
+    let mut backoff = new_backoff();
     let mut refresh_at = Instant::now();
     loop {
         // Sleep until the refresh is due, or until a request needs a token now.
@@ -228,7 +213,7 @@ async fn refresh_loop(shared: Arc<Shared>) {
         let started = Instant::now();
         match fetch::fetch(&shared.client, &shared.tenant).await {
             Ok(fetched) => {
-                backoff = Backoff::default();
+                backoff = new_backoff();
                 let generation = shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
                 // Lifetime counts from when the request left, so the token never outlives Zuora's view.
                 let expires_at = started + fetched.lifetime;
@@ -295,19 +280,6 @@ mod tests {
         for (life, margin) in [(1u64, 0u64), (10, 10), (3599, 3600), (0, 0)] {
             let d = refresh_delay(s(life), s(margin), 1.0);
             assert!(d <= s(life));
-        }
-    }
-
-    #[test]
-    fn backoff_doubles_to_the_cap() {
-        let mut b = Backoff::default();
-        let lows: Vec<Duration> = (0..9).map(|_| b.next(0.0)).collect();
-        let ms = |v: u64| Duration::from_millis(v);
-        assert_eq!(lows, vec![ms(500), ms(1000), ms(2000), ms(4000), ms(8000), ms(16000), ms(30000), ms(30000), ms(30000)]);
-        let mut b = Backoff::default();
-        assert_eq!(b.next(1.0), Duration::from_secs(1));
-        for _ in 0..100 {
-            assert!(b.next(1.0) <= Duration::from_secs(BACKOFF_MAX_SECS));
         }
     }
 
