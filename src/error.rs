@@ -10,6 +10,8 @@ use http_body_util::{Either, Full};
 /// Why the proxy answered instead of Zuora.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
+    #[error("the request has both Content-Length and Transfer-Encoding; its framing is ambiguous")]
+    AmbiguousFraming,
     #[error("no allowed route matches this path")]
     RouteNotFound,
     #[error("this path is allowed only with another method")]
@@ -40,6 +42,7 @@ impl ProxyError {
     /// The stable code, also the value of `x-zuora-proxy-error` and a metrics label.
     pub fn code(&self) -> &'static str {
         match self {
+            ProxyError::AmbiguousFraming => "ambiguous_framing",
             ProxyError::RouteNotFound => "route_not_found",
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
             ProxyError::InvalidPathParameter { .. } => "invalid_path_parameter",
@@ -59,7 +62,10 @@ impl ProxyError {
         match self {
             ProxyError::RouteNotFound => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::InvalidPathParameter { .. } | ProxyError::InvalidTrackId | ProxyError::BodyRead => {
+            ProxyError::InvalidPathParameter { .. }
+            | ProxyError::InvalidTrackId
+            | ProxyError::BodyRead
+            | ProxyError::AmbiguousFraming => {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::NoMatchingRule => StatusCode::FORBIDDEN,
@@ -83,6 +89,10 @@ impl ProxyError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(PROXY_ERROR.clone(), HeaderValue::from_static(self.code()));
         headers.insert(ZUORA_TRACK_ID.clone(), track_id.clone());
+        if self == ProxyError::AmbiguousFraming {
+            // What follows on this connection cannot be trusted to start a new request.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let ProxyError::MethodNotAllowed { allow } = &self {
             let list = allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
             headers.insert(header::ALLOW, HeaderValue::try_from(list).expect("methods are tokens"));
@@ -99,6 +109,7 @@ mod tests {
     #[tokio::test]
     async fn every_error_maps_to_its_row() {
         let rows = [
+            (ProxyError::AmbiguousFraming, 400, "ambiguous_framing"),
             (ProxyError::RouteNotFound, 404, "route_not_found"),
             (ProxyError::MethodNotAllowed { allow: vec![Method::POST] }, 405, "method_not_allowed"),
             (ProxyError::InvalidPathParameter { name: "id".into(), reason: "is not a UUID" }, 400, "invalid_path_parameter"),

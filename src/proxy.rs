@@ -104,6 +104,11 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let config = &runtime.config;
         let (parts, body) = request.into_parts();
+        // hyper lets Transfer-Encoding win over Content-Length; a proxy refuses the pair, the
+        // classic request-smuggling shape, rather than guess what the sender meant.
+        if parts.headers.contains_key(header::TRANSFER_ENCODING) && parts.headers.contains_key(header::CONTENT_LENGTH) {
+            return Err(ProxyError::AmbiguousFraming);
+        }
         let route = match routes::resolve(&config.routes, &parts.method, parts.uri.path()) {
             Resolution::Allowed(route) => route,
             Resolution::BadParam { route, name, reason } => {
