@@ -1,6 +1,7 @@
 //! The `zuora-auth-proxy` binary: arguments, logging, configuration, signals.
 
 use clap::{Args, Parser, Subcommand};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -63,7 +64,9 @@ fn main() -> ExitCode {
         match command {
             Command::CheckConfig(arg) => match Config::load(&arg.config) {
                 Ok(config) => {
-                    println!("{}", serde_json::to_string_pretty(&config.to_redacted_json()).unwrap_or_default());
+                    // A closed pipe (`| head`) is not an error worth a panic.
+                    let text = serde_json::to_string_pretty(&config.to_redacted_json()).unwrap_or_default();
+                    let _ = writeln!(std::io::stdout().lock(), "{text}");
                     eprintln!("{}: configuration is valid", arg.config.display());
                     ExitCode::SUCCESS
                 }

@@ -234,3 +234,75 @@ pub async fn raw(addr: std::net::SocketAddr, bytes: &[u8], timeout: Duration) ->
     let _ = tokio::time::timeout(timeout, stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+// ---- Helpers for refusal, token, upstream, body and binary tests ----
+
+/// The tenant's token manager, to await or inspect the proxy's token directly.
+pub fn tokens(h: &Harness) -> zuora_auth_proxy::token::TokenManager {
+    h.proxy.proxy().runtime().tenants["default"].tokens.clone()
+}
+
+/// A loopback address nothing listens on: bound to find a free port, then released.
+pub fn closed_addr() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    drop(listener);
+    addr
+}
+
+/// Checks one answer the proxy made itself: status, `x-zuora-proxy-error`, JSON content type,
+/// a body of exactly `error`, `message` and `track_id`, and a track id equal to the header's.
+/// Returns the track id.
+pub fn assert_refusal(answer: &Answer, status: u16, code: &str) -> String {
+    assert_eq!(answer.status.as_u16(), status, "{code}: {:?}", answer.body);
+    assert_eq!(answer.header("x-zuora-proxy-error"), Some(code), "{code}");
+    assert_eq!(answer.header("content-type"), Some("application/json"), "{code}");
+    let json = answer.json();
+    let object = json.as_object().unwrap_or_else(|| panic!("{code}: body is not an object: {json}"));
+    let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["error", "message", "track_id"], "{code}: {json}");
+    assert_eq!(json["error"], code, "{json}");
+    assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()), "{code}: {json}");
+    let track = answer.header("zuora-track-id").unwrap_or_else(|| panic!("{code}: no track id header")).to_string();
+    assert_eq!(json["track_id"], track.as_str(), "{code}: body and header track ids differ");
+    track
+}
+
+/// Sends a request with any body type (a streamed one, say) and collects the answer.
+pub async fn send<B>(request: Request<B>) -> Answer
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let client = Client::builder(TokioExecutor::new()).build_http::<B>();
+    let response = client.request(request).await.expect("proxy answers");
+    let (parts, body) = response.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.expect("body").to_bytes(),
+    }
+}
+
+/// A request body of fixed chunks with no declared length, so hyper sends it chunked.
+pub struct Chunked(std::collections::VecDeque<Bytes>);
+
+impl Chunked {
+    /// `count` chunks of `size` bytes each.
+    pub fn new(count: usize, size: usize) -> Chunked {
+        Chunked((0..count).map(|i| Bytes::from(vec![b'a' + (i % 26) as u8; size])).collect())
+    }
+}
+
+impl hyper::body::Body for Chunked {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|chunk| Ok(hyper::body::Frame::data(chunk))))
+    }
+}
