@@ -13,7 +13,11 @@ use tokio::time::Instant;
 /// Answers one admin request.
 pub async fn handle(proxy: Arc<Proxy>, request: Request<Incoming>) -> Response<ResponseBody> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
     }
     match request.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -21,9 +25,10 @@ pub async fn handle(proxy: Arc<Proxy>, request: Request<Incoming>) -> Response<R
         "/metrics" => {
             update_token_gauges(&proxy);
             let mut response = Response::new(full(proxy.metrics().encode()));
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
             response
         }
         _ => text(StatusCode::NOT_FOUND, "admin endpoints: /healthz /readyz /metrics\n"),
@@ -33,9 +38,10 @@ pub async fn handle(proxy: Arc<Proxy>, request: Request<Incoming>) -> Response<R
 fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
@@ -69,7 +75,11 @@ fn readiness(proxy: &Proxy) -> Response<ResponseBody> {
     }
     let body = json!({ "ready": ready, "draining": draining, "tenants": tenants });
     let mut response = Response::new(full(format!("{body}\n")));
-    *response.status_mut() = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    *response.status_mut() = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -88,7 +98,9 @@ fn update_token_gauges(proxy: &Proxy) {
         proxy
             .metrics()
             .token_expires_in
-            .get_or_create(&TenantLabel { tenant: tenant.name().to_string() })
+            .get_or_create(&TenantLabel {
+                tenant: tenant.name().to_string(),
+            })
             .set(remaining);
     }
 }

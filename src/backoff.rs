@@ -44,7 +44,20 @@ mod tests {
         let ms = Duration::from_millis;
         let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
         let lows: Vec<Duration> = (0..9).map(|_| b.next(0.0)).collect();
-        assert_eq!(lows, vec![ms(500), ms(1000), ms(2000), ms(4000), ms(8000), ms(16000), ms(30000), ms(30000), ms(30000)]);
+        assert_eq!(
+            lows,
+            vec![
+                ms(500),
+                ms(1000),
+                ms(2000),
+                ms(4000),
+                ms(8000),
+                ms(16000),
+                ms(30000),
+                ms(30000),
+                ms(30000)
+            ]
+        );
         let mut b = Backoff::new(ms(100), ms(5000));
         assert_eq!(b.next(1.0), ms(100));
         assert_eq!(b.next(0.5), ms(150));
@@ -62,6 +75,10 @@ mod tests {
         h.insert("retry-after", "3".parse().unwrap());
         assert_eq!(retry_hint(&h), Some(Duration::from_secs(3)));
         h.insert("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
-        assert_eq!(retry_hint(&h), Some(Duration::from_secs(7)), "a date falls back to RateLimit-Reset");
+        assert_eq!(
+            retry_hint(&h),
+            Some(Duration::from_secs(7)),
+            "a date falls back to RateLimit-Reset"
+        );
     }
 }

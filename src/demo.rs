@@ -68,13 +68,25 @@ track_id_prefix = "demo"
 
 /// Runs the demo. With `once`, sends one sample abort, prints the answer and returns whether
 /// it was a 200; otherwise prints a curl line and serves until `stop` resolves.
-pub async fn run(once: bool, listen: SocketAddr, admin: &str, stop: impl std::future::Future<Output = ()>) -> Result<bool, DemoError> {
+pub async fn run(
+    once: bool,
+    listen: SocketAddr,
+    admin: &str,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<bool, DemoError> {
     let mock = MockZuora::builder().start().await.map_err(DemoError::Mock)?;
     let dir = std::env::temp_dir().join(format!("zuora-auth-proxy-demo-{}", std::process::id()));
-    let files = |source| DemoError::Files { dir: dir.clone(), source };
+    let files = |source| DemoError::Files {
+        dir: dir.clone(),
+        source,
+    };
     std::fs::create_dir_all(&dir).map_err(files)?;
     let ca_file = mock.write_ca(&dir).map_err(files)?;
-    let listen = if once { SocketAddr::from(([127, 0, 0, 1], 0)) } else { listen };
+    let listen = if once {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    } else {
+        listen
+    };
     let admin = if once { "" } else { admin };
     let config = Config::from_toml(&config_text(&mock.base_url(), &ca_file, listen, admin))?;
     crate::telemetry::init(&config.log);
@@ -86,7 +98,11 @@ pub async fn run(once: bool, listen: SocketAddr, admin: &str, stop: impl std::fu
         running.wait().await;
         result
     } else {
-        println!("mock Zuora (TLS) at {} ; proxy at http://{}", mock.base_url(), running.addr);
+        println!(
+            "mock Zuora (TLS) at {} ; proxy at http://{}",
+            mock.base_url(),
+            running.addr
+        );
         if let Some(admin) = running.admin_addr {
             println!("admin: http://{admin}/healthz  http://{admin}/readyz  http://{admin}/metrics");
         }
@@ -108,7 +124,10 @@ async fn sample_request(url: &str) -> Result<bool, DemoError> {
         .body(Empty::new())
         .map_err(|e| DemoError::Request(e.to_string()))?;
     println!("> POST {url}");
-    let response = client.request(request).await.map_err(|e| DemoError::Request(e.to_string()))?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| DemoError::Request(e.to_string()))?;
     let status = response.status();
     println!("< {:?} {}", response.version(), status);
     for (name, value) in response.headers() {

@@ -38,6 +38,23 @@ pub enum ProxyError {
     UpstreamTimeout,
 }
 
+/// Every code [`ProxyError::code`] can return, for metrics that start at zero.
+pub const CODES: [&str; 13] = [
+    "ambiguous_framing",
+    "route_not_found",
+    "method_not_allowed",
+    "invalid_path_parameter",
+    "invalid_track_id",
+    "no_matching_rule",
+    "body_too_large",
+    "invalid_body",
+    "token_unavailable",
+    "overloaded",
+    "upstream_unreachable",
+    "upstream_failed",
+    "upstream_timeout",
+];
+
 impl ProxyError {
     /// The stable code, also the value of `x-zuora-proxy-error` and a metrics label.
     pub fn code(&self) -> &'static str {
@@ -65,9 +82,7 @@ impl ProxyError {
             ProxyError::InvalidPathParameter { .. }
             | ProxyError::InvalidTrackId
             | ProxyError::BodyRead
-            | ProxyError::AmbiguousFraming => {
-                StatusCode::BAD_REQUEST
-            }
+            | ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
             ProxyError::NoMatchingRule => StatusCode::FORBIDDEN,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::TokenUnavailable | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
@@ -111,8 +126,21 @@ mod tests {
         let rows = [
             (ProxyError::AmbiguousFraming, 400, "ambiguous_framing"),
             (ProxyError::RouteNotFound, 404, "route_not_found"),
-            (ProxyError::MethodNotAllowed { allow: vec![Method::POST] }, 405, "method_not_allowed"),
-            (ProxyError::InvalidPathParameter { name: "id".into(), reason: "is not a UUID" }, 400, "invalid_path_parameter"),
+            (
+                ProxyError::MethodNotAllowed {
+                    allow: vec![Method::POST],
+                },
+                405,
+                "method_not_allowed",
+            ),
+            (
+                ProxyError::InvalidPathParameter {
+                    name: "id".into(),
+                    reason: "is not a UUID",
+                },
+                400,
+                "invalid_path_parameter",
+            ),
             (ProxyError::InvalidTrackId, 400, "invalid_track_id"),
             (ProxyError::NoMatchingRule, 403, "no_matching_rule"),
             (ProxyError::BodyTooLarge { limit: 10 }, 413, "body_too_large"),
@@ -124,7 +152,9 @@ mod tests {
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
         ];
         let track = HeaderValue::from_static("t-1");
+        assert_eq!(rows.len(), CODES.len());
         for (err, status, code) in rows {
+            assert!(CODES.contains(&code), "{code} missing from CODES");
             let message = err.to_string();
             let resp = err.into_response(&track);
             assert_eq!(resp.status().as_u16(), status, "{code}");

@@ -101,7 +101,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -112,19 +115,60 @@ mod tests {
         n
     }
 
+    /// Headers in, header names kept.
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+
     #[test]
     fn hop_by_hop_table() {
-        let cases: &[(&[(&str, &str)], &[&str])] = &[
+        let cases: &[Case] = &[
             (&[("content-type", "application/json")], &["content-type"]),
             (&[("connection", "keep-alive"), ("keep-alive", "timeout=5")], &[]),
-            (&[("connection", "close, X-Secret-Hop"), ("x-secret-hop", "1"), ("x-keep", "1")], &["x-keep"]),
-            (&[("connection", "x-a"), ("connection", "x-b"), ("x-a", "1"), ("x-b", "1")], &[]),
-            (&[("te", "trailers"), ("trailer", "x-sum"), ("transfer-encoding", "chunked")], &[]),
-            (&[("upgrade", "h2c"), ("http2-settings", "AAA"), ("connection", "upgrade, http2-settings")], &[]),
-            (&[("proxy-authorization", "Basic x"), ("proxy-authenticate", "Basic"), ("proxy-connection", "keep-alive")], &[]),
+            (
+                &[
+                    ("connection", "close, X-Secret-Hop"),
+                    ("x-secret-hop", "1"),
+                    ("x-keep", "1"),
+                ],
+                &["x-keep"],
+            ),
+            (
+                &[("connection", "x-a"), ("connection", "x-b"), ("x-a", "1"), ("x-b", "1")],
+                &[],
+            ),
+            (
+                &[
+                    ("te", "trailers"),
+                    ("trailer", "x-sum"),
+                    ("transfer-encoding", "chunked"),
+                ],
+                &[],
+            ),
+            (
+                &[
+                    ("upgrade", "h2c"),
+                    ("http2-settings", "AAA"),
+                    ("connection", "upgrade, http2-settings"),
+                ],
+                &[],
+            ),
+            (
+                &[
+                    ("proxy-authorization", "Basic x"),
+                    ("proxy-authenticate", "Basic"),
+                    ("proxy-connection", "keep-alive"),
+                ],
+                &[],
+            ),
             (&[("proxy-whatever", "1"), ("x-proxy-ok", "1")], &["x-proxy-ok"]),
             (&[("connection", "bad header name!, x-a"), ("x-a", "1")], &[]),
-            (&[("accept-encoding", "gzip"), ("content-encoding", "gzip"), ("zuora-version", "2024-01-01")], &["accept-encoding", "content-encoding", "zuora-version"]),
+            (
+                &[
+                    ("accept-encoding", "gzip"),
+                    ("content-encoding", "gzip"),
+                    ("zuora-version", "2024-01-01"),
+                ],
+                &["accept-encoding", "content-encoding", "zuora-version"],
+            ),
         ];
         for (input, kept) in cases {
             let mut h = map(input);
@@ -148,8 +192,19 @@ mod tests {
         let auth = HeaderValue::from_static("Bearer tok");
         let track = HeaderValue::from_static("t-1");
         let entity = HeaderValue::from_static("8a8aa0ad-5ab8-4a9b-9f2e-2f1c5b0c1d3e");
-        rewrite_request(&mut h, &Injected { authorization: &auth, track_id: &track, entity_ids: Some(&entity), org_ids: None });
-        assert_eq!(names(&h), vec!["authorization", "idempotency-key", "zuora-entity-ids", "zuora-track-id"]);
+        rewrite_request(
+            &mut h,
+            &Injected {
+                authorization: &auth,
+                track_id: &track,
+                entity_ids: Some(&entity),
+                org_ids: None,
+            },
+        );
+        assert_eq!(
+            names(&h),
+            vec!["authorization", "idempotency-key", "zuora-entity-ids", "zuora-track-id"]
+        );
         assert_eq!(h["authorization"], "Bearer tok");
         assert!(h["authorization"].is_sensitive());
         assert_eq!(h["zuora-track-id"], "t-1");

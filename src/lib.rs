@@ -61,7 +61,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let listen = config.server.listen;
     let admin_listen = config.admin.listen;
-    let caller_tls = config.server.tls.as_ref().map(server::tls::CallerTls::new).transpose()?;
+    let caller_tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(server::tls::CallerTls::new)
+        .transpose()?;
     let settings = ConnSettings {
         header_read_timeout: config.server.header_read_timeout,
         idle_timeout: config.server.idle_timeout,
@@ -77,7 +82,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let proxy = Arc::new(Proxy::new(Runtime::build(config, &metrics, None)?, metrics));
 
-    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: listen, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr: listen, source })?;
     let (stop_proxy, stop_rx) = watch::channel(false);
     let handler = {
         let proxy = proxy.clone();
@@ -111,7 +118,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
 }
 
 impl Running {
@@ -145,6 +154,13 @@ impl Running {
     pub fn reload(&self, config: Config) -> Result<(), StartError> {
         let previous = self.proxy.runtime();
         let runtime = Runtime::build(config, self.proxy.metrics(), Some(&previous))?;
+        for gone in previous
+            .tenants
+            .keys()
+            .filter(|name| !runtime.tenants.contains_key(*name))
+        {
+            self.proxy.metrics().forget_tenant(gone);
+        }
         self.proxy.swap_runtime(runtime);
         Ok(())
     }

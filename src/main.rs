@@ -9,7 +9,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use zuora_auth_proxy::config::{Config, DEFAULT_CONFIG_PATH};
 
 #[derive(Parser)]
-#[command(name = "zuora-auth-proxy", version, about = "Forwards allowlisted Zuora REST calls from local services, with an OAuth token it manages itself")]
+#[command(
+    name = "zuora-auth-proxy",
+    version,
+    about = "Forwards allowlisted Zuora REST calls from local services, with an OAuth token it manages itself"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -95,22 +95,90 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register("requests", "Requests answered, by route and status", m.requests.clone());
-        registry.register("request_duration_seconds", "Time from request to response headers, by route", m.request_duration.clone());
-        registry.register("upstream_duration_seconds", "Time Zuora took to send response headers, by tenant", m.upstream_duration.clone());
-        registry.register("token_fetches", "Token endpoint calls, by tenant and result", m.token_fetches.clone());
-        registry.register("token_expires_in_seconds", "Seconds until the current token expires (negative: expired or none)", m.token_expires_in.clone());
-        registry.register("in_flight", "Requests being forwarded to Zuora, by tenant", m.in_flight.clone());
-        registry.register("proxy_errors", "Answers made by the proxy itself, by error code", m.proxy_errors.clone());
-        registry.register("config_reloads", "Configuration reloads, by result", m.config_reloads.clone());
-        registry.register("queue_length", "Requests waiting for a concurrency slot, by tenant", m.queue_length.clone());
-        registry.register("queue_wait_seconds", "Time requests waited for a concurrency slot, by tenant", m.queue_wait.clone());
-        registry.register("retries", "Requests sent to Zuora again, by route and reason", m.retries.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to response headers, by route",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time Zuora took to send response headers, by tenant",
+            m.upstream_duration.clone(),
+        );
+        registry.register(
+            "token_fetches",
+            "Token endpoint calls, by tenant and result",
+            m.token_fetches.clone(),
+        );
+        registry.register(
+            "token_expires_in_seconds",
+            "Seconds until the current token expires (negative: expired or none)",
+            m.token_expires_in.clone(),
+        );
+        registry.register(
+            "in_flight",
+            "Requests being forwarded to Zuora, by tenant",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "proxy_errors",
+            "Answers made by the proxy itself, by error code",
+            m.proxy_errors.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, by result",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "queue_length",
+            "Requests waiting for a concurrency slot, by tenant",
+            m.queue_length.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "Time requests waited for a concurrency slot, by tenant",
+            m.queue_wait.clone(),
+        );
+        registry.register(
+            "retries",
+            "Requests sent to Zuora again, by route and reason",
+            m.retries.clone(),
+        );
+        // Series that alerts use with increase()/rate() exist from the start, at zero.
+        for result in ["ok", "error"] {
+            let _ = m.config_reloads.get_or_create(&ResultLabel { result });
+        }
+        for code in crate::error::CODES {
+            let _ = m.proxy_errors.get_or_create(&CodeLabel { code });
+        }
         Metrics { registry, ..m }
+    }
+
+    /// Drops the series of a tenant that a reload removed, so they do not linger frozen.
+    pub fn forget_tenant(&self, tenant: &str) {
+        let label = TenantLabel {
+            tenant: tenant.to_string(),
+        };
+        self.in_flight.remove(&label);
+        self.queue_length.remove(&label);
+        self.queue_wait.remove(&label);
+        self.upstream_duration.remove(&label);
+        self.token_expires_in.remove(&label);
+        for result in crate::token::fetch::FETCH_RESULTS {
+            self.token_fetches.remove(&TenantResult {
+                tenant: tenant.to_string(),
+                result,
+            });
+        }
     }
 
     pub fn token_fetched(&self, tenant: &str, result: &'static str) {
         self.token_fetches
-            .get_or_create(&TenantResult { tenant: tenant.to_string(), result })
+            .get_or_create(&TenantResult {
+                tenant: tenant.to_string(),
+                result,
+            })
             .inc();
     }
 
@@ -133,11 +201,22 @@ mod tests {
     #[test]
     fn encodes_registered_families_in_text_format() {
         let m = Metrics::new();
-        m.requests.get_or_create(&RouteStatus { route: "abort".into(), status: 200 }).inc();
+        m.requests
+            .get_or_create(&RouteStatus {
+                route: "abort".into(),
+                status: 200,
+            })
+            .inc();
         m.token_fetched("default", "ok");
         let text = m.encode();
         assert!(text.contains("# TYPE zuora_proxy_requests_total counter"), "{text}");
-        assert!(text.contains("zuora_proxy_requests_total{route=\"abort\",status=\"200\"} 1"), "{text}");
-        assert!(text.contains("zuora_proxy_token_fetches_total{tenant=\"default\",result=\"ok\"} 1"), "{text}");
+        assert!(
+            text.contains("zuora_proxy_requests_total{route=\"abort\",status=\"200\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("zuora_proxy_token_fetches_total{tenant=\"default\",result=\"ok\"} 1"),
+            "{text}"
+        );
     }
 }

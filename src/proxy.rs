@@ -16,9 +16,9 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
+use prometheus_client::metrics::gauge::Gauge;
 use std::error::Error as StdError;
 use std::sync::atomic::{AtomicBool, Ordering};
-use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
@@ -78,15 +78,16 @@ impl Proxy {
         let runtime = self.runtime.load_full();
         let mut exchange = Exchange::new(&request);
         let deadline = runtime.config.server.request_timeout;
-        let result = tokio::time::timeout(deadline, self.forward(&runtime, request, &mut exchange, Instant::now() + deadline))
-            .await
-            .unwrap_or(Err(ProxyError::UpstreamTimeout));
+        let result = tokio::time::timeout(
+            deadline,
+            self.forward(&runtime, request, &mut exchange, Instant::now() + deadline),
+        )
+        .await
+        .unwrap_or_else(|_| Err(exchange.stage.timeout_error()));
         let response = match result {
             Ok(response) => response,
             Err(error) => {
-                let track_id = exchange
-                    .track_id
-                    .get_or_insert_with(|| track_id::generate(None));
+                let track_id = exchange.track_id.get_or_insert_with(|| track_id::generate(None));
                 exchange.error = Some(error.code());
                 error.into_response(track_id)
             }
@@ -109,6 +110,12 @@ impl Proxy {
         if parts.headers.contains_key(header::TRANSFER_ENCODING) && parts.headers.contains_key(header::CONTENT_LENGTH) {
             return Err(ProxyError::AmbiguousFraming);
         }
+        // A valid caller track id is echoed on every answer, refusals included; an invalid
+        // one is refused once the route is known.
+        let caller_track_id = caller_track_id(&parts.headers);
+        if let Ok(Some(id)) = &caller_track_id {
+            x.track_id = Some(id.clone());
+        }
         let route = match routes::resolve(&config.routes, &parts.method, parts.uri.path()) {
             Resolution::Allowed(route) => route,
             Resolution::BadParam { route, name, reason } => {
@@ -119,9 +126,10 @@ impl Proxy {
             Resolution::NotFound => return Err(ProxyError::RouteNotFound),
         };
         x.route = Some(route.clone());
-        let caller_track_id = caller_track_id(&parts.headers)?;
+        let caller_track_id = caller_track_id?;
         let caller = parts.extensions.get::<ClientIdentity>();
-        let rule = routes::select(&config.rules, &route.name, &parts.headers, caller).ok_or(ProxyError::NoMatchingRule)?;
+        let rule =
+            routes::select(&config.rules, &route.name, &parts.headers, caller).ok_or(ProxyError::NoMatchingRule)?;
         x.rule = Some(rule.clone());
         let track_id = caller_track_id.unwrap_or_else(|| track_id::generate(rule.track_id_prefix.as_deref()));
         x.track_id = Some(track_id.clone());
@@ -134,9 +142,12 @@ impl Proxy {
         let max_body = config.server.max_body_bytes;
         let body = OutgoingBody::read(body, &parts.headers, max_body).await?;
         let uri = tenant.uri_for(parts.uri.path_and_query())?;
+        x.stage = Stage::Queued;
         let slot = acquire_slot(tenant).await?;
         let in_flight = GaugeGuard::enter(&tenant.meters.in_flight);
+        x.stage = Stage::Token;
         let mut token = tenant.tokens.get().await.map_err(|_| ProxyError::TokenUnavailable)?;
+        x.stage = Stage::Upstream;
         let mut headers = parts.headers;
         headers::rewrite_request(
             &mut headers,
@@ -151,7 +162,10 @@ impl Proxy {
         // Only a buffered body can be sent twice; a streamed one gets exactly one attempt.
         let replay = body.replayable();
         let mut first_body = Some(body.into_upstream());
-        let mut backoff = Backoff::new(Duration::from_millis(RETRY_BACKOFF_BASE_MS), Duration::from_millis(RETRY_BACKOFF_MAX_MS));
+        let mut backoff = Backoff::new(
+            Duration::from_millis(RETRY_BACKOFF_BASE_MS),
+            Duration::from_millis(RETRY_BACKOFF_MAX_MS),
+        );
         let started = Instant::now();
         let result = loop {
             let (attempt_headers, attempt_body) = match (first_body.take(), &replay) {
@@ -161,15 +175,21 @@ impl Proxy {
                 (None, None) => unreachable!("a streamed body is never sent twice"),
             };
             let result = send(tenant, &parts.method, &uri, attempt_headers, attempt_body, max_body).await;
+            let refused = matches!(&result, Ok(r) if r.status() == StatusCode::UNAUTHORIZED);
+            if refused {
+                // Whatever happens to this request, the next ones need another token (only
+                // the first request to see this token refused causes a fetch).
+                tenant.tokens.invalidate(&token);
+            }
             if replay.is_none() {
                 break result;
             }
-            // Zuora refused the token: fetch a new one (once for all requests that saw this
-            // token refused) and send again, once.
-            if !x.token_retry && matches!(&result, Ok(r) if r.status() == StatusCode::UNAUTHORIZED) {
+            // Zuora refused the token: send again, once, with a fresh one.
+            if refused && !x.token_retry {
                 x.token_retry = true;
-                tenant.tokens.invalidate(&token);
+                x.stage = Stage::Token;
                 token = tenant.tokens.get().await.map_err(|_| ProxyError::TokenUnavailable)?;
+                x.stage = Stage::Upstream;
                 let mut authorization = token.header().clone();
                 authorization.set_sensitive(true);
                 headers.insert(header::AUTHORIZATION, authorization);
@@ -184,7 +204,10 @@ impl Proxy {
                         x.retries += 1;
                         self.metrics
                             .retries
-                            .get_or_create(&RouteReason { route: route.name.clone(), reason })
+                            .get_or_create(&RouteReason {
+                                route: route.name.clone(),
+                                reason,
+                            })
                             .inc();
                         drop(result);
                         tokio::time::sleep(wait).await;
@@ -282,7 +305,10 @@ impl OutgoingBody {
         match declared {
             Some(n) if n > max => Err(ProxyError::BodyTooLarge { limit: max }),
             Some(n) if n <= REPLAY_BUFFER_BYTES => {
-                let collected = Limited::new(body, limit).collect().await.map_err(|e| body_error(&*e, max))?;
+                let collected = Limited::new(body, limit)
+                    .collect()
+                    .await
+                    .map_err(|e| body_error(&*e, max))?;
                 Ok(OutgoingBody::Buffered(collected.to_bytes()))
             }
             _ => Ok(OutgoingBody::Streamed(Limited::new(body, limit))),
@@ -367,9 +393,29 @@ impl Drop for GaugeGuard {
     }
 }
 
+/// Where a request is, so that running out of time is reported for what it waited on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Preparing,
+    Queued,
+    Token,
+    Upstream,
+}
+
+impl Stage {
+    fn timeout_error(self) -> ProxyError {
+        match self {
+            Stage::Queued => ProxyError::Overloaded,
+            Stage::Token => ProxyError::TokenUnavailable,
+            Stage::Preparing | Stage::Upstream => ProxyError::UpstreamTimeout,
+        }
+    }
+}
+
 /// What one request did: the access log line and the request metrics.
 struct Exchange {
     started: Instant,
+    stage: Stage,
     method: Method,
     path: String,
     track_id: Option<HeaderValue>,
@@ -394,6 +440,7 @@ impl Exchange {
         };
         Exchange {
             started: Instant::now(),
+            stage: Stage::Preparing,
             method: request.method().clone(),
             path,
             track_id: None,
@@ -423,11 +470,16 @@ impl Exchange {
         let route = self.route.as_ref().map_or(metrics::NO_ROUTE, |r| r.name.as_str());
         metrics
             .requests
-            .get_or_create(&RouteStatus { route: route.to_string(), status: status.as_u16() })
+            .get_or_create(&RouteStatus {
+                route: route.to_string(),
+                status: status.as_u16(),
+            })
             .inc();
         metrics
             .request_duration
-            .get_or_create(&RouteLabel { route: route.to_string() })
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+            })
             .observe(elapsed.as_secs_f64());
         if let Some(code) = self.error {
             metrics.proxy_errors.get_or_create(&metrics::CodeLabel { code }).inc();

@@ -3,15 +3,15 @@
 
 use crate::config::{Config, TenantSettings};
 use crate::error::ProxyError;
-use crate::metrics::{Metrics, TenantLabel};
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
-use tokio::sync::Semaphore;
+use crate::metrics::{Metrics, RouteLabel, RouteStatus, TenantLabel};
 use crate::token::TokenManager;
 use crate::upstream::{self, UpstreamError};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use std::collections::HashMap;
 use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 /// One tenant ready to serve: where requests go, who holds its token, how many requests
 /// may be in flight to it.
@@ -37,7 +37,9 @@ pub struct TenantMeters {
 
 impl TenantMeters {
     fn new(metrics: &Metrics, tenant: &str) -> TenantMeters {
-        let label = TenantLabel { tenant: tenant.to_string() };
+        let label = TenantLabel {
+            tenant: tenant.to_string(),
+        };
         TenantMeters {
             in_flight: metrics.in_flight.get_or_create(&label).clone(),
             queue_length: metrics.queue_length.get_or_create(&label).clone(),
@@ -92,8 +94,9 @@ impl Runtime {
                     Arc::new(Semaphore::new(settings.max_concurrency)),
                 ),
             };
-            let authority = Authority::try_from(settings.base_url[url::Position::BeforeHost..url::Position::AfterPort].to_string())
-                .expect("validated base_url has a host");
+            let authority =
+                Authority::try_from(settings.base_url[url::Position::BeforeHost..url::Position::AfterPort].to_string())
+                    .expect("validated base_url has a host");
             tenants.insert(
                 name.clone(),
                 Tenant {
@@ -105,6 +108,16 @@ impl Runtime {
                     base_path: settings.base_url.path().trim_end_matches('/').to_string(),
                 },
             );
+        }
+        // Every route's request series exist from the start, at zero.
+        for route in &config.routes {
+            let _ = metrics.requests.get_or_create(&RouteStatus {
+                route: route.name.clone(),
+                status: 200,
+            });
+            let _ = metrics.request_duration.get_or_create(&RouteLabel {
+                route: route.name.clone(),
+            });
         }
         Ok(Runtime {
             config: Arc::new(config),

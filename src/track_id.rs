@@ -13,9 +13,7 @@ pub const MAX_PREFIX_LEN: usize = MAX_LEN - RANDOM_LEN - 1;
 /// Zuora's rules: at most 64 characters, US-ASCII, none of `:` `;` `"` `'`. Control
 /// characters and spaces are refused too: a track id is something people grep for.
 pub fn is_valid(value: &[u8]) -> bool {
-    !value.is_empty()
-        && value.len() <= MAX_LEN
-        && value.iter().all(|&b| b.is_ascii_graphic() && !b":;\"'".contains(&b))
+    !value.is_empty() && value.len() <= MAX_LEN && value.iter().all(|&b| b.is_ascii_graphic() && !b":;\"'".contains(&b))
 }
 
 /// A prefix is valid when a generated id with it is.

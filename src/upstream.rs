@@ -71,6 +71,7 @@ pub fn build(tenant: &TenantSettings) -> Result<UpstreamClient, UpstreamError> {
     let egress = Egress {
         http,
         proxy: Arc::new(proxy),
+        bypass_loopback: tenant.proxy_url.is_none(),
         connect_timeout: tenant.connect_timeout,
     };
     let https = HttpsConnectorBuilder::new()
@@ -101,13 +102,23 @@ fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), Ups
     Ok(())
 }
 
+fn is_loopback(uri: &Uri) -> bool {
+    match uri.host().map(|h| h.trim_start_matches('[').trim_end_matches(']')) {
+        Some("localhost") => true,
+        Some(host) => host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
 /// TCP toward Zuora: direct, or through a CONNECT tunnel when an egress proxy applies (the
-/// tenant's `proxy_url`, else `HTTPS_PROXY` unless `NO_PROXY` names the host). TLS runs
-/// inside the tunnel, end to end with Zuora.
+/// tenant's `proxy_url`, else `HTTPS_PROXY` unless `NO_PROXY` names the host or the host is
+/// loopback). TLS runs inside the tunnel, end to end with Zuora.
 #[derive(Clone)]
 pub struct Egress {
     http: HttpConnector,
     proxy: Arc<Matcher>,
+    /// An environment proxy is not used for loopback hosts; an explicit `proxy_url` always is.
+    bypass_loopback: bool,
     connect_timeout: Duration,
 }
 
@@ -126,7 +137,12 @@ impl tower_service::Service<Uri> for Egress {
 
     fn call(&mut self, dst: Uri) -> Self::Future {
         let mut http = self.http.clone();
-        match self.proxy.intercept(&dst) {
+        let intercept = if self.bypass_loopback && is_loopback(&dst) {
+            None
+        } else {
+            self.proxy.intercept(&dst)
+        };
+        match intercept {
             None => Box::pin(async move { http.call(dst).await.map_err(Into::into) }),
             Some(intercept) => {
                 let mut tunnel = Tunnel::new(intercept.uri().clone(), http);
@@ -142,6 +158,25 @@ impl tower_service::Service<Uri> for Egress {
                     }
                 })
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for (uri, loopback) in [
+            ("https://127.0.0.1:443/", true),
+            ("https://127.8.9.10/", true),
+            ("https://[::1]:8443/", true),
+            ("https://localhost/", true),
+            ("https://rest.zuora.com/", false),
+            ("https://10.0.0.1/", false),
+        ] {
+            assert_eq!(is_loopback(&uri.parse().unwrap()), loopback, "{uri}");
         }
     }
 }

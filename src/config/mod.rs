@@ -179,49 +179,54 @@ impl Config {
     }
 
     /// As [`Config::load`], with the environment given explicitly (tests never touch the real one).
-    pub fn load_with_env(
-        path: &Path,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
-        let raw = RawConfig::load(path, env)?;
-        Config::try_from(raw)
-    }
-
-    /// Parses and validates TOML text with no environment overrides.
-    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let source = config::File::from_str(text, config::FileFormat::Toml);
-        Config::try_from(RawConfig::from_source(source, std::iter::empty())?)
-    }
-}
-
-impl RawConfig {
-    /// Layers the file and the environment into the raw structure. Unknown keys are errors.
-    pub fn load(
-        path: &Path,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<RawConfig, ConfigError> {
+    pub fn load_with_env(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let source = config::File::from(path).format(config::FileFormat::Toml);
         if !path.is_file() {
             return Err(ConfigError::single(
                 path.display().to_string(),
                 "configuration file not found",
             ));
         }
-        let source = config::File::from(path).format(config::FileFormat::Toml);
-        Self::from_source(source, env)
+        Self::from_layers(source, env)
     }
 
+    /// Unknown keys and invalid values are reported together.
+    fn from_layers<S>(file: S, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError>
+    where
+        S: config::Source + Send + Sync + 'static,
+    {
+        let (raw, mut issues) = RawConfig::from_source(file, env)?;
+        match (Config::try_from(raw), issues.is_empty()) {
+            (Ok(config), true) => Ok(config),
+            (Ok(_), false) => Err(ConfigError { issues }),
+            (Err(invalid), _) => {
+                issues.extend(invalid.issues);
+                Err(ConfigError { issues })
+            }
+        }
+    }
+
+    /// Parses and validates TOML text with no environment overrides.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::from_layers(
+            config::File::from_str(text, config::FileFormat::Toml),
+            std::iter::empty(),
+        )
+    }
+}
+
+impl RawConfig {
+    /// Layers the file and the environment into the raw structure, with the unknown keys
+    /// found on the way (each an issue). A value of the wrong type is an error at once.
     fn from_source<S>(
         file: S,
         env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<RawConfig, ConfigError>
+    ) -> Result<(RawConfig, Vec<ConfigIssue>), ConfigError>
     where
         S: config::Source + Send + Sync + 'static,
     {
         let prefix = format!("{ENV_PREFIX}__");
-        let env: HashMap<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(&prefix))
-            .collect();
+        let env: HashMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with(&prefix)).collect();
         let layered = config::Config::builder()
             .add_source(file)
             .add_source(
@@ -235,22 +240,13 @@ impl RawConfig {
             .map_err(|e| ConfigError::single("(file)", e.to_string()))?;
         let mut unknown = Vec::new();
         let raw: RawConfig = serde_ignored::deserialize(layered, |path| {
-            unknown.push(validate::key_of(&path));
+            unknown.push(ConfigIssue {
+                key: validate::key_of(&path),
+                message: "unknown key".into(),
+            });
         })
         .map_err(|e| ConfigError::single("(file)", e.to_string()))?;
-        if unknown.is_empty() {
-            Ok(raw)
-        } else {
-            Err(ConfigError {
-                issues: unknown
-                    .into_iter()
-                    .map(|key| ConfigIssue {
-                        key,
-                        message: "unknown key".into(),
-                    })
-                    .collect(),
-            })
-        }
+        Ok((raw, unknown))
     }
 }
 

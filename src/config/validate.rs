@@ -18,9 +18,7 @@ pub(super) fn key_of(path: &serde_ignored::Path<'_>) -> String {
         Path::Root => String::new(),
         Path::Seq { parent, index } => join(key_of(parent), &index.to_string()),
         Path::Map { parent, key } => join(key_of(parent), key),
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
-            key_of(parent)
-        }
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => key_of(parent),
     }
 }
 
@@ -49,7 +47,10 @@ impl Issues {
             Some(text) => match humantime::parse_duration(text.trim()) {
                 Ok(d) => d,
                 Err(e) => {
-                    self.push(key, format!("invalid duration {text:?} ({e}); write e.g. \"30s\" or \"5m\""));
+                    self.push(
+                        key,
+                        format!("invalid duration {text:?} ({e}); write e.g. \"30s\" or \"5m\""),
+                    );
                     Duration::from_secs(default_secs)
                 }
             },
@@ -60,7 +61,10 @@ impl Issues {
         match value.parse() {
             Ok(addr) => Some(addr),
             Err(_) => {
-                self.push(key, format!("invalid socket address {value:?}; write e.g. \"127.0.0.1:8080\""));
+                self.push(
+                    key,
+                    format!("invalid socket address {value:?}; write e.g. \"127.0.0.1:8080\""),
+                );
                 None
             }
         }
@@ -105,16 +109,35 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         let max_body_bytes = s.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         let max_header_bytes = s.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES);
         if max_header_bytes < 8192 {
-            issues.push("server.max_header_bytes", "must be at least 8192 (the HTTP parser's smallest buffer)");
+            issues.push(
+                "server.max_header_bytes",
+                "must be at least 8192 (the HTTP parser's smallest buffer)",
+            );
         }
         ServerSettings {
             listen,
-            request_timeout: issues.duration("server.request_timeout", s.request_timeout.as_deref(), DEFAULT_REQUEST_TIMEOUT_SECS),
+            request_timeout: issues.duration(
+                "server.request_timeout",
+                s.request_timeout.as_deref(),
+                DEFAULT_REQUEST_TIMEOUT_SECS,
+            ),
             max_body_bytes,
-            shutdown_grace: issues.duration("server.shutdown_grace", s.shutdown_grace.as_deref(), DEFAULT_SHUTDOWN_GRACE_SECS),
-            header_read_timeout: issues.duration("server.header_read_timeout", s.header_read_timeout.as_deref(), DEFAULT_HEADER_READ_TIMEOUT_SECS),
+            shutdown_grace: issues.duration(
+                "server.shutdown_grace",
+                s.shutdown_grace.as_deref(),
+                DEFAULT_SHUTDOWN_GRACE_SECS,
+            ),
+            header_read_timeout: issues.duration(
+                "server.header_read_timeout",
+                s.header_read_timeout.as_deref(),
+                DEFAULT_HEADER_READ_TIMEOUT_SECS,
+            ),
             max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
-            idle_timeout: issues.duration("server.idle_timeout", s.idle_timeout.as_deref(), DEFAULT_IDLE_TIMEOUT_SECS),
+            idle_timeout: issues.duration(
+                "server.idle_timeout",
+                s.idle_timeout.as_deref(),
+                DEFAULT_IDLE_TIMEOUT_SECS,
+            ),
             max_connections: match s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS) {
                 0 => {
                     issues.push("server.max_connections", "must be at least 1");
@@ -140,7 +163,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             "json" => LogFormat::Json,
             "text" => LogFormat::Text,
             other => {
-                issues.push("log.format", format!("unknown format {other:?}; use \"json\" or \"text\""));
+                issues.push(
+                    "log.format",
+                    format!("unknown format {other:?}; use \"json\" or \"text\""),
+                );
                 LogFormat::Json
             }
         },
@@ -155,7 +181,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             "" => None,
             addr => issues.socket_addr("admin.listen", addr),
         },
-        ready_min_ttl: issues.duration("admin.ready_min_ttl", raw.admin.ready_min_ttl.as_deref(), DEFAULT_READY_MIN_TTL_SECS),
+        ready_min_ttl: issues.duration(
+            "admin.ready_min_ttl",
+            raw.admin.ready_min_ttl.as_deref(),
+            DEFAULT_READY_MIN_TTL_SECS,
+        ),
     };
 
     let mut tenants = BTreeMap::new();
@@ -170,12 +200,18 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
 
     let mut routes: Vec<Arc<Route>> = Vec::new();
     if raw.routes.is_empty() {
-        issues.push("routes", "at least one route is required: nothing else is ever forwarded");
+        issues.push(
+            "routes",
+            "at least one route is required: nothing else is ever forwarded",
+        );
     }
     for (i, r) in raw.routes.iter().enumerate() {
         if let Some(route) = route(&mut issues, i, r) {
             if routes.iter().any(|other| other.name == route.name) {
-                issues.push(format!("routes.{i}.name"), format!("duplicate route name {:?}", route.name));
+                issues.push(
+                    format!("routes.{i}.name"),
+                    format!("duplicate route name {:?}", route.name),
+                );
             }
             routes.push(Arc::new(route));
         }
@@ -203,12 +239,22 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 org_header: None,
             })),
             [] => {}
-            _ => issues.push("rules", "with more than one tenant, rules must say which tenant each request goes to"),
+            _ => issues.push(
+                "rules",
+                "with more than one tenant, rules must say which tenant each request goes to",
+            ),
         }
     }
 
     if issues.0.is_empty() {
-        Ok(Config { server, log, admin, tenants, routes, rules })
+        Ok(Config {
+            server,
+            log,
+            admin,
+            tenants,
+            routes,
+            rules,
+        })
     } else {
         Err(ConfigError { issues: issues.0 })
     }
@@ -253,7 +299,10 @@ fn tenant(issues: &mut Issues, name: &str, t: &RawTenant) -> Option<TenantSettin
     let key = |field: &str| format!("tenants.{name}.{field}");
     let before = issues.0.len();
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        issues.push(format!("tenants.{name}"), "tenant names use letters, digits, '-' and '_'");
+        issues.push(
+            format!("tenants.{name}"),
+            "tenant names use letters, digits, '-' and '_'",
+        );
     }
     let base_url = match t.base_url.as_deref() {
         None => {
@@ -281,7 +330,10 @@ fn tenant(issues: &mut Issues, name: &str, t: &RawTenant) -> Option<TenantSettin
     };
     let client_secret = match (&t.client_secret, &t.client_secret_file) {
         (Some(_), Some(_)) => {
-            issues.push(key("client_secret"), "set client_secret or client_secret_file, not both");
+            issues.push(
+                key("client_secret"),
+                "set client_secret or client_secret_file, not both",
+            );
             None
         }
         (None, None) => {
@@ -305,9 +357,17 @@ fn tenant(issues: &mut Issues, name: &str, t: &RawTenant) -> Option<TenantSettin
             issues.push(key("ca_file"), format!("no such file {}", path.display()));
         }
     }
-    let refresh_margin = issues.duration(&key("refresh_margin"), t.refresh_margin.as_deref(), DEFAULT_REFRESH_MARGIN_SECS);
+    let refresh_margin = issues.duration(
+        &key("refresh_margin"),
+        t.refresh_margin.as_deref(),
+        DEFAULT_REFRESH_MARGIN_SECS,
+    );
     let token_wait = issues.duration(&key("token_wait"), t.token_wait.as_deref(), DEFAULT_TOKEN_WAIT_SECS);
-    let connect_timeout = issues.duration(&key("connect_timeout"), t.connect_timeout.as_deref(), DEFAULT_CONNECT_TIMEOUT_SECS);
+    let connect_timeout = issues.duration(
+        &key("connect_timeout"),
+        t.connect_timeout.as_deref(),
+        DEFAULT_CONNECT_TIMEOUT_SECS,
+    );
     if connect_timeout.is_zero() {
         issues.push(key("connect_timeout"), "must be greater than zero");
     }
@@ -318,13 +378,20 @@ fn tenant(issues: &mut Issues, name: &str, t: &RawTenant) -> Option<TenantSettin
         }
         n => usize::try_from(n).unwrap_or(usize::MAX),
     };
-    let queue_timeout = issues.duration(&key("queue_timeout"), t.queue_timeout.as_deref(), DEFAULT_QUEUE_TIMEOUT_SECS);
+    let queue_timeout = issues.duration(
+        &key("queue_timeout"),
+        t.queue_timeout.as_deref(),
+        DEFAULT_QUEUE_TIMEOUT_SECS,
+    );
     let proxy_url = match t.proxy_url.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(text) => match Url::parse(text) {
             Ok(url) if url.scheme() == "http" && url.host_str().is_some() => Some(ProxyUrl(url)),
             Ok(_) => {
-                issues.push(key("proxy_url"), "must be http://[user:password@]host:port (the tunnel to Zuora is TLS end to end)");
+                issues.push(
+                    key("proxy_url"),
+                    "must be http://[user:password@]host:port (the tunnel to Zuora is TLS end to end)",
+                );
                 None
             }
             Err(e) => {
@@ -389,9 +456,9 @@ fn route(issues: &mut Issues, i: usize, r: &RawRoute) -> Option<Route> {
     for (j, on) in r.retry_on.iter().flatten().enumerate() {
         match on.trim() {
             "connect" => retry.on_connect = true,
-            code @ ("429" | "502" | "503" | "504") => {
-                retry.on_status.push(StatusCode::from_bytes(code.as_bytes()).expect("listed codes"))
-            }
+            code @ ("429" | "502" | "503" | "504") => retry
+                .on_status
+                .push(StatusCode::from_bytes(code.as_bytes()).expect("listed codes")),
             other => issues.push(
                 format!("routes.{i}.retry_on.{j}"),
                 format!("{other:?} is not one of \"429\", \"502\", \"503\", \"504\", \"connect\""),
@@ -402,9 +469,17 @@ fn route(issues: &mut Issues, i: usize, r: &RawRoute) -> Option<Route> {
         issues.push(key("retry_attempts"), format!("at most {MAX_RETRY_ATTEMPTS}"));
     }
     if retry.attempts > 0 && retry.on_status.is_empty() && !retry.on_connect {
-        issues.push(key("retry_on"), "retry_attempts is set but retry_on names nothing to retry");
+        issues.push(
+            key("retry_on"),
+            "retry_attempts is set but retry_on names nothing to retry",
+        );
     }
-    Some(Route { name: name?, method: method?, template: template?, retry })
+    Some(Route {
+        name: name?,
+        method: method?,
+        template: template?,
+        retry,
+    })
 }
 
 fn rule(issues: &mut Issues, i: usize, r: &RawRule, raw: &RawConfig) -> Option<Rule> {
@@ -434,7 +509,10 @@ fn rule(issues: &mut Issues, i: usize, r: &RawRule, raw: &RawConfig) -> Option<R
     let entity_ids = r.entity_ids.clone().unwrap_or_default();
     for (j, id) in entity_ids.iter().enumerate() {
         if uuid::Uuid::try_parse(id).is_err() || id.len() != 36 {
-            issues.push(format!("rules.{i}.entity_ids.{j}"), format!("{id:?} is not an entity id (a UUID)"));
+            issues.push(
+                format!("rules.{i}.entity_ids.{j}"),
+                format!("{id:?} is not an entity id (a UUID)"),
+            );
         }
     }
     let org_ids = r.org_ids.clone().unwrap_or_default();
@@ -453,14 +531,18 @@ fn rule(issues: &mut Issues, i: usize, r: &RawRule, raw: &RawConfig) -> Option<R
         if !track_id::is_valid_prefix(prefix) {
             issues.push(
                 key("track_id_prefix"),
-                format!("at most {} visible US-ASCII characters, none of : ; \" '", track_id::MAX_PREFIX_LEN),
+                format!(
+                    "at most {} visible US-ASCII characters, none of : ; \" '",
+                    track_id::MAX_PREFIX_LEN
+                ),
             );
         }
     }
     if issues.0.len() != before {
         return None;
     }
-    let header = |ids: &[String]| (!ids.is_empty()).then(|| HeaderValue::try_from(ids.join(",")).expect("ids were checked"));
+    let header =
+        |ids: &[String]| (!ids.is_empty()).then(|| HeaderValue::try_from(ids.join(",")).expect("ids were checked"));
     Some(Rule {
         name: name?,
         routes: r.routes.clone(),
@@ -505,7 +587,10 @@ mod tests {
     #[test]
     fn a_minimal_file_gets_defaults_and_an_implicit_rule() {
         let c = Config::from_toml(GOOD).unwrap();
-        assert_eq!(c.server.request_timeout, Duration::from_secs(DEFAULT_REQUEST_TIMEOUT_SECS));
+        assert_eq!(
+            c.server.request_timeout,
+            Duration::from_secs(DEFAULT_REQUEST_TIMEOUT_SECS)
+        );
         assert_eq!(c.server.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         let t = &c.tenants["default"];
         assert_eq!(t.token_url.as_str(), "https://rest.test.zuora.com/oauth/token");
@@ -586,7 +671,10 @@ mod tests {
         let path = dir.join("c.toml");
         std::fs::write(&path, GOOD).unwrap();
         let env = [
-            ("ZUORA_PROXY__TENANTS__DEFAULT__CLIENT_ID".to_string(), "from-env".to_string()),
+            (
+                "ZUORA_PROXY__TENANTS__DEFAULT__CLIENT_ID".to_string(),
+                "from-env".to_string(),
+            ),
             ("ZUORA_PROXY__SERVER__MAX_BODY_BYTES".to_string(), "4096".to_string()),
             ("UNRELATED".to_string(), "x".to_string()),
         ];

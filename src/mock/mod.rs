@@ -54,7 +54,9 @@ pub enum TokenMode {
     /// Answer this status with a JSON error body.
     Status(u16),
     /// Answer 429 with `Retry-After`.
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+    },
     /// Wait this long, then answer normally.
     Delay(Duration),
 }
@@ -66,7 +68,10 @@ pub enum ApiMode {
     /// Wait this long before answering normally.
     Delay(Duration),
     /// Answer this status, with `Retry-After` when given.
-    Status { status: u16, retry_after_secs: Option<u64> },
+    Status {
+        status: u16,
+        retry_after_secs: Option<u64>,
+    },
     /// Drop the connection without answering.
     Reset,
 }
@@ -265,7 +270,9 @@ async fn wait_count(counter: &watch::Sender<usize>, n: usize, timeout: Duration)
 
 async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<State>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let acceptor = acceptor.clone();
         let state = state.clone();
         tokio::spawn(async move {
@@ -284,9 +291,10 @@ struct Dropped;
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<ResponseBody> {
     let mut response = Response::new(full(body.to_string()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
     response
 }
 
@@ -332,7 +340,8 @@ async fn token_endpoint(state: &State, method: &Method, headers: &HeaderMap, bod
         }
         TokenMode::RateLimited { retry_after_secs } => {
             let mut r = json_response(StatusCode::TOO_MANY_REQUESTS, json!({"message": "Too many requests"}));
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             return r;
         }
     }
@@ -342,7 +351,10 @@ async fn token_endpoint(state: &State, method: &Method, headers: &HeaderMap, bod
         .is_some_and(|v| v.as_bytes().starts_with(b"application/x-www-form-urlencoded"));
     if *method != Method::POST || !form_type || headers.contains_key(header::AUTHORIZATION) {
         // Zuora wants the credentials in the form body; a Basic header is a client bug.
-        return json_response(StatusCode::BAD_REQUEST, json!({"message": "credentials must be form fields of a POST"}));
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"message": "credentials must be form fields of a POST"}),
+        );
     }
     let (expected_id, expected_secret, expires_in) = {
         let s = state.settings.lock().unwrap();
@@ -375,7 +387,12 @@ async fn token_endpoint(state: &State, method: &Method, headers: &HeaderMap, bod
     json_response(StatusCode::OK, answer)
 }
 
-async fn api_endpoint(state: &State, method: &Method, path: &str, headers: &HeaderMap) -> Result<Response<ResponseBody>, Dropped> {
+async fn api_endpoint(
+    state: &State,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<Response<ResponseBody>, Dropped> {
     let authorized = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -395,7 +412,10 @@ async fn api_endpoint(state: &State, method: &Method, path: &str, headers: &Head
         ApiMode::Normal => {}
         ApiMode::Delay(d) => tokio::time::sleep(d).await,
         ApiMode::Reset => return Err(Dropped),
-        ApiMode::Status { status, retry_after_secs } => {
+        ApiMode::Status {
+            status,
+            retry_after_secs,
+        } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let mut r = json_response(
                 status,
@@ -412,24 +432,29 @@ async fn api_endpoint(state: &State, method: &Method, path: &str, headers: &Head
         (&Method::POST, ["bulk-data", "bulk-jobs", id, "aborts"]) => {
             json_response(StatusCode::OK, json!({"id": id, "status": "Aborted"}))
         }
-        (&Method::GET, ["bulk-data", "bulk-jobs", id, "summary"]) => {
-            json_response(StatusCode::OK, json!({"id": id, "status": "Aborted", "name": "mock job"}))
-        }
+        (&Method::GET, ["bulk-data", "bulk-jobs", id, "summary"]) => json_response(
+            StatusCode::OK,
+            json!({"id": id, "status": "Aborted", "name": "mock job"}),
+        ),
         (&Method::GET, ["bulk-data", "bulk-jobs", _, "downloads"]) => {
             // Opaque bytes standing for a gzipped file: a proxy must pass them on untouched.
             let mut r = Response::new(full(download_bytes()));
-            r.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            r.headers_mut()
+                .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
             r
         }
-        (&Method::POST, ["bulk-data", "bulk-jobs", _, "echo"]) => {
-            json_response(StatusCode::OK, json!({"echo": true}))
-        }
+        (&Method::POST, ["bulk-data", "bulk-jobs", _, "echo"]) => json_response(StatusCode::OK, json!({"echo": true})),
         _ => json_response(StatusCode::NOT_FOUND, json!({"message": "Not found"})),
     })
 }
 
 /// The bytes the mock's `downloads` endpoint sends, for comparing with what a caller got.
 pub fn download_bytes() -> Vec<u8> {
-    (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect()
+    (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect()
 }

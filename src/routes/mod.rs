@@ -76,7 +76,9 @@ pub enum Resolution<'a> {
         reason: &'static str,
     },
     /// The path is allowed for other methods only (405).
-    MethodNotAllowed { allow: Vec<Method> },
+    MethodNotAllowed {
+        allow: Vec<Method>,
+    },
     /// Nothing on the allowlist has this path (404).
     NotFound,
 }
@@ -179,11 +181,21 @@ mod tests {
         r.when_client_cert_subject = Some("billing".into());
         let rules = vec![Arc::new(r), rule("fallback", None, &[], "default")];
         let h = HeaderMap::new();
-        let billing = ClientIdentity { subject: "CN=billing,O=Acme".into(), common_name: Some("billing".into()) };
-        let other = ClientIdentity { subject: "CN=other".into(), common_name: Some("other".into()) };
+        let billing = ClientIdentity {
+            subject: "CN=billing,O=Acme".into(),
+            common_name: Some("billing".into()),
+        };
+        let other = ClientIdentity {
+            subject: "CN=other".into(),
+            common_name: Some("other".into()),
+        };
         assert_eq!(select(&rules, "abort", &h, Some(&billing)).unwrap().name, "mtls");
         assert_eq!(select(&rules, "abort", &h, Some(&other)).unwrap().name, "fallback");
-        assert_eq!(select(&rules, "abort", &h, None).unwrap().name, "fallback", "plain HTTP has no subject");
+        assert_eq!(
+            select(&rules, "abort", &h, None).unwrap().name,
+            "fallback",
+            "plain HTTP has no subject"
+        );
         let mut by_subject = (*rules[0]).clone();
         by_subject.when_client_cert_subject = Some("CN=billing,O=Acme".into());
         assert!(by_subject.applies("abort", &h, Some(&billing)));
@@ -201,7 +213,10 @@ mod tests {
 
     #[test]
     fn retries_only_when_repeating_is_harmless() {
-        let mut p = RetryPolicy { attempts: 2, ..Default::default() };
+        let mut p = RetryPolicy {
+            attempts: 2,
+            ..Default::default()
+        };
         let none = HeaderMap::new();
         let mut keyed = HeaderMap::new();
         keyed.insert("idempotency-key", HeaderValue::from_static("k"));
@@ -220,20 +235,30 @@ mod tests {
         let t = table();
         let abort = format!("{JOB}/aborts");
         assert!(matches!(resolve(&t, &Method::POST, &abort), Resolution::Allowed(r) if r.name == "abort"));
-        assert!(matches!(resolve(&t, &Method::GET, &format!("{JOB}/summary")), Resolution::Allowed(r) if r.name == "summary"));
+        assert!(
+            matches!(resolve(&t, &Method::GET, &format!("{JOB}/summary")), Resolution::Allowed(r) if r.name == "summary")
+        );
         match resolve(&t, &Method::GET, &abort) {
             Resolution::MethodNotAllowed { allow } => assert_eq!(allow, vec![Method::POST, Method::PUT]),
             other => panic!("{other:?}"),
         }
         match resolve(&t, &Method::POST, "/bulk-data/bulk-jobs/nope/aborts") {
             Resolution::BadParam { route, name, reason } => {
-                assert_eq!((route.name.as_str(), name.as_str(), reason), ("abort", "id", "is not a UUID"))
+                assert_eq!(
+                    (route.name.as_str(), name.as_str(), reason),
+                    ("abort", "id", "is not a UUID")
+                )
             }
             other => panic!("{other:?}"),
         }
         // The untyped PUT route takes a non-UUID id.
-        assert!(matches!(resolve(&t, &Method::PUT, "/bulk-data/bulk-jobs/nope/aborts"), Resolution::Allowed(r) if r.name == "any-abort"));
-        assert!(matches!(resolve(&t, &Method::POST, "/v1/accounts"), Resolution::NotFound));
+        assert!(
+            matches!(resolve(&t, &Method::PUT, "/bulk-data/bulk-jobs/nope/aborts"), Resolution::Allowed(r) if r.name == "any-abort")
+        );
+        assert!(matches!(
+            resolve(&t, &Method::POST, "/v1/accounts"),
+            Resolution::NotFound
+        ));
         assert!(matches!(resolve(&t, &Method::CONNECT, ""), Resolution::NotFound));
         assert!(matches!(resolve(&t, &Method::OPTIONS, "*"), Resolution::NotFound));
     }
@@ -241,7 +266,12 @@ mod tests {
     #[test]
     fn rules_first_match_wins_and_headers_must_all_match() {
         let rules = vec![
-            rule("eu", Some(&["abort"]), &[("x-tenant", "acme-eu"), ("x-team", "billing")], "eu"),
+            rule(
+                "eu",
+                Some(&["abort"]),
+                &[("x-tenant", "acme-eu"), ("x-team", "billing")],
+                "eu",
+            ),
             rule("summary-only", Some(&["summary"]), &[], "us"),
             rule("fallback", None, &[], "default"),
         ];
@@ -252,7 +282,11 @@ mod tests {
         assert_eq!(select_h(&rules, "abort", &h).unwrap().name, "eu");
         assert_eq!(select_h(&rules, "summary", &h).unwrap().name, "summary-only");
         h.append("x-tenant", HeaderValue::from_static("acme-us"));
-        assert_eq!(select_h(&rules, "abort", &h).unwrap().name, "fallback", "repeated header is not a match");
+        assert_eq!(
+            select_h(&rules, "abort", &h).unwrap().name,
+            "fallback",
+            "repeated header is not a match"
+        );
         let strict = vec![rule("eu", None, &[("x-tenant", "acme-eu")], "eu")];
         let mut h = HeaderMap::new();
         h.insert("x-tenant", HeaderValue::from_static("ACME-EU"));

@@ -58,9 +58,7 @@ impl PathTemplate {
                 let (name, kind) = match inner.split_once(':') {
                     None => (inner, ParamKind::Any),
                     Some((name, "uuid")) => (name, ParamKind::Uuid),
-                    Some((_, other)) => {
-                        return Err(format!("unknown placeholder type '{other}' (known: uuid)"))
-                    }
+                    Some((_, other)) => return Err(format!("unknown placeholder type '{other}' (known: uuid)")),
                 };
                 let valid_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
                     && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
@@ -189,9 +187,15 @@ mod tests {
 
     #[test]
     fn matches_the_abort_path() {
-        assert_eq!(abort().matches(&format!("/bulk-data/bulk-jobs/{JOB}/aborts")), PathMatch::Yes);
+        assert_eq!(
+            abort().matches(&format!("/bulk-data/bulk-jobs/{JOB}/aborts")),
+            PathMatch::Yes
+        );
         let upper = JOB.to_uppercase();
-        assert_eq!(abort().matches(&format!("/bulk-data/bulk-jobs/{upper}/aborts")), PathMatch::Yes);
+        assert_eq!(
+            abort().matches(&format!("/bulk-data/bulk-jobs/{upper}/aborts")),
+            PathMatch::Yes
+        );
     }
 
     #[test]
@@ -229,7 +233,10 @@ mod tests {
             let got = abort().matches(&format!("/bulk-data/bulk-jobs/{value}/aborts"));
             assert_eq!(
                 got,
-                PathMatch::BadParam { name: "id".into(), reason },
+                PathMatch::BadParam {
+                    name: "id".into(),
+                    reason
+                },
                 "{value}"
             );
         }

@@ -15,11 +15,12 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use timeouts::{Activity, TimedIo};
+use timeouts::{Activity, TrafficIo};
 use tls::{CallerTls, ClientIdentity};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
 
 /// After a failed accept (out of file descriptors, say), pause before the next one so the
 /// loop does not spin while the condition lasts.
@@ -55,7 +56,10 @@ where
         .keep_alive(true);
     let limit = Arc::new(Semaphore::new(settings.max_connections));
     let local = listener.local_addr().ok();
+    // Connection tasks, so that those still running when the grace expires can be cut.
+    let mut connections = JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         // Take a connection slot first: past the limit, callers wait in the backlog.
         let permit = tokio::select! {
             permit = limit.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
@@ -80,7 +84,7 @@ where
             settings: settings.clone(),
             watcher: graceful.watcher(),
         };
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _permit = permit;
             match &connection.settings.tls {
                 None => connection.run(stream, None).await,
@@ -93,8 +97,18 @@ where
     }
     drop(listener);
     let open = graceful.count();
-    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(listener = ?local, grace_s = settings.shutdown_grace.as_secs_f64(), "shutdown grace expired; remaining connections are cut");
+    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = ?local,
+            connections = connections.len(),
+            grace_s = settings.shutdown_grace.as_secs_f64(),
+            "shutdown grace expired; cutting the remaining connections"
+        );
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
     } else {
         tracing::info!(listener = ?local, connections = open, "drained");
     }
@@ -117,8 +131,13 @@ where
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = Arc::new(Activity::default());
-        let io = TimedIo::new(io, activity.clone(), self.settings.header_read_timeout, self.settings.idle_timeout);
+        let activity = Activity::new();
+        let watchdog = timeouts::watchdog(
+            activity.clone(),
+            self.settings.header_read_timeout,
+            self.settings.idle_timeout,
+        );
+        let io = TrafficIo::new(io, activity.clone());
         let handler = self.handler;
         let service = service_fn(move |mut request: Request<Incoming>| {
             if let Some(identity) = &identity {
@@ -132,9 +151,17 @@ where
                 Ok::<_, Infallible>(response)
             }
         });
-        let connection = self.builder.serve_connection(TokioIo::new(io), service);
-        if let Err(error) = self.watcher.watch(connection).await {
-            tracing::debug!(%error, "connection ended with an error");
+        let connection = self
+            .watcher
+            .watch(self.builder.serve_connection(TokioIo::new(io), service));
+        tokio::select! {
+            result = connection => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+            }
+            // Dropping the connection closes the socket.
+            reason = watchdog => tracing::debug!(reason, "connection closed"),
         }
     }
 }

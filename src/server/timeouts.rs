@@ -1,34 +1,73 @@
-//! Connection timeouts that hyper's own `header_read_timeout` cannot express separately:
-//! a new request's head must arrive within `header_read_timeout` of its first byte (or of the
-//! accept), and a keep-alive connection with no request in flight is closed after
-//! `idle_timeout` without traffic. A request in flight is never cut here: that is
-//! `request_timeout`'s job.
+//! Connection deadlines that hyper's own `header_read_timeout` cannot tell apart: a request
+//! head must arrive within `header_read_timeout` of its first byte (or of the accept), and a
+//! keep-alive connection with no request in flight is closed after `idle_timeout` without
+//! traffic. A request in flight is never cut here: that is `request_timeout`'s job.
+//!
+//! The IO wrapper only records traffic; a watchdog running beside the connection decides,
+//! so the deadlines hold whether or not hyper is reading at the time.
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::{Instant, Sleep};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
-/// Requests in flight on one connection, shared by the connection's service and its IO.
-#[derive(Debug, Default)]
+/// What a connection is doing, shared by its service, its IO and its watchdog. Times are
+/// milliseconds since the connection started.
+#[derive(Debug)]
 pub struct Activity {
+    epoch: Instant,
     in_flight: AtomicUsize,
+    last_traffic_ms: AtomicU64,
+    /// When the head being awaited started (first byte, or the accept), plus one; 0 = none.
+    head_started: AtomicU64,
+    changed: Notify,
 }
 
 impl Activity {
+    /// A new connection waits for its first request head from now.
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_traffic_ms: AtomicU64::new(0),
+            head_started: AtomicU64::new(1),
+            changed: Notify::new(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
     /// Marks a request in flight until the guard drops.
     pub fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_started.store(0, Ordering::Release);
+        self.changed.notify_one();
         Busy(self.clone())
     }
 
-    fn busy(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) > 0
+    fn on_read(&self) {
+        let now = self.now_ms();
+        self.last_traffic_ms.store(now, Ordering::Release);
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self
+                .head_started
+                .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            // The next request began: its head deadline is sooner than the idle one.
+            self.changed.notify_one();
+        }
+    }
+
+    fn on_write(&self) {
+        self.last_traffic_ms.store(self.now_ms(), Ordering::Release);
     }
 }
 
@@ -37,115 +76,74 @@ pub struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
+        self.0.last_traffic_ms.store(self.0.now_ms(), Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_one();
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Waiting for (the rest of) a request head: `header_read_timeout` runs.
-    Head,
-    /// A request is in flight: no deadline here.
-    Busy,
-    /// Nothing in flight, nothing received: `idle_timeout` runs from the last traffic.
-    Idle,
+/// Resolves when the connection should be closed, with the reason.
+pub async fn watchdog(activity: Arc<Activity>, header_timeout: Duration, idle_timeout: Duration) -> &'static str {
+    let header_ms = header_timeout.as_millis() as u64;
+    let idle_ms = idle_timeout.as_millis() as u64;
+    loop {
+        let (deadline, reason) = if activity.in_flight.load(Ordering::Acquire) > 0 {
+            (None, "")
+        } else {
+            match activity.head_started.load(Ordering::Acquire) {
+                0 => (
+                    Some(activity.last_traffic_ms.load(Ordering::Acquire) + idle_ms),
+                    "idle keep-alive connection",
+                ),
+                started => (Some(started - 1 + header_ms), "request head not received in time"),
+            }
+        };
+        match deadline {
+            None => activity.changed.notified().await,
+            Some(at) => {
+                let now = activity.now_ms();
+                if at <= now {
+                    return reason;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(at - now)) => {}
+                    _ = activity.changed.notified() => {}
+                }
+            }
+        }
+    }
 }
 
-/// An IO wrapper enforcing the header and idle deadlines.
-pub struct TimedIo<T> {
+/// An IO wrapper that tells the [`Activity`] about traffic.
+pub struct TrafficIo<T> {
     inner: T,
     activity: Arc<Activity>,
-    header_timeout: Duration,
-    idle_timeout: Duration,
-    phase: Phase,
-    sleep: Pin<Box<Sleep>>,
-    last_traffic: Instant,
 }
 
-impl<T> TimedIo<T> {
-    /// A new connection starts waiting for its first request head.
-    pub fn new(inner: T, activity: Arc<Activity>, header_timeout: Duration, idle_timeout: Duration) -> TimedIo<T> {
-        let now = Instant::now();
-        TimedIo {
-            inner,
-            activity,
-            header_timeout,
-            idle_timeout,
-            phase: Phase::Head,
-            sleep: Box::pin(tokio::time::sleep_until(now + header_timeout)),
-            last_traffic: now,
-        }
-    }
-
-    fn on_bytes_read(&mut self) {
-        let now = Instant::now();
-        self.last_traffic = now;
-        if self.activity.busy() {
-            self.phase = Phase::Busy;
-        } else if self.phase != Phase::Head {
-            // First byte of the next request: its head must now arrive in time.
-            self.phase = Phase::Head;
-            self.sleep.as_mut().reset(now + self.header_timeout);
-        }
-    }
-
-    fn note_write(&mut self, result: &Poll<io::Result<usize>>) {
-        if matches!(result, Poll::Ready(Ok(n)) if *n > 0) {
-            self.last_traffic = Instant::now();
-        }
-    }
-
-    /// Called when a read is pending: is a deadline past?
-    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.activity.busy() {
-            self.phase = Phase::Busy;
-            return Poll::Pending;
-        }
-        if self.phase == Phase::Busy {
-            // The request just finished: the connection is idle from now.
-            self.phase = Phase::Idle;
-            self.last_traffic = Instant::now();
-            self.sleep.as_mut().reset(self.last_traffic + self.idle_timeout);
-        }
-        loop {
-            if self.sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            let idle_until = self.last_traffic + self.idle_timeout;
-            if self.phase == Phase::Idle && idle_until > Instant::now() {
-                // Response bytes went out since the timer was set: keep the connection.
-                self.sleep.as_mut().reset(idle_until);
-                continue;
-            }
-            let what = if self.phase == Phase::Head { "request head not received in time" } else { "idle keep-alive connection" };
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)));
-        }
+impl<T> TrafficIo<T> {
+    pub fn new(inner: T, activity: Arc<Activity>) -> TrafficIo<T> {
+        TrafficIo { inner, activity }
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for TrafficIo<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    this.on_bytes_read();
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => this.poll_deadline(cx),
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.on_read();
         }
+        polled
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for TrafficIo<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.note_write(&result);
-        result
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.on_write();
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -160,10 +158,80 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
         self.inner.is_write_vectored()
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.note_write(&result);
-        result
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.on_write();
+        }
+        polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn head_then_busy_then_idle() {
+        let activity = Activity::new();
+        let header = Duration::from_secs(10);
+        let idle = Duration::from_secs(60);
+        // Nothing arrives: the head deadline from the accept.
+        let started = Instant::now();
+        assert_eq!(
+            watchdog(activity.clone(), header, idle).await,
+            "request head not received in time"
+        );
+        assert_eq!(started.elapsed(), header);
+
+        // A request in flight is never cut; once it ends, the idle deadline runs.
+        let activity = Activity::new();
+        let busy = activity.begin();
+        let dog = tokio::spawn(watchdog(activity.clone(), header, idle));
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(!dog.is_finished());
+        let ended = Instant::now();
+        drop(busy);
+        assert_eq!(dog.await.unwrap(), "idle keep-alive connection");
+        assert_eq!(ended.elapsed(), idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_byte_of_a_head_starts_the_header_deadline() {
+        let activity = Activity::new();
+        drop(activity.begin());
+        let dog = tokio::spawn(watchdog(
+            activity.clone(),
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+        ));
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        activity.on_read();
+        let first_byte = Instant::now();
+        assert_eq!(dog.await.unwrap(), "request head not received in time");
+        assert_eq!(first_byte.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_keep_an_idle_connection_open() {
+        let activity = Activity::new();
+        drop(activity.begin());
+        let dog = tokio::spawn(watchdog(
+            activity.clone(),
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+        ));
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(50)).await;
+            activity.on_write();
+        }
+        assert!(!dog.is_finished());
+        let last = Instant::now();
+        assert_eq!(dog.await.unwrap(), "idle keep-alive connection");
+        assert_eq!(last.elapsed(), Duration::from_secs(60));
     }
 }

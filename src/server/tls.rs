@@ -59,7 +59,8 @@ impl CallerTls {
     pub fn new(settings: &TlsSettings) -> Result<CallerTls, TlsError> {
         let provider = crate::upstream::crypto_provider();
         let resolver = Arc::new(ReloadingCert::load(&settings.cert_file, &settings.key_file)?);
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+        let builder =
+            rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
         let builder = match &settings.client_ca_file {
             None => builder.with_no_client_auth(),
             Some(path) => {
@@ -107,7 +108,10 @@ fn identity_of(cert: &CertificateDer<'_>) -> Option<ClientIdentity> {
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let file_error = |reason: String| TlsError::File { path: path.to_path_buf(), reason };
+    let file_error = |reason: String| TlsError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
         .map_err(|e| file_error(e.to_string()))?;
@@ -123,7 +127,11 @@ fn load_key(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, TlsE
         path: key_file.to_path_buf(),
         reason: e.to_string(),
     })?;
-    Ok(Arc::new(CertifiedKey::from_der(certs, key, &crate::upstream::crypto_provider())?))
+    Ok(Arc::new(CertifiedKey::from_der(
+        certs,
+        key,
+        &crate::upstream::crypto_provider(),
+    )?))
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {
@@ -153,7 +161,11 @@ impl ReloadingCert {
         Ok(ReloadingCert {
             cert_file: cert_file.to_path_buf(),
             key_file: key_file.to_path_buf(),
-            state: Mutex::new(Loaded { key, stamps, checked: Instant::now() }),
+            state: Mutex::new(Loaded {
+                key,
+                stamps,
+                checked: Instant::now(),
+            }),
         })
     }
 }

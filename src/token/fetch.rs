@@ -8,7 +8,9 @@ use crate::upstream::UpstreamClient;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Either, Full, Limited};
-use oauth2::basic::{BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenType};
+use oauth2::basic::{
+    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenType,
+};
 use oauth2::{AccessToken, AuthType, ClientId, ClientSecret, StandardRevocableToken, TokenUrl};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::time::Duration;
@@ -46,8 +48,20 @@ pub enum FetchError {
     Invalid(String),
 }
 
+/// Every `result` label of `zuora_proxy_token_fetches_total`.
+pub const FETCH_RESULTS: [&str; 8] = [
+    "ok",
+    "secret",
+    "rate_limited",
+    "rejected",
+    "server_error",
+    "unreachable",
+    "timeout",
+    "invalid",
+];
+
 impl FetchError {
-    /// A short, stable label for metrics.
+    /// A short, stable label for metrics (one of [`FETCH_RESULTS`]).
     pub fn kind(&self) -> &'static str {
         match self {
             FetchError::Secret(_) => "secret",
@@ -165,7 +179,10 @@ pub async fn fetch(client: &UpstreamClient, tenant: &TenantSettings) -> Result<F
         Ok(Ok(response)) => response,
     };
     if response.token_type != BasicTokenType::Bearer {
-        return Err(FetchError::Invalid(format!("token_type {:?} is not bearer", response.token_type.as_ref())));
+        return Err(FetchError::Invalid(format!(
+            "token_type {:?} is not bearer",
+            response.token_type.as_ref()
+        )));
     }
     let lifetime = match response.expires_in {
         None => Duration::from_secs(DEFAULT_LIFETIME_SECS),
@@ -213,11 +230,26 @@ mod tests {
     #[test]
     fn expires_in_as_integer_float_text_or_missing() {
         use oauth2::TokenResponse;
-        assert_eq!(parse(r#"{"access_token":"a","token_type":"bearer","expires_in":3599}"#).expires_in(), Some(Duration::from_secs(3599)));
-        assert_eq!(parse(r#"{"access_token":"a","token_type":"bearer","expires_in":3599.5}"#).expires_in(), Some(Duration::from_millis(3_599_500)));
-        assert_eq!(parse(r#"{"access_token":"a","token_type":"bearer","expires_in":"60"}"#).expires_in(), Some(Duration::from_secs(60)));
-        assert_eq!(parse(r#"{"access_token":"a","token_type":"bearer"}"#).expires_in(), None);
-        assert_eq!(parse(r#"{"access_token":"a","token_type":"Bearer","scope":"user.1 tenant.2","jti":"x"}"#).token_type, BasicTokenType::Bearer);
+        assert_eq!(
+            parse(r#"{"access_token":"a","token_type":"bearer","expires_in":3599}"#).expires_in(),
+            Some(Duration::from_secs(3599))
+        );
+        assert_eq!(
+            parse(r#"{"access_token":"a","token_type":"bearer","expires_in":3599.5}"#).expires_in(),
+            Some(Duration::from_millis(3_599_500))
+        );
+        assert_eq!(
+            parse(r#"{"access_token":"a","token_type":"bearer","expires_in":"60"}"#).expires_in(),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse(r#"{"access_token":"a","token_type":"bearer"}"#).expires_in(),
+            None
+        );
+        assert_eq!(
+            parse(r#"{"access_token":"a","token_type":"Bearer","scope":"user.1 tenant.2","jti":"x"}"#).token_type,
+            BasicTokenType::Bearer
+        );
         assert!(serde_json::from_str::<ZuoraTokenResponse>(r#"{"token_type":"bearer"}"#).is_err());
     }
 

@@ -194,7 +194,12 @@ pub fn refresh_delay(lifetime: Duration, margin: Duration, unit: f64) -> Duratio
 
 async fn refresh_loop(shared: Arc<Shared>) {
     let tenant = shared.tenant.name.clone();
-    let new_backoff = || Backoff::new(Duration::from_secs(BACKOFF_MIN_SECS), Duration::from_secs(BACKOFF_MAX_SECS));
+    let new_backoff = || {
+        Backoff::new(
+            Duration::from_secs(BACKOFF_MIN_SECS),
+            Duration::from_secs(BACKOFF_MAX_SECS),
+        )
+    };
     let mut backoff = new_backoff();
     let mut refresh_at = Instant::now();
     loop {
@@ -222,7 +227,11 @@ async fn refresh_loop(shared: Arc<Shared>) {
                 let mut header = HeaderValue::try_from(format!("Bearer {}", fetched.access_token.expose()))
                     .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid"));
                 header.set_sensitive(true);
-                let token = Arc::new(Token { header, expires_at, generation });
+                let token = Arc::new(Token {
+                    header,
+                    expires_at,
+                    generation,
+                });
                 shared.state.send_modify(|s| {
                     s.token = Some(token);
                     s.phase = Phase::Idle;
@@ -253,7 +262,9 @@ async fn refresh_loop(shared: Arc<Shared>) {
                     serving_cached_token = still_valid,
                     "token refresh failed"
                 );
-                shared.state.send_modify(|s| s.phase = Phase::Failing { reason, retry_at });
+                shared
+                    .state
+                    .send_modify(|s| s.phase = Phase::Failing { reason, retry_at });
                 refresh_at = retry_at;
                 // Requests keep being served from a still-valid token meanwhile; a demand for a
                 // token does not cut the backoff short, so a failing endpoint is not hammered.
@@ -272,7 +283,10 @@ mod tests {
         let s = Duration::from_secs;
         // Zuora's hour-long token with the default 300 s margin.
         assert_eq!(refresh_delay(s(3600), s(300), 0.0), s(3300));
-        assert_eq!(refresh_delay(s(3600), s(300), 0.999_999), s(3300) - s(30).mul_f64(0.999_999));
+        assert_eq!(
+            refresh_delay(s(3600), s(300), 0.999_999),
+            s(3300) - s(30).mul_f64(0.999_999)
+        );
         // Shorter than the margin: refreshed halfway, minus up to 5 %.
         assert_eq!(refresh_delay(s(2), s(300), 0.0), Duration::from_millis(1000));
         assert_eq!(refresh_delay(s(2), s(300), 1.0), Duration::from_millis(950));
