@@ -41,7 +41,10 @@ track_id_prefix = "acme"
     let track = answer.header("zuora-track-id").expect("track id echoed").to_string();
     assert!(track.starts_with("acme-") && track.len() == 37, "{track}");
     assert!(answer.header("zuora-request-id").is_some());
-    assert!(answer.header("x-mock-hop").is_none(), "response hop-by-hop header leaked");
+    assert!(
+        answer.header("x-mock-hop").is_none(),
+        "response hop-by-hop header leaked"
+    );
     assert!(answer.header("keep-alive").is_none());
 
     let received = h.mock.received();
@@ -57,7 +60,14 @@ track_id_prefix = "acme"
     assert_eq!(got["zuora-version"], "2024-05-20");
     assert_eq!(got["idempotency-key"], "idem-1");
     assert_eq!(got["accept-encoding"], "gzip");
-    for hop in ["x-hop-one", "keep-alive", "te", "proxy-authorization", "x-forwarded-for", "upgrade"] {
+    for hop in [
+        "x-hop-one",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "x-forwarded-for",
+        "upgrade",
+    ] {
         assert!(!got.contains_key(hop), "{hop} reached Zuora");
     }
     assert_eq!(received[0].target, abort_path());

@@ -108,7 +108,8 @@ impl HarnessBuilder {
     /// Use an inline secret instead of the default secret file.
     pub fn inline_secret(mut self) -> Self {
         self.secret_file = None;
-        self.tenant.insert("client_secret".into(), format!("\"{CLIENT_SECRET}\""));
+        self.tenant
+            .insert("client_secret".into(), format!("\"{CLIENT_SECRET}\""));
         self
     }
 
@@ -118,11 +119,16 @@ impl HarnessBuilder {
         let ca_file = mock.write_ca(dir.path()).expect("CA written");
         let secret_path = dir.path().join("client-secret");
         let mut tenant = self.tenant.clone();
-        tenant.entry("base_url".into()).or_insert(format!("\"{}\"", mock.base_url()));
+        tenant
+            .entry("base_url".into())
+            .or_insert(format!("\"{}\"", mock.base_url()));
         tenant.insert("ca_file".into(), format!("{:?}", ca_file.display().to_string()));
         if let Some(secret) = &self.secret_file {
             std::fs::write(&secret_path, format!("{secret}\n")).unwrap();
-            tenant.insert("client_secret_file".into(), format!("{:?}", secret_path.display().to_string()));
+            tenant.insert(
+                "client_secret_file".into(),
+                format!("{:?}", secret_path.display().to_string()),
+            );
         }
         let text = format!(
             "[server]\n{}\n[admin]\n{}\n[log]\nformat = \"json\"\n[tenants.default]\n{}\n{}\n{}",
@@ -172,7 +178,10 @@ impl Harness {
 
     /// Waits until the proxy holds a token (the first fetch is in the background).
     pub async fn wait_for_token(&self) {
-        assert!(self.mock.wait_token_calls(1, Duration::from_secs(10)).await, "no token fetch");
+        assert!(
+            self.mock.wait_token_calls(1, Duration::from_secs(10)).await,
+            "no token fetch"
+        );
         let tenant = &self.proxy.proxy().runtime().tenants["default"];
         tokio::time::timeout(Duration::from_secs(10), tenant.tokens.get())
             .await
@@ -258,14 +267,26 @@ pub fn assert_refusal(answer: &Answer, status: u16, code: &str) -> String {
     assert_eq!(answer.header("x-zuora-proxy-error"), Some(code), "{code}");
     assert_eq!(answer.header("content-type"), Some("application/json"), "{code}");
     let json = answer.json();
-    let object = json.as_object().unwrap_or_else(|| panic!("{code}: body is not an object: {json}"));
+    let object = json
+        .as_object()
+        .unwrap_or_else(|| panic!("{code}: body is not an object: {json}"));
     let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
     keys.sort_unstable();
     assert_eq!(keys, ["error", "message", "track_id"], "{code}: {json}");
     assert_eq!(json["error"], code, "{json}");
-    assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()), "{code}: {json}");
-    let track = answer.header("zuora-track-id").unwrap_or_else(|| panic!("{code}: no track id header")).to_string();
-    assert_eq!(json["track_id"], track.as_str(), "{code}: body and header track ids differ");
+    assert!(
+        json["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{code}: {json}"
+    );
+    let track = answer
+        .header("zuora-track-id")
+        .unwrap_or_else(|| panic!("{code}: no track id header"))
+        .to_string();
+    assert_eq!(
+        json["track_id"],
+        track.as_str(),
+        "{code}: body and header track ids differ"
+    );
     track
 }
 
@@ -291,7 +312,11 @@ pub struct Chunked(std::collections::VecDeque<Bytes>);
 impl Chunked {
     /// `count` chunks of `size` bytes each.
     pub fn new(count: usize, size: usize) -> Chunked {
-        Chunked((0..count).map(|i| Bytes::from(vec![b'a' + (i % 26) as u8; size])).collect())
+        Chunked(
+            (0..count)
+                .map(|i| Bytes::from(vec![b'a' + (i % 26) as u8; size]))
+                .collect(),
+        )
     }
 }
 

@@ -1,0 +1,389 @@
+//! The `zuora-auth-proxy` binary itself: exit codes of `check-config`, `--version` and
+//! `--help`, and a full `run` against the mock, stopped by SIGTERM, whose logs are JSON lines
+//! that never show a token or the client secret.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+use support::*;
+use zuora_auth_proxy::mock::{MockZuora, CLIENT_ID};
+
+const BIN: &str = env!("CARGO_BIN_EXE_zuora-auth-proxy");
+
+/// The binary with an environment that cannot change what it reads: no config path, no
+/// `ZUORA_PROXY__*` overrides, no `RUST_LOG`, no egress proxy.
+fn bin() -> Command {
+    let mut command = Command::new(BIN);
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        let upper = name.to_ascii_uppercase();
+        if upper.starts_with("ZUORA_PROXY") || upper == "RUST_LOG" || upper.ends_with("_PROXY") {
+            command.env_remove(&name);
+        }
+    }
+    command
+}
+
+fn output(command: &mut Command) -> Output {
+    command.stdin(Stdio::null()).output().expect("binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+/// A valid file for a tenant at `base_url` with the given inline secret.
+fn good_config(base_url: &str, secret: &str, ca_file: Option<&Path>, level: &str) -> String {
+    let ca = ca_file.map_or(String::new(), |p| format!("ca_file = {:?}\n", p.display().to_string()));
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+
+[admin]
+listen = ""
+
+[log]
+format = "json"
+level = "{level}"
+
+[tenants.default]
+base_url = "{base_url}"
+client_id = "{CLIENT_ID}"
+client_secret = "{secret}"
+{ca}
+{ROUTES}
+"#
+    )
+}
+
+#[test]
+fn version_and_help_exit_zero() {
+    let version = output(bin().arg("--version"));
+    assert!(version.status.success(), "{version:?}");
+    assert_eq!(
+        text(&version.stdout).trim(),
+        format!("zuora-auth-proxy {}", env!("CARGO_PKG_VERSION"))
+    );
+    let help = output(bin().arg("--help"));
+    assert!(help.status.success(), "{help:?}");
+    let help = text(&help.stdout);
+    for word in ["run", "check-config", "demo"] {
+        assert!(help.contains(word), "--help does not mention {word}: {help}");
+    }
+    let sub = output(bin().args(["check-config", "--help"]));
+    assert!(sub.status.success());
+    assert!(text(&sub.stdout).contains("--config"));
+}
+
+#[test]
+fn check_config_names_every_bad_value_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "broken.toml",
+        &format!(
+            r#"
+[server]
+listen = "nowhere"
+request_timeout = "soon"
+[tenants.default]
+base_url = "rest.test.zuora.com"
+client_id = "id"
+client_secret = "do-not-print-me"
+refresh_margin = "5 parsecs"
+{ROUTES}
+"#
+        ),
+    );
+    let out = output(bin().args(["check-config", "--config"]).arg(&path));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = text(&out.stderr);
+    for key in [
+        "server.listen",
+        "server.request_timeout",
+        "tenants.default.base_url",
+        "tenants.default.refresh_margin",
+    ] {
+        assert!(stderr.contains(key), "{key} not named in: {stderr}");
+    }
+    assert!(!stderr.contains("do-not-print-me"), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing on stdout for an invalid file");
+}
+
+#[test]
+fn check_config_names_unknown_keys_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let text_ = good_config("https://rest.test.zuora.com", "s", None, "info")
+        .replace("[admin]", "[admin]\nlisen = \"typo\"")
+        .replace("[tenants.default]", "[tenants.default]\nbase_ur = \"x\"");
+    let path = write(dir.path(), "unknown.toml", &text_);
+    let out = output(bin().args(["check-config", "--config"]).arg(&path));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = text(&out.stderr);
+    for key in ["admin.lisen", "tenants.default.base_ur"] {
+        assert!(stderr.contains(key), "{key} not named in: {stderr}");
+    }
+}
+
+#[test]
+fn check_config_names_unknown_keys_and_bad_values_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "broken.toml",
+        &format!(
+            r#"
+[server]
+listen = "nowhere"
+lisen = "typo"
+[tenants.default]
+base_url = "rest.test.zuora.com"
+client_id = "id"
+client_secret = "s"
+{ROUTES}
+"#
+        ),
+    );
+    let out = output(bin().args(["check-config", "--config"]).arg(&path));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = text(&out.stderr);
+    for key in ["server.lisen", "server.listen", "tenants.default.base_url"] {
+        assert!(stderr.contains(key), "{key} not named in: {stderr}");
+    }
+}
+
+#[test]
+fn check_config_prints_a_good_file_with_the_secret_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "inline-secret-7f3a9c";
+    let path = write(
+        dir.path(),
+        "good.toml",
+        &good_config("https://rest.test.zuora.com", secret, None, "info"),
+    );
+    let out = output(bin().args(["check-config", "--config"]).arg(&path));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains(secret), "the secret was printed: {stdout}");
+    assert!(!text(&out.stderr).contains(secret));
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("stdout is the configuration as JSON");
+    assert_eq!(json["tenants"]["default"]["client_id"], CLIENT_ID);
+    assert_eq!(json["tenants"]["default"]["client_secret"], "<redacted>");
+    assert_eq!(
+        json["tenants"]["default"]["token_url"],
+        "https://rest.test.zuora.com/oauth/token"
+    );
+    assert_eq!(json["routes"].as_array().map(Vec::len), Some(4));
+    assert!(text(&out.stderr).contains("configuration is valid"));
+}
+
+#[test]
+fn a_missing_or_invalid_file_exits_2_for_check_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let out = output(bin().args(["check-config", "--config"]).arg(&missing));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("missing.toml"));
+    // `run` refuses to serve an invalid file, with the same code and without starting.
+    let broken = write(dir.path(), "broken.toml", "[server]\nlisten = \"nowhere\"\n");
+    let out = output(bin().args(["run", "--config"]).arg(&broken));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("server.listen") && stderr.contains("tenants"),
+        "{stderr}"
+    );
+}
+
+/// The binary, killed if the test ends before it exits.
+struct Running {
+    child: Option<Child>,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Running {
+    fn spawn(config: &Path) -> Running {
+        let mut child = bin()
+            .args(["run", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child: Some(child),
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next log line; `None` at end of output or after `timeout`.
+    async fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        let line = tokio::time::timeout(timeout, self.lines.recv()).await.ok().flatten()?;
+        self.seen.push(line.clone());
+        Some(line)
+    }
+
+    /// Reads log lines until the "listening" one and returns its `listen` address.
+    async fn listen_addr(&mut self) -> String {
+        for _ in 0..100 {
+            let line = self
+                .next_line(Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|| panic!("no listening line in {:?}", self.seen));
+            let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if let Some(listen) = json["listen"].as_str() {
+                return listen.to_string();
+            }
+        }
+        panic!("no listening line in {:?}", self.seen)
+    }
+
+    /// Sends SIGTERM, waits (bounded) for the exit, and returns its code and every log line.
+    async fn terminate(mut self) -> (Option<i32>, Vec<String>) {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+        let waited = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::task::spawn_blocking(move || {
+                let status = child.wait();
+                (status, child)
+            }),
+        )
+        .await;
+        let status = match waited {
+            Ok(joined) => joined.expect("waiter").0.expect("wait"),
+            Err(_) => {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                panic!("the binary did not exit within 10 s of SIGTERM");
+            }
+        };
+        // The reader ends at end of output, once the process is gone.
+        while self.next_line(Duration::from_secs(5)).await.is_some() {}
+        (status.code(), std::mem::take(&mut self.seen))
+    }
+}
+
+#[tokio::test]
+async fn a_full_run_serves_logs_json_and_never_logs_a_token_or_the_secret() {
+    let secret = "full-run-secret-4d2e8b";
+    let mock = MockZuora::builder()
+        .credentials(CLIENT_ID, secret)
+        .start()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = mock.write_ca(dir.path()).unwrap();
+    // At debug level, so that a token or the secret in any library's debug output shows too.
+    let config = write(
+        dir.path(),
+        "proxy.toml",
+        &good_config(&mock.base_url(), secret, Some(&ca), "debug"),
+    );
+    let mut proxy = Running::spawn(&config);
+    let addr = proxy.listen_addr().await;
+    let url = |path: &str| format!("http://{addr}{path}");
+
+    let first = post(&url(&abort_path()), &[("zuora-track-id", "bin-first")]).await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    mock.revoke_tokens();
+    let replayed = post(&url(&abort_path()), &[("zuora-track-id", "bin-replayed")]).await;
+    assert_eq!(replayed.status, 200, "{:?}", replayed.body);
+    let refused = get(&url("/v1/accounts")).await;
+    assert_refusal(&refused, 404, "route_not_found");
+    let download = get(&url(&format!("/bulk-data/bulk-jobs/{JOB}/downloads"))).await;
+    assert!(download.body == zuora_auth_proxy::mock::download_bytes());
+    assert_eq!(mock.token_calls(), 2);
+    let issued: Vec<String> = mock
+        .received()
+        .iter()
+        .map(|r| {
+            r.headers["authorization"]
+                .to_str()
+                .unwrap()
+                .trim_start_matches("Bearer ")
+                .to_string()
+        })
+        .collect();
+    assert!(issued.iter().all(|t| t.starts_with("mock-token-")), "{issued:?}");
+
+    let (code, lines) = proxy.terminate().await;
+    assert_eq!(code, Some(0), "a SIGTERM drain exits 0; logs: {lines:#?}");
+    assert!(!lines.is_empty());
+    let mut access = Vec::new();
+    for line in &lines {
+        let json: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        assert!(!line.contains("mock-token-"), "a token was logged: {line}");
+        for token in &issued {
+            assert!(!line.contains(token.as_str()), "a token was logged: {line}");
+        }
+        assert!(!line.contains(secret), "the client secret was logged: {line}");
+        if json["target"] == "access" {
+            access.push(json);
+        }
+    }
+    let by_track = |id: &str| {
+        access
+            .iter()
+            .find(|a| a["track_id"] == id)
+            .unwrap_or_else(|| panic!("no access line for {id}: {access:#?}"))
+    };
+    let first = by_track("bin-first");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["route"], "abort-bulk-job");
+    assert_eq!(first["tenant"], "default");
+    assert_eq!(first["method"], "POST");
+    assert_eq!(first["path"], abort_path());
+    assert_eq!(first["token_retry"], false);
+    assert!(first["zuora_request_id"].as_str().is_some_and(|s| !s.is_empty()));
+    let replayed = by_track("bin-replayed");
+    assert_eq!(replayed["status"], 200);
+    assert_eq!(replayed["token_retry"], true, "the 401 replay is visible in the log");
+    let refused = access
+        .iter()
+        .find(|a| a["status"] == 404)
+        .unwrap_or_else(|| panic!("no access line for the refusal: {access:#?}"));
+    assert_eq!(refused["error"], "route_not_found");
+    assert_eq!(refused["path"], "/v1/accounts");
+    assert_eq!(access.len(), 4, "one access line per request: {access:#?}");
+}

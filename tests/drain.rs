@@ -1,0 +1,335 @@
+//! Graceful drain: once shutdown begins the listener refuses new connections, idle keep-alive
+//! connections close, in-flight requests finish within `server.shutdown_grace`, then the
+//! proxy stops, in-process (`begin_shutdown` + `wait`) and as a binary on SIGTERM.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use zuora_auth_proxy::mock::ApiMode;
+
+#[tokio::test]
+async fn in_flight_request_finishes_and_new_connections_are_refused() {
+    let h = Harness::builder().start().await;
+    h.wait_for_token().await;
+    h.mock.set_api_mode(ApiMode::Delay(Duration::from_millis(1000)));
+    let slow = tokio::spawn(try_post(h.url(&abort_path())));
+    assert!(
+        h.mock.wait_api_calls(1, Duration::from_secs(5)).await,
+        "slow request reached Zuora"
+    );
+
+    let began = Instant::now();
+    h.proxy.begin_shutdown();
+    assert_no_answer(h.proxy.addr).await;
+
+    let answer = slow
+        .await
+        .expect("caller task")
+        .expect("the in-flight request is answered");
+    assert_eq!(answer, 200);
+    let admin = h.proxy.admin_addr.expect("admin listener");
+    let addr = h.proxy.addr;
+    tokio::time::timeout(Duration::from_secs(5 + 1), h.proxy.wait())
+        .await
+        .expect("wait() returns within shutdown_grace + 1 s");
+    // The drain lasted as long as the one in-flight request, not the whole grace.
+    assert!(
+        began.elapsed() < Duration::from_secs(3),
+        "drain took {:?}",
+        began.elapsed()
+    );
+    assert_no_answer(addr).await;
+    assert!(
+        TcpStream::connect(admin).await.is_err(),
+        "the admin listener stops after the drain"
+    );
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed_at_once() {
+    let h = Harness::builder().start().await;
+    h.wait_for_token().await;
+    let mut idle = TcpStream::connect(h.proxy.addr).await.unwrap();
+    let head = read_one_response(&mut idle, b"GET /not-allowed HTTP/1.1\r\nHost: proxy\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("connection: close"),
+        "kept alive: {head}"
+    );
+
+    // A slow request keeps the drain going while the idle connection is closed.
+    h.mock.set_api_mode(ApiMode::Delay(Duration::from_millis(1500)));
+    let slow = tokio::spawn(try_post(h.url(&abort_path())));
+    assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
+    h.proxy.begin_shutdown();
+
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_millis(500), idle.read(&mut buf))
+        .await
+        .expect("the idle connection is closed within 500 ms");
+    assert!(matches!(read, Ok(0) | Err(_)), "closed without bytes: {read:?}");
+    assert!(!slow.is_finished(), "the idle connection closed before the drain ended");
+    assert_eq!(slow.await.unwrap().expect("answered"), 200);
+    tokio::time::timeout(Duration::from_secs(6), h.proxy.wait())
+        .await
+        .expect("drained");
+}
+
+#[tokio::test]
+async fn shutdown_grace_bounds_the_drain() {
+    let h = Harness::builder().server("shutdown_grace", "\"500ms\"").start().await;
+    h.wait_for_token().await;
+    h.mock.set_api_mode(ApiMode::Delay(Duration::from_secs(5)));
+    let _slow = tokio::spawn(try_post(h.url(&abort_path())));
+    assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
+
+    let began = Instant::now();
+    h.proxy.begin_shutdown();
+    tokio::time::timeout(Duration::from_millis(1500), h.proxy.wait())
+        .await
+        .expect("wait() returns about when the grace ends");
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_millis(450),
+        "the grace was not honoured: {took:?}"
+    );
+    assert!(took < Duration::from_millis(1200), "{took:?}");
+}
+
+/// Once `wait()` has returned, nothing of the proxy may still be serving: a request cut by
+/// the grace fails at once instead of being answered by Zuora seconds later.
+#[tokio::test]
+async fn requests_past_the_grace_are_cut_when_wait_returns() {
+    let h = Harness::builder().server("shutdown_grace", "\"500ms\"").start().await;
+    h.wait_for_token().await;
+    h.mock.set_api_mode(ApiMode::Delay(Duration::from_secs(4)));
+    let slow = tokio::spawn(try_post(h.url(&abort_path())));
+    assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
+
+    h.proxy.begin_shutdown();
+    tokio::time::timeout(Duration::from_millis(1500), h.proxy.wait())
+        .await
+        .expect("drained");
+    let outcome = tokio::time::timeout(Duration::from_secs(1), slow)
+        .await
+        .expect("the cut request ends within 1 s of wait()")
+        .expect("caller task");
+    assert!(
+        outcome.is_err(),
+        "a request was still answered after the drain: {outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn binary_drains_on_sigterm_and_exits_0() {
+    let h = Harness::builder().start().await;
+    h.wait_for_token().await;
+    let Harness {
+        mock,
+        proxy,
+        dir,
+        config_text,
+        ..
+    } = h;
+    // Only the binary serves; the harness's own proxy steps aside.
+    proxy.begin_shutdown();
+    proxy.wait().await;
+
+    let port = free_port();
+    let text = config_text
+        .replacen(LISTEN_ANY, &format!("listen = \"127.0.0.1:{port}\""), 1)
+        .replacen(LISTEN_ANY, "listen = \"\"", 1);
+    let config = dir.path().join("binary.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut bin = Binary::spawn(&config, &dir.path().join("binary.log"));
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    bin.wait_listening(addr).await;
+    let url = format!("http://{addr}{}", abort_path());
+    assert_eq!(try_post(url.clone()).await.expect("answered"), 200, "{}", bin.log());
+
+    mock.set_api_mode(ApiMode::Delay(Duration::from_millis(1500)));
+    let slow = tokio::spawn(try_post(url));
+    assert!(mock.wait_api_calls(2, Duration::from_secs(5)).await, "{}", bin.log());
+    bin.signal("TERM");
+
+    // The listener closes while the request is still at Zuora.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "still accepting after SIGTERM\n{}",
+            bin.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!slow.is_finished(), "the slow request ended before the listener closed");
+    let answer = slow.await.unwrap();
+    assert_eq!(answer.as_ref().ok(), Some(&200), "{answer:?}\n{}", bin.log());
+    let status = bin.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0), "{}", bin.log());
+}
+
+// ---- helpers ----
+
+/// The harness's listen lines, `[server]` first, then `[admin]`.
+const LISTEN_ANY: &str = "listen = \"127.0.0.1:0\"";
+
+/// POSTs with no body; the status, or the client error when the connection failed.
+async fn try_post(url: String) -> Result<u16, String> {
+    use http_body_util::Full;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let request = http::Request::post(url).body(Full::default()).unwrap();
+    client
+        .request(request)
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// A new connection to `addr` is refused, or closed without a byte of an answer.
+async fn assert_no_answer(addr: SocketAddr) {
+    let Ok(mut stream) = TcpStream::connect(addr).await else {
+        return;
+    };
+    let request = format!(
+        "POST {} HTTP/1.1\r\nHost: proxy\r\nContent-Length: 0\r\n\r\n",
+        abort_path()
+    );
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut out))
+        .await
+        .expect("a connection made after shutdown began is closed, not left hanging");
+    assert!(
+        out.is_empty(),
+        "answered after shutdown began ({read:?}): {}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+/// Writes one request and reads exactly one response (head plus `Content-Length` body),
+/// leaving the connection open. Returns the head.
+async fn read_one_response(stream: &mut TcpStream, request: &[u8]) -> String {
+    stream.write_all(request).await.unwrap();
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Duration::from_secs(5);
+    loop {
+        let n = tokio::time::timeout(deadline, stream.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .unwrap();
+        assert!(n > 0, "closed mid-answer: {}", String::from_utf8_lossy(&data));
+        data.extend_from_slice(&buf[..n]);
+        let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&data[..end]).into_owned();
+        let length = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_string())
+            })
+            .and_then(|v| v.parse::<usize>().ok())
+            .expect("a Content-Length");
+        if data.len() >= end + 4 + length {
+            return head;
+        }
+    }
+}
+
+/// A port that was free a moment ago (the binary binds it itself).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The proxy binary, killed if the test ends before it exits.
+struct Binary {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Binary {
+    fn spawn(config: &std::path::Path, log: &std::path::Path) -> Binary {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_zuora-auth-proxy"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            // The binary reads ZUORA_PROXY_* and RUST_LOG; none of the test's may leak in.
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("the binary starts");
+        Binary {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Polls until the listener accepts; the binary offers no other start-up signal.
+    async fn wait_listening(&mut self, addr: SocketAddr) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).await.is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the binary exited with {status}\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the binary never listened on {addr}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the binary did not exit within {within:?}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
