@@ -166,7 +166,8 @@ impl MockBuilder {
     }
 }
 
-/// A running mock Zuora; stops when dropped.
+/// A running mock Zuora; stops when dropped, closing its connections. To restart it, drop it
+/// and start a new one with [`MockBuilder::addr`] and [`MockBuilder::start_with_ca`].
 pub struct MockZuora {
     addr: SocketAddr,
     ca: Arc<TestCa>,
@@ -268,14 +269,17 @@ async fn wait_count(counter: &watch::Sender<usize>, n: usize, timeout: Duration)
     reached
 }
 
+/// Accepts until dropped; its connections die with it, as they would with a crashed server.
 async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<State>) {
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let acceptor = acceptor.clone();
         let state = state.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let Ok(tls) = acceptor.accept(stream).await else { return };
             state.connections.fetch_add(1, Ordering::SeqCst);
             let service = service_fn(move |request| handle(state.clone(), request));
