@@ -10,6 +10,7 @@ use crate::metrics::{self, Metrics, RouteLabel, RouteReason, RouteStatus};
 use crate::routes::{self, Resolution, RetryPolicy, Route, Rule};
 use crate::runtime::{Runtime, Tenant};
 use crate::server::tls::ClientIdentity;
+use crate::server::AmbiguousFraming;
 use crate::track_id;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -105,9 +106,10 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let config = &runtime.config;
         let (parts, body) = request.into_parts();
-        // hyper lets Transfer-Encoding win over Content-Length; a proxy refuses the pair, the
-        // classic request-smuggling shape, rather than guess what the sender meant.
-        if parts.headers.contains_key(header::TRANSFER_ENCODING) && parts.headers.contains_key(header::CONTENT_LENGTH) {
+        // Both Content-Length and Transfer-Encoding: the classic request-smuggling shape. hyper
+        // drops Content-Length, so the listener marks such heads; the proxy refuses them
+        // rather than guess what the sender meant.
+        if parts.extensions.get::<AmbiguousFraming>().is_some() {
             return Err(ProxyError::AmbiguousFraming);
         }
         // A valid caller track id is echoed on every answer, refusals included; an invalid
@@ -140,7 +142,9 @@ impl Proxy {
         x.tenant = Some(tenant.settings.clone());
 
         let max_body = config.server.max_body_bytes;
+        x.stage = Stage::Body;
         let body = OutgoingBody::read(body, &parts.headers, max_body).await?;
+        x.stage = Stage::Preparing;
         let uri = tenant.uri_for(parts.uri.path_and_query())?;
         x.stage = Stage::Queued;
         let slot = acquire_slot(tenant).await?;
@@ -397,6 +401,7 @@ impl Drop for GaugeGuard {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
     Preparing,
+    Body,
     Queued,
     Token,
     Upstream,
@@ -405,6 +410,7 @@ enum Stage {
 impl Stage {
     fn timeout_error(self) -> ProxyError {
         match self {
+            Stage::Body => ProxyError::BodyRead,
             Stage::Queued => ProxyError::Overloaded,
             Stage::Token => ProxyError::TokenUnavailable,
             Stage::Preparing | Stage::Upstream => ProxyError::UpstreamTimeout,

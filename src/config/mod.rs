@@ -113,7 +113,7 @@ impl ProxyUrl {
     pub fn redacted(&self) -> String {
         let mut url = self.0.clone();
         if url.password().is_some() {
-            let _ = url.set_password(Some("<redacted>"));
+            let _ = url.set_password(Some("REDACTED"));
         }
         url.to_string()
     }

@@ -314,9 +314,12 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
         headers: parts.headers.clone(),
         body,
     });
+    // The mode is read before the call is counted, so a test that waits for the count and
+    // then changes the mode never changes it under this call.
+    let mode = state.settings.lock().unwrap().api_mode.clone();
     state.api_calls.send_modify(|c| *c += 1);
     let request_id = uuid::Uuid::new_v4().to_string();
-    let mut response = api_endpoint(&state, &parts.method, parts.uri.path(), &parts.headers).await?;
+    let mut response = api_endpoint(&state, mode, &parts.method, parts.uri.path(), &parts.headers).await?;
     let headers = response.headers_mut();
     headers.insert("zuora-request-id", HeaderValue::try_from(request_id).expect("uuid"));
     if let Some(track) = parts.headers.get("zuora-track-id") {
@@ -333,8 +336,8 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
 }
 
 async fn token_endpoint(state: &State, method: &Method, headers: &HeaderMap, body: &[u8]) -> Response<ResponseBody> {
-    state.token_calls.send_modify(|c| *c += 1);
     let mode = state.settings.lock().unwrap().token_mode.clone();
+    state.token_calls.send_modify(|c| *c += 1);
     match mode {
         TokenMode::Normal => {}
         TokenMode::Delay(d) => tokio::time::sleep(d).await,
@@ -393,6 +396,7 @@ async fn token_endpoint(state: &State, method: &Method, headers: &HeaderMap, bod
 
 async fn api_endpoint(
     state: &State,
+    mode: ApiMode,
     method: &Method,
     path: &str,
     headers: &HeaderMap,
@@ -411,7 +415,6 @@ async fn api_endpoint(
         );
         return Ok(r);
     }
-    let mode = state.settings.lock().unwrap().api_mode.clone();
     match mode {
         ApiMode::Normal => {}
         ApiMode::Delay(d) => tokio::time::sleep(d).await,

@@ -1,6 +1,7 @@
 //! Listeners: the accept loop (bounded by `max_connections`), optional TLS toward callers,
 //! per-connection HTTP/1 settings and timeouts, and graceful drain.
 
+mod framing;
 pub mod timeouts;
 pub mod tls;
 
@@ -114,6 +115,10 @@ where
     }
 }
 
+/// Marks a request whose head carried both `Content-Length` and `Transfer-Encoding`.
+#[derive(Debug, Clone, Copy)]
+pub struct AmbiguousFraming;
+
 /// One accepted connection, before its IO type is known (plain or TLS).
 struct Connection<H> {
     builder: http1::Builder,
@@ -143,7 +148,10 @@ where
             if let Some(identity) = &identity {
                 request.extensions_mut().insert(identity.clone());
             }
-            let busy = activity.begin();
+            let (busy, ambiguous) = activity.begin();
+            if ambiguous {
+                request.extensions_mut().insert(AmbiguousFraming);
+            }
             let response = handler(request);
             async move {
                 let response = response.await;

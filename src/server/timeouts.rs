@@ -4,16 +4,18 @@
 //! traffic. A request in flight is never cut here: that is `request_timeout`'s job.
 //!
 //! The IO wrapper only records traffic; a watchdog running beside the connection decides,
-//! so the deadlines hold whether or not hyper is reading at the time.
+//! so the deadlines hold whether or not hyper is reading at the time. The watchdog is never
+//! woken per request: it re-reads the recorded times at least every `min(header, idle)`.
+//! The IO wrapper also hands each new request head to [`HeadScan`].
 
+use super::framing::HeadScan;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// What a connection is doing, shared by its service, its IO and its watchdog. Times are
@@ -25,7 +27,10 @@ pub struct Activity {
     last_traffic_ms: AtomicU64,
     /// When the head being awaited started (first byte, or the accept), plus one; 0 = none.
     head_started: AtomicU64,
-    changed: Notify,
+    /// A request finished: the next bytes read start a new head.
+    head_expected: AtomicBool,
+    /// The head just read carried both Content-Length and Transfer-Encoding.
+    ambiguous: AtomicBool,
 }
 
 impl Activity {
@@ -36,7 +41,8 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last_traffic_ms: AtomicU64::new(0),
             head_started: AtomicU64::new(1),
-            changed: Notify::new(),
+            head_expected: AtomicBool::new(true),
+            ambiguous: AtomicBool::new(false),
         })
     }
 
@@ -44,25 +50,21 @@ impl Activity {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Marks a request in flight until the guard drops.
-    pub fn begin(self: &Arc<Self>) -> Busy {
+    /// Marks a request in flight until the guard drops. True if its head had ambiguous framing.
+    pub fn begin(self: &Arc<Self>) -> (Busy, bool) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(0, Ordering::Release);
-        self.changed.notify_one();
-        Busy(self.clone())
+        (Busy(self.clone()), self.ambiguous.swap(false, Ordering::AcqRel))
     }
 
     fn on_read(&self) {
         let now = self.now_ms();
         self.last_traffic_ms.store(now, Ordering::Release);
-        if self.in_flight.load(Ordering::Acquire) == 0
-            && self
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            // The first byte of the next request starts its head deadline.
+            let _ = self
                 .head_started
-                .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            // The next request began: its head deadline is sooner than the idle one.
-            self.changed.notify_one();
+                .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Acquire);
         }
     }
 
@@ -77,8 +79,8 @@ pub struct Busy(Arc<Activity>);
 impl Drop for Busy {
     fn drop(&mut self) {
         self.0.last_traffic_ms.store(self.0.now_ms(), Ordering::Release);
+        self.0.head_expected.store(true, Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.changed.notify_one();
     }
 }
 
@@ -86,6 +88,8 @@ impl Drop for Busy {
 pub async fn watchdog(activity: Arc<Activity>, header_timeout: Duration, idle_timeout: Duration) -> &'static str {
     let header_ms = header_timeout.as_millis() as u64;
     let idle_ms = idle_timeout.as_millis() as u64;
+    // Deadlines move without telling the watchdog, so it looks again at least this often.
+    let recheck_ms = header_ms.min(idle_ms).max(1);
     loop {
         let (deadline, reason) = if activity.in_flight.load(Ordering::Acquire) > 0 {
             (None, "")
@@ -98,31 +102,39 @@ pub async fn watchdog(activity: Arc<Activity>, header_timeout: Duration, idle_ti
                 started => (Some(started - 1 + header_ms), "request head not received in time"),
             }
         };
-        match deadline {
-            None => activity.changed.notified().await,
-            Some(at) => {
-                let now = activity.now_ms();
-                if at <= now {
-                    return reason;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(at - now)) => {}
-                    _ = activity.changed.notified() => {}
-                }
-            }
+        let now = activity.now_ms();
+        if deadline.is_some_and(|at| at <= now) {
+            return reason;
         }
+        let wake = deadline.unwrap_or(u64::MAX).min(now + recheck_ms);
+        tokio::time::sleep(Duration::from_millis(wake - now)).await;
     }
 }
 
-/// An IO wrapper that tells the [`Activity`] about traffic.
+/// An IO wrapper that tells the [`Activity`] about traffic and scans request heads.
 pub struct TrafficIo<T> {
     inner: T,
     activity: Arc<Activity>,
+    head: HeadScan,
 }
 
 impl<T> TrafficIo<T> {
     pub fn new(inner: T, activity: Arc<Activity>) -> TrafficIo<T> {
-        TrafficIo { inner, activity }
+        TrafficIo {
+            inner,
+            activity,
+            head: HeadScan::default(),
+        }
+    }
+
+    fn on_read(&mut self, bytes: &[u8]) {
+        self.activity.on_read();
+        if self.activity.head_expected.swap(false, Ordering::AcqRel) {
+            self.head.start();
+        }
+        if self.head.feed(bytes) == Some(true) {
+            self.activity.ambiguous.store(true, Ordering::Release);
+        }
     }
 }
 
@@ -131,7 +143,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrafficIo<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.on_read();
+            self.on_read(&buf.filled()[before..]);
         }
         polled
     }
@@ -190,7 +202,7 @@ mod tests {
 
         // A request in flight is never cut; once it ends, the idle deadline runs.
         let activity = Activity::new();
-        let busy = activity.begin();
+        let (busy, _) = activity.begin();
         let dog = tokio::spawn(watchdog(activity.clone(), header, idle));
         tokio::time::sleep(Duration::from_secs(600)).await;
         assert!(!dog.is_finished());
@@ -203,7 +215,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_first_byte_of_a_head_starts_the_header_deadline() {
         let activity = Activity::new();
-        drop(activity.begin());
+        drop(activity.begin().0);
         let dog = tokio::spawn(watchdog(
             activity.clone(),
             Duration::from_secs(10),
@@ -212,6 +224,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(30)).await;
         activity.on_read();
         let first_byte = Instant::now();
+        // The watchdog learns of the head at its next look, at most 10 s later.
         assert_eq!(dog.await.unwrap(), "request head not received in time");
         assert_eq!(first_byte.elapsed(), Duration::from_secs(10));
     }
@@ -219,7 +232,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn writes_keep_an_idle_connection_open() {
         let activity = Activity::new();
-        drop(activity.begin());
+        drop(activity.begin().0);
         let dog = tokio::spawn(watchdog(
             activity.clone(),
             Duration::from_secs(10),
