@@ -1,0 +1,316 @@
+//! The per-tenant concurrency cap: at most `max_concurrency` requests in flight to a tenant,
+//! the rest queued in arrival order for at most `queue_timeout`, then 503 `overloaded`.
+
+mod support;
+
+use prometheus_client::metrics::gauge::Gauge;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use zuora_auth_proxy::mock::ApiMode;
+
+// Tests here switch the mock's (global) mode once `wait_api_calls` reports a request. The
+// mock counts a request just before it reads the mode, with no await in between: on the
+// single-threaded test runtime its handler reaches its first await (having read the mode)
+// before the test resumes, so the switch never races the request it waited for.
+
+#[tokio::test]
+async fn in_flight_requests_never_exceed_max_concurrency() {
+    let h = capped(2, "10s").await;
+    h.mock.set_api_mode(ApiMode::Delay(Duration::from_secs(2)));
+    let in_flight = gauge(&h, "default", |m| &m.in_flight);
+    let queued = gauge(&h, "default", |m| &m.queue_length);
+    // Sample the in-flight gauge for as long as the requests run.
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicI64::new(0));
+    let sampler = tokio::spawn({
+        let (stop, peak, in_flight) = (stop.clone(), peak.clone(), in_flight.clone());
+        async move {
+            while !stop.load(Ordering::SeqCst) {
+                peak.fetch_max(in_flight.get(), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    });
+    let calls: Vec<_> = (0..5)
+        .map(|i| tokio::spawn(abort(h.url(&abort_path()), format!("cap-{i}"))))
+        .collect();
+    assert!(
+        h.mock.wait_api_calls(2, Duration::from_secs(5)).await,
+        "the first two never reached Zuora"
+    );
+    wait_gauge(&queued, 3, "three requests queued").await;
+    assert_eq!(
+        h.mock.api_calls(),
+        2,
+        "a third request reached Zuora while two were in flight"
+    );
+    assert_eq!(in_flight.get(), 2);
+    h.mock.set_api_mode(ApiMode::Normal);
+    for call in calls {
+        assert_eq!(call.await.unwrap().status, 200);
+    }
+    stop.store(true, Ordering::SeqCst);
+    sampler.await.unwrap();
+    assert_eq!(peak.load(Ordering::SeqCst), 2, "in-flight peak");
+    assert_eq!(h.mock.received().len(), 5);
+    assert_eq!((in_flight.get(), queued.get()), (0, 0), "gauges return to zero");
+}
+
+#[tokio::test]
+async fn queued_requests_get_the_slot_in_arrival_order() {
+    let h = capped(1, "10s").await;
+    let queued = gauge(&h, "default", |m| &m.queue_length);
+    h.mock.set_api_mode(ApiMode::Delay(Duration::from_millis(2500)));
+    let first = tokio::spawn(abort(h.url(&abort_path()), "order-0".into()));
+    assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
+    let mut later = Vec::new();
+    for i in 1..=4 {
+        later.push(tokio::spawn(abort(h.url(&abort_path()), format!("order-{i}"))));
+        // Each one is in the queue before the next one arrives.
+        wait_gauge(&queued, i, "queued in turn").await;
+    }
+    h.mock.set_api_mode(ApiMode::Normal);
+    assert_eq!(first.await.unwrap().status, 200);
+    for call in later {
+        assert_eq!(call.await.unwrap().status, 200);
+    }
+    let order: Vec<String> = h.mock.received().iter().map(|r| track_of(&r.headers)).collect();
+    assert_eq!(order, ["order-0", "order-1", "order-2", "order-3", "order-4"]);
+}
+
+#[tokio::test]
+async fn a_request_queued_past_queue_timeout_is_503_overloaded_and_metered() {
+    let h = capped(1, "300ms").await;
+    let queued = gauge(&h, "default", |m| &m.queue_length);
+    h.mock.set_api_mode(ApiMode::Delay(Duration::from_secs(2)));
+    let holder = tokio::spawn(abort(h.url(&abort_path()), "holder".into()));
+    assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
+    let waiter = tokio::spawn(abort(h.url(&abort_path()), "waiter".into()));
+    wait_gauge(&queued, 1, "the second request queued").await;
+    let metrics = metrics_text(&h).await;
+    assert!(metrics.contains("# TYPE zuora_proxy_queue_length gauge"), "{metrics}");
+    assert!(
+        metrics.contains("zuora_proxy_queue_length{tenant=\"default\"} 1\n"),
+        "{metrics}"
+    );
+
+    let started = Instant::now();
+    let answer = waiter.await.unwrap();
+    let track = assert_refusal(&answer, 503, "overloaded");
+    assert_eq!(track, "waiter");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "overloaded only after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(queued.get(), 0);
+    let metrics = metrics_text(&h).await;
+    assert!(
+        metrics.contains("# TYPE zuora_proxy_queue_wait_seconds histogram"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("zuora_proxy_queue_wait_seconds_count{tenant=\"default\"} 1\n"),
+        "{metrics}"
+    );
+    let waited = sample(&metrics, "zuora_proxy_queue_wait_seconds_sum{tenant=\"default\"}");
+    assert!(
+        (0.25..2.0).contains(&waited),
+        "queue wait recorded as {waited} s for a 300 ms queue timeout"
+    );
+    assert!(
+        metrics.contains("zuora_proxy_proxy_errors_total{code=\"overloaded\"} 1\n"),
+        "{metrics}"
+    );
+
+    assert_eq!(holder.await.unwrap().status, 200);
+    let tracks: Vec<String> = h.mock.received().iter().map(|r| track_of(&r.headers)).collect();
+    assert_eq!(tracks, ["holder"], "the overloaded request reached Zuora");
+}
+
+#[tokio::test]
+async fn a_caller_that_hangs_up_while_queued_leaves_the_queue() {
+    let h = capped(1, "10s").await;
+    let queued = gauge(&h, "default", |m| &m.queue_length);
+    h.mock.set_api_mode(ApiMode::Delay(Duration::from_millis(1500)));
+    let holder = tokio::spawn(abort(h.url(&abort_path()), "holder".into()));
+    assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
+
+    let mut quitter = TcpStream::connect(h.proxy.addr).await.unwrap();
+    let request = format!(
+        "POST {} HTTP/1.1\r\nHost: proxy\r\nZuora-Track-Id: quitter\r\nContent-Length: 0\r\n\r\n",
+        abort_path()
+    );
+    quitter.write_all(request.as_bytes()).await.unwrap();
+    wait_gauge(&queued, 1, "the quitter queued").await;
+    drop(quitter);
+    wait_gauge(&queued, 0, "the quitter left the queue").await;
+
+    let patient = tokio::spawn(abort(h.url(&abort_path()), "patient".into()));
+    wait_gauge(&queued, 1, "the patient caller queued").await;
+    h.mock.set_api_mode(ApiMode::Normal);
+    assert_eq!(holder.await.unwrap().status, 200);
+    let answer = patient.await.unwrap();
+    assert_eq!(
+        (answer.status.as_u16(), answer.header("zuora-track-id")),
+        (200, Some("patient"))
+    );
+    let tracks: Vec<String> = h.mock.received().iter().map(|r| track_of(&r.headers)).collect();
+    assert_eq!(
+        tracks,
+        ["holder", "patient"],
+        "the caller that hung up was still forwarded"
+    );
+}
+
+#[tokio::test]
+async fn a_caller_that_hangs_up_in_flight_gives_its_slot_back() {
+    let h = capped(1, "10s").await;
+    let queued = gauge(&h, "default", |m| &m.queue_length);
+    h.mock.set_api_mode(ApiMode::Delay(Duration::from_secs(5)));
+    let mut quitter = TcpStream::connect(h.proxy.addr).await.unwrap();
+    let request = format!(
+        "POST {} HTTP/1.1\r\nHost: proxy\r\nZuora-Track-Id: quitter\r\nContent-Length: 0\r\n\r\n",
+        abort_path()
+    );
+    quitter.write_all(request.as_bytes()).await.unwrap();
+    assert!(
+        h.mock.wait_api_calls(1, Duration::from_secs(5)).await,
+        "the quitter reached Zuora"
+    );
+    let next = tokio::spawn(abort(h.url(&abort_path()), "next".into()));
+    wait_gauge(&queued, 1, "the next caller queued behind the quitter").await;
+    h.mock.set_api_mode(ApiMode::Normal);
+    let hung_up = Instant::now();
+    drop(quitter);
+    let answer = tokio::time::timeout(Duration::from_secs(3), next)
+        .await
+        .expect("the slot came back when its caller hung up, not when Zuora answered 5 s later")
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    assert!(hung_up.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn each_tenant_has_its_own_slots() {
+    let h = capped(1, "10s").await;
+    // A second tenant whose Zuora accepts TCP and then never speaks: its requests stall.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ca_file = h.dir.path().join("mock-zuora-ca.pem");
+    assert!(ca_file.is_file(), "the harness's CA file moved: {}", ca_file.display());
+    let text = format!(
+        r#"{base}
+[tenants.stalled]
+base_url = "https://{silent}"
+token_url = "{mock}/oauth/token"
+client_id = "{id}"
+client_secret = "{secret}"
+ca_file = {ca:?}
+max_concurrency = 1
+queue_timeout = "10s"
+
+[[rules]]
+name = "summaries-stall"
+routes = ["job-summary"]
+tenant = "stalled"
+
+[[rules]]
+name = "rest"
+tenant = "default"
+"#,
+        base = h.config_text,
+        silent = silent.local_addr().unwrap(),
+        mock = h.mock.base_url(),
+        id = zuora_auth_proxy::mock::CLIENT_ID,
+        secret = zuora_auth_proxy::mock::CLIENT_SECRET,
+        ca = ca_file.display().to_string(),
+    );
+    let config = zuora_auth_proxy::config::Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    h.proxy.reload(config).expect("reload");
+    let stalled_in_flight = gauge(&h, "stalled", |m| &m.in_flight);
+    let stalled_queue = gauge(&h, "stalled", |m| &m.queue_length);
+    let summary = h.url(&format!("/bulk-data/bulk-jobs/{JOB}/summary"));
+    let _stuck = tokio::spawn(async move { get(&summary).await });
+    wait_gauge(&stalled_in_flight, 1, "the stalled tenant's only slot taken").await;
+    let summary = h.url(&format!("/bulk-data/bulk-jobs/{JOB}/summary"));
+    let _queued = tokio::spawn(async move { get(&summary).await });
+    wait_gauge(&stalled_queue, 1, "a second request queued for the stalled tenant").await;
+
+    let answer = tokio::time::timeout(
+        Duration::from_secs(3),
+        post(&h.url(&abort_path()), &[("zuora-track-id", "free")]),
+    )
+    .await
+    .expect("the default tenant's slot is not the stalled tenant's");
+    assert_eq!(
+        (answer.status.as_u16(), answer.header("zuora-track-id")),
+        (200, Some("free"))
+    );
+    assert_eq!(gauge(&h, "default", |m| &m.queue_length).get(), 0);
+    let tracks: Vec<String> = h.mock.received().iter().map(|r| track_of(&r.headers)).collect();
+    assert_eq!(tracks, ["free"]);
+}
+
+// ---- helpers ----
+
+/// A proxy whose default tenant takes `max` requests at once and queues the rest for `queue`.
+async fn capped(max: usize, queue: &str) -> Harness {
+    let h = Harness::builder()
+        .tenant("max_concurrency", &max.to_string())
+        .tenant("queue_timeout", &format!("\"{queue}\""))
+        .start()
+        .await;
+    h.wait_for_token().await;
+    h
+}
+
+async fn abort(url: String, track: String) -> Answer {
+    post(&url, &[("zuora-track-id", &track)]).await
+}
+
+/// One of a tenant's gauges, shared with the proxy (reads see live values).
+fn gauge(h: &Harness, tenant: &str, pick: impl Fn(&zuora_auth_proxy::runtime::TenantMeters) -> &Gauge) -> Gauge {
+    let runtime = h.proxy.proxy().runtime();
+    pick(&runtime.tenants[tenant].meters).clone()
+}
+
+/// Polls a gauge (it has no change notification) until it reads `want`, for at most 5 s.
+async fn wait_gauge(gauge: &Gauge, want: i64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gauge.get() != want {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: gauge stuck at {} (want {want})",
+            gauge.get()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn track_of(headers: &http::HeaderMap) -> String {
+    headers
+        .get("zuora-track-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn metrics_text(h: &Harness) -> String {
+    let answer = get(&h.admin_url("/metrics")).await;
+    assert_eq!(answer.status, 200);
+    String::from_utf8(answer.body.to_vec()).expect("UTF-8")
+}
+
+/// The value of one exact series line (`name{labels}`).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+        .parse()
+        .unwrap()
+}

@@ -1,0 +1,451 @@
+//! Retries per route: only when repeating is harmless (idempotent method, idempotent route or
+//! an `Idempotency-Key`) and the body is buffered; waiting per `Retry-After`, else
+//! `RateLimit-Reset`, else backoff, never past the request's deadline.
+
+mod support;
+
+use http::Method;
+use serde_json::Value;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+use support::*;
+use tokio::time::Instant;
+use zuora_auth_proxy::mock::ApiMode;
+
+// Tests here switch the mock's (global) mode once `wait_api_calls` reports a request. The
+// mock counts a request just before it reads the mode, with no await in between: on the
+// single-threaded test runtime its handler reaches its first await (having read the mode)
+// before the test resumes, so the switch never races the request it waited for.
+
+/// `abort` (POST) and `summary` (GET) retry twice on 429/502/503; `echo` is a POST marked
+/// idempotent; `downloads` has no retry policy.
+const RETRY_ROUTES: &str = r#"
+[[routes]]
+name = "abort-bulk-job"
+method = "POST"
+path = "/bulk-data/bulk-jobs/{id:uuid}/aborts"
+retry_attempts = 2
+retry_on = ["429", "502", "503"]
+
+[[routes]]
+name = "job-summary"
+method = "GET"
+path = "/bulk-data/bulk-jobs/{id:uuid}/summary"
+retry_attempts = 2
+retry_on = ["429", "502", "503"]
+
+[[routes]]
+name = "job-downloads"
+method = "GET"
+path = "/bulk-data/bulk-jobs/{id:uuid}/downloads"
+
+[[routes]]
+name = "echo"
+method = "POST"
+path = "/bulk-data/bulk-jobs/{id:uuid}/echo"
+retry_attempts = 2
+retry_on = ["503"]
+idempotent = true
+"#;
+
+#[tokio::test]
+async fn a_get_is_retried_until_its_attempts_run_out() {
+    let h = retrying().await;
+    h.mock.set_api_mode(ApiMode::Status {
+        status: 503,
+        retry_after_secs: Some(0),
+    });
+    let answer = call(
+        Method::GET,
+        &h.url(&summary_path()),
+        &[("zuora-track-id", "get-503")],
+        "",
+    )
+    .await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(
+        answer.header("x-zuora-proxy-error"),
+        None,
+        "Zuora's own 503 goes back as is"
+    );
+    assert_eq!(answer.json()["code"], "REQUEST_EXCEEDED_LIMIT");
+    assert_eq!(h.mock.received().len(), 3, "1 attempt + retry_attempts = 2");
+    assert!(
+        h.mock.received().iter().all(|r| track_of(&r.headers) == "get-503"),
+        "every attempt keeps the track id"
+    );
+    let metrics = metrics_text(&h).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"zuora_proxy_retries_total{route="job-summary",reason="503"}"#
+        ),
+        Some(2.0)
+    );
+    let line = access_line("get-503");
+    assert_eq!(line["retries"], 2, "{line}");
+    assert_eq!(line["upstream_status"], 503, "{line}");
+}
+
+#[tokio::test]
+async fn a_post_without_idempotency_is_sent_exactly_once() {
+    let h = retrying().await;
+    h.mock.set_api_mode(ApiMode::Status {
+        status: 503,
+        retry_after_secs: Some(0),
+    });
+    let answer = post(&h.url(&abort_path()), &[("zuora-track-id", "post-once")]).await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(h.mock.received().len(), 1);
+    assert_eq!(
+        sample(
+            &metrics_text(&h).await,
+            r#"zuora_proxy_retries_total{route="abort-bulk-job",reason="503"}"#
+        ),
+        None
+    );
+    assert_eq!(access_line("post-once")["retries"], 0);
+}
+
+#[tokio::test]
+async fn a_post_with_an_idempotency_key_is_retried_with_the_same_key() {
+    let h = retrying().await;
+    h.mock.set_api_mode(ApiMode::Status {
+        status: 503,
+        retry_after_secs: Some(0),
+    });
+    let answer = post(
+        &h.url(&abort_path()),
+        &[("idempotency-key", "idem-42"), ("zuora-track-id", "post-keyed")],
+    )
+    .await;
+    assert_eq!(answer.status, 503);
+    let received = h.mock.received();
+    assert_eq!(received.len(), 3);
+    for r in &received {
+        assert_eq!(r.headers["idempotency-key"], "idem-42");
+        assert_eq!(r.headers.get_all("authorization").iter().count(), 1);
+    }
+    assert_eq!(access_line("post-keyed")["retries"], 2);
+}
+
+#[tokio::test]
+async fn an_idempotent_route_retries_a_post_and_replays_its_body() {
+    let h = retrying().await;
+    h.mock.set_api_mode(ApiMode::Status {
+        status: 503,
+        retry_after_secs: Some(0),
+    });
+    let body: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let answer = call(
+        Method::POST,
+        &h.url(&echo_path()),
+        &[("zuora-track-id", "echo-replayed")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(answer.status, 503);
+    let received = h.mock.received();
+    assert_eq!(received.len(), 3);
+    for r in &received {
+        assert_eq!(r.body, body, "a replayed body differs");
+    }
+    assert_eq!(
+        sample(
+            &metrics_text(&h).await,
+            r#"zuora_proxy_retries_total{route="echo",reason="503"}"#
+        ),
+        Some(2.0)
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_buffered_is_sent_once() {
+    let h = retrying().await;
+    h.mock.set_api_mode(ApiMode::Status {
+        status: 503,
+        retry_after_secs: Some(0),
+    });
+    // Over the 64 KiB replay buffer, with Content-Length: streamed.
+    let large = vec![b'l'; 70 * 1024];
+    let answer = call(Method::POST, &h.url(&echo_path()), &[], large).await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(h.mock.received().len(), 1, "a streamed body was sent twice");
+    // Small but chunked (no Content-Length): streamed too.
+    let request = http::Request::post(h.url(&echo_path()))
+        .body(Chunked::new(4, 100))
+        .unwrap();
+    let answer = send(request).await;
+    assert_eq!(answer.status, 503);
+    let received = h.mock.received();
+    assert_eq!(received.len(), 2, "a chunked body was sent twice");
+    assert_eq!(received[1].body.len(), 400);
+}
+
+#[tokio::test]
+async fn statuses_outside_retry_on_and_routes_without_a_policy_are_not_retried() {
+    let h = retrying().await;
+    h.mock.set_api_mode(ApiMode::Status {
+        status: 504,
+        retry_after_secs: Some(0),
+    });
+    assert_eq!(get(&h.url(&summary_path())).await.status, 504);
+    assert_eq!(h.mock.received().len(), 1, "504 is not in retry_on");
+    h.mock.set_api_mode(ApiMode::Status {
+        status: 503,
+        retry_after_secs: Some(0),
+    });
+    assert_eq!(
+        get(&h.url(&format!("/bulk-data/bulk-jobs/{JOB}/downloads")))
+            .await
+            .status,
+        503
+    );
+    assert_eq!(h.mock.received().len(), 2, "a route without retry_attempts retried");
+}
+
+#[tokio::test]
+async fn retry_after_is_waited_and_the_retry_can_succeed() {
+    let h = retrying().await;
+    h.mock.set_api_mode(ApiMode::Status {
+        status: 503,
+        retry_after_secs: Some(1),
+    });
+    let url = h.url(&summary_path());
+    let started = Instant::now();
+    let caller = tokio::spawn(async move { call(Method::GET, &url, &[("zuora-track-id", "recovers")], "").await });
+    assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
+    h.mock.set_api_mode(ApiMode::Normal);
+    let answer = caller.await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.json()["name"], "mock job");
+    assert_eq!(h.mock.received().len(), 2);
+    // Retry-After (1 s) wins over the mock's RateLimit-Reset (60 s) and over backoff (< 0.1 s).
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "retried before Retry-After: {elapsed:?}"
+    );
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    let line = access_line("recovers");
+    assert_eq!(
+        (line["retries"].clone(), line["upstream_status"].clone()),
+        (Value::from(1), Value::from(200)),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_reset_is_the_hint_when_retry_after_is_absent() {
+    // The mock always sends `RateLimit-Reset: 60`: past a 10 s deadline, so no retry at all
+    // (backoff would have retried within a fraction of a second).
+    let h = retrying().await;
+    h.mock.set_api_mode(ApiMode::Status {
+        status: 503,
+        retry_after_secs: None,
+    });
+    let started = Instant::now();
+    let answer = get(&h.url(&summary_path())).await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.header("ratelimit-reset"), Some("60"));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(h.mock.received().len(), 1);
+}
+
+#[tokio::test]
+async fn a_retry_after_beyond_the_deadline_returns_zuoras_429_at_once() {
+    capture_logs();
+    let h = Harness::builder()
+        .routes(RETRY_ROUTES)
+        .server("request_timeout", "\"3s\"")
+        .start()
+        .await;
+    h.wait_for_token().await;
+    h.mock.set_api_mode(ApiMode::Status {
+        status: 429,
+        retry_after_secs: Some(5),
+    });
+    let started = Instant::now();
+    let answer = call(
+        Method::GET,
+        &h.url(&summary_path()),
+        &[("zuora-track-id", "too-long-to-wait")],
+        "",
+    )
+    .await;
+    assert_eq!(answer.status, 429);
+    assert_eq!(answer.header("x-zuora-proxy-error"), None);
+    assert_eq!(answer.header("retry-after"), Some("5"), "the caller sees Zuora's hint");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "waited {:?} for a retry it could not make",
+        started.elapsed()
+    );
+    assert_eq!(h.mock.received().len(), 1);
+    assert_eq!(access_line("too-long-to-wait")["retries"], 0);
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_retried_with_backoff_as_a_502() {
+    let h = retrying().await;
+    h.mock.set_api_mode(ApiMode::Reset);
+    let started = Instant::now();
+    let answer = call(
+        Method::GET,
+        &h.url(&summary_path()),
+        &[("zuora-track-id", "reset-thrice")],
+        "",
+    )
+    .await;
+    assert_refusal(&answer, 502, "upstream_failed");
+    assert_eq!(h.mock.received().len(), 3);
+    // Two backoff waits of 50-100 ms then 100-200 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(140),
+        "no backoff between attempts: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        sample(
+            &metrics_text(&h).await,
+            r#"zuora_proxy_retries_total{route="job-summary",reason="502"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(access_line("reset-thrice")["retries"], 2);
+}
+
+#[tokio::test]
+async fn connect_failures_are_retried_only_where_retry_on_says_connect() {
+    capture_logs();
+    // Zuora's address accepts TCP and hangs up at once: every TLS handshake fails.
+    let refuser = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refuser_addr = refuser.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let _refusing = tokio::spawn(async move {
+        while let Ok((stream, _)) = refuser.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let mock_addr = closed_addr();
+    let routes = RETRY_ROUTES.replace(
+        "retry_on = [\"429\", \"502\", \"503\"]\n\n[[routes]]\nname = \"job-downloads\"",
+        "retry_on = [\"connect\"]\n\n[[routes]]\nname = \"job-downloads\"",
+    );
+    assert_ne!(routes, RETRY_ROUTES);
+    let h = Harness::builder()
+        .routes(&routes)
+        .mock(|m| m.addr(mock_addr))
+        .tenant("base_url", &format!("\"https://{refuser_addr}\""))
+        .tenant("token_url", &format!("\"https://{mock_addr}/oauth/token\""))
+        .start()
+        .await;
+    h.wait_for_token().await;
+    let answer = call(
+        Method::GET,
+        &h.url(&summary_path()),
+        &[("zuora-track-id", "connect-retried")],
+        "",
+    )
+    .await;
+    assert_refusal(&answer, 502, "upstream_unreachable");
+    assert_eq!(accepted.load(Ordering::SeqCst), 3, "summary retries on connect");
+    assert_eq!(
+        sample(
+            &metrics_text(&h).await,
+            r#"zuora_proxy_retries_total{route="job-summary",reason="connect"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(access_line("connect-retried")["retries"], 2);
+    // The abort route retries on statuses only.
+    let answer = post(&h.url(&abort_path()), &[("idempotency-key", "k")]).await;
+    assert_refusal(&answer, 502, "upstream_unreachable");
+    assert_eq!(accepted.load(Ordering::SeqCst), 4, "abort retried a connect failure");
+}
+
+// ---- helpers ----
+
+async fn retrying() -> Harness {
+    capture_logs();
+    let h = Harness::builder().routes(RETRY_ROUTES).start().await;
+    h.wait_for_token().await;
+    h
+}
+
+fn summary_path() -> String {
+    format!("/bulk-data/bulk-jobs/{JOB}/summary")
+}
+
+fn echo_path() -> String {
+    format!("/bulk-data/bulk-jobs/{JOB}/echo")
+}
+
+fn track_of(headers: &http::HeaderMap) -> String {
+    headers
+        .get("zuora-track-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn metrics_text(h: &Harness) -> String {
+    let answer = get(&h.admin_url("/metrics")).await;
+    assert_eq!(answer.status, 200);
+    String::from_utf8(answer.body.to_vec()).expect("UTF-8")
+}
+
+/// The value of one exact series line (`name{labels}`), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.parse().unwrap())
+}
+
+/// Everything the process logs, as JSON lines; shared by the tests of this binary, which
+/// tell their lines apart by track id.
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(|| Capture)
+            .try_init()
+            .expect("the only subscriber of this test binary");
+    });
+}
+
+/// The access log line of the request with this track id (written before its answer).
+fn access_line(track: &str) -> Value {
+    let logs = LOGS.lock().unwrap_or_else(|e| e.into_inner());
+    let lines: Vec<Value> = String::from_utf8_lossy(&logs)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "access" && v["track_id"] == track)
+        .collect();
+    assert_eq!(lines.len(), 1, "access lines for {track}: {lines:?}");
+    lines.into_iter().next().unwrap()
+}
