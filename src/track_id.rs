@@ -21,16 +21,23 @@ pub fn is_valid_prefix(prefix: &str) -> bool {
     prefix.len() <= MAX_PREFIX_LEN && is_valid(prefix.as_bytes())
 }
 
-/// `<prefix>-<32 hex>`, or just the hex.
+/// `<prefix>-<32 hex>`, or just the hex: 128 random bits, like a v4 UUID's 122. A track
+/// id must be unique, not unguessable, so a fast thread-local generator serves (no syscall
+/// per request).
 pub fn generate(prefix: Option<&str>) -> HeaderValue {
-    let random = uuid::Uuid::new_v4();
-    let mut buf = uuid::Uuid::encode_buffer();
-    let hex = random.simple().encode_lower(&mut buf);
-    let id = match prefix {
-        Some(p) => format!("{p}-{hex}"),
-        None => hex.to_string(),
-    };
-    HeaderValue::try_from(id).expect("generated track ids are visible ASCII")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; MAX_LEN];
+    let mut len = 0;
+    if let Some(p) = prefix {
+        buf[..p.len()].copy_from_slice(p.as_bytes());
+        buf[p.len()] = b'-';
+        len = p.len() + 1;
+    }
+    let random = fastrand::u128(..);
+    for i in 0..RANDOM_LEN {
+        buf[len + i] = HEX[((random >> (4 * (RANDOM_LEN - 1 - i))) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf[..len + RANDOM_LEN]).expect("generated track ids are visible ASCII")
 }
 
 #[cfg(test)]
@@ -71,6 +78,9 @@ mod tests {
         assert!(is_valid(a.as_bytes()));
         let bare = generate(None);
         assert_eq!(bare.len(), RANDOM_LEN);
+        assert!(bare.as_bytes().iter().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        let many: std::collections::HashSet<HeaderValue> = (0..10_000).map(|_| generate(None)).collect();
+        assert_eq!(many.len(), 10_000);
         let longest = "p".repeat(MAX_PREFIX_LEN);
         assert!(is_valid_prefix(&longest));
         assert!(is_valid(generate(Some(&longest)).as_bytes()));
