@@ -78,7 +78,10 @@ mod tests {
         assert!(is_valid(a.as_bytes()));
         let bare = generate(None);
         assert_eq!(bare.len(), RANDOM_LEN);
-        assert!(bare.as_bytes().iter().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(bare
+            .as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         let many: std::collections::HashSet<HeaderValue> = (0..10_000).map(|_| generate(None)).collect();
         assert_eq!(many.len(), 10_000);
         let longest = "p".repeat(MAX_PREFIX_LEN);
