@@ -24,32 +24,37 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Removes hop-by-hop headers, including every header named in `Connection`. Used for
 /// requests toward Zuora and for responses toward the caller alike.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Names listed in Connection go first, while Connection is still there to read.
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
+    remove_connection_named(headers);
+    remove_matching(headers, is_hop_by_hop);
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
+}
+
+/// Removes the headers that `Connection` names (before `Connection` itself goes).
+fn remove_connection_named(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::CONNECTION) {
+        return;
     }
-    for name in &HOP_BY_HOP {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
         headers.remove(name);
-    }
-    if headers.keys().any(is_proxy_header) {
-        let proxy: Vec<HeaderName> = headers.keys().filter(|n| is_proxy_header(n)).cloned().collect();
-        for name in proxy {
-            headers.remove(name);
-        }
     }
 }
 
-fn is_proxy_header(name: &HeaderName) -> bool {
-    name.as_str().starts_with("proxy-")
+/// One pass over the names; only those present are removed (most requests carry none).
+fn remove_matching(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
 }
 
 /// Headers the caller may not set: credentials and tenancy are the proxy's to decide, the
@@ -76,12 +81,10 @@ pub struct Injected<'a> {
 
 /// Turns the caller's headers into the upstream request's headers, in place.
 pub fn rewrite_request(headers: &mut HeaderMap, injected: &Injected<'_>) {
-    strip_hop_by_hop(headers);
-    for name in &CALLER_MAY_NOT_SET {
-        headers.remove(name);
-    }
-    headers.remove(&ZUORA_ENTITY_IDS);
-    headers.remove(&ZUORA_ORG_IDS);
+    remove_connection_named(headers);
+    remove_matching(headers, |name| {
+        is_hop_by_hop(name) || CALLER_MAY_NOT_SET.contains(name) || name == ZUORA_ENTITY_IDS || name == ZUORA_ORG_IDS
+    });
     let mut authorization = injected.authorization.clone();
     authorization.set_sensitive(true);
     headers.insert(header::AUTHORIZATION, authorization);

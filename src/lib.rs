@@ -3,6 +3,7 @@
 //!
 //! [`start`] binds the listeners and returns a [`Running`] proxy; the binary adds signals.
 
+pub mod access_log;
 pub mod admin;
 pub mod backoff;
 pub mod body;

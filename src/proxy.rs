@@ -2,6 +2,7 @@
 //! [`Proxy::handle`] never fails; [`Proxy::forward`] uses `?` and its errors become
 //! responses in [`ProxyError::into_response`].
 
+use crate::access_log::{self, AccessRecord};
 use crate::backoff::{self, Backoff};
 use crate::body::{GuardedBody, ResponseBody, UpstreamBody, REPLAY_BUFFER_BYTES};
 use crate::error::ProxyError;
@@ -14,7 +15,7 @@ use crate::server::AmbiguousFraming;
 use crate::track_id;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
 use prometheus_client::metrics::gauge::Gauge;
@@ -29,13 +30,22 @@ use tokio::time::Instant;
 const MAX_LOGGED_PATH: usize = 256;
 
 /// Response headers from Zuora copied into the access log, with their field names.
-const LOGGED_RESPONSE_HEADERS: [(&str, &str); 6] = [
-    ("ratelimit-limit", "ratelimit_limit"),
-    ("ratelimit-remaining", "ratelimit_remaining"),
-    ("ratelimit-reset", "ratelimit_reset"),
-    ("concurrency-limit-type", "concurrency_limit_type"),
-    ("concurrency-limit-limit", "concurrency_limit_limit"),
-    ("concurrency-limit-remaining", "concurrency_limit_remaining"),
+static LOGGED_RESPONSE_HEADERS: [(HeaderName, &str); 6] = [
+    (HeaderName::from_static("ratelimit-limit"), "ratelimit_limit"),
+    (HeaderName::from_static("ratelimit-remaining"), "ratelimit_remaining"),
+    (HeaderName::from_static("ratelimit-reset"), "ratelimit_reset"),
+    (
+        HeaderName::from_static("concurrency-limit-type"),
+        "concurrency_limit_type",
+    ),
+    (
+        HeaderName::from_static("concurrency-limit-limit"),
+        "concurrency_limit_limit",
+    ),
+    (
+        HeaderName::from_static("concurrency-limit-remaining"),
+        "concurrency_limit_remaining",
+    ),
 ];
 
 /// The proxy: the runtime in force, swapped atomically on reload, and the metrics.
@@ -423,7 +433,7 @@ struct Exchange {
     started: Instant,
     stage: Stage,
     method: Method,
-    path: String,
+    uri: Uri,
     track_id: Option<HeaderValue>,
     route: Option<Arc<Route>>,
     rule: Option<Arc<Rule>>,
@@ -432,23 +442,18 @@ struct Exchange {
     upstream_ms: Option<f64>,
     token_retry: bool,
     retries: u32,
-    zuora_request_id: Option<String>,
-    limits: [Option<String>; LOGGED_RESPONSE_HEADERS.len()],
+    zuora_request_id: Option<HeaderValue>,
+    limits: [Option<HeaderValue>; LOGGED_RESPONSE_HEADERS.len()],
     error: Option<&'static str>,
 }
 
 impl Exchange {
     fn new(request: &Request<Incoming>) -> Exchange {
-        let path = request.uri().path();
-        let path = match path.char_indices().nth(MAX_LOGGED_PATH) {
-            Some((cut, _)) => format!("{}...", &path[..cut]),
-            None => path.to_string(),
-        };
         Exchange {
             started: Instant::now(),
             stage: Stage::Preparing,
             method: request.method().clone(),
-            path,
+            uri: request.uri().clone(),
             track_id: None,
             route: None,
             rule: None,
@@ -464,10 +469,9 @@ impl Exchange {
     }
 
     fn note_upstream_headers(&mut self, headers: &HeaderMap) {
-        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        self.zuora_request_id = text(ZUORA_REQUEST_ID.as_str());
-        for (slot, (name, _)) in self.limits.iter_mut().zip(LOGGED_RESPONSE_HEADERS) {
-            *slot = text(name);
+        self.zuora_request_id = headers.get(&ZUORA_REQUEST_ID).cloned();
+        for (slot, (name, _)) in self.limits.iter_mut().zip(&LOGGED_RESPONSE_HEADERS) {
+            *slot = headers.get(name).cloned();
         }
     }
 
@@ -490,30 +494,32 @@ impl Exchange {
         if let Some(code) = self.error {
             metrics.proxy_errors.get_or_create(&metrics::CodeLabel { code }).inc();
         }
-        let [rl_limit, rl_remaining, rl_reset, cl_type, cl_limit, cl_remaining] = &self.limits;
-        tracing::info!(
-            target: "access",
-            track_id = self.track_id.as_ref().and_then(|v| v.to_str().ok()),
-            route = self.route.as_ref().map(|r| r.name.as_str()),
-            rule = self.rule.as_ref().map(|r| r.name.as_str()),
-            tenant = self.tenant.as_ref().map(|t| t.name.as_str()),
-            method = self.method.as_str(),
-            path = self.path.as_str(),
-            status = status.as_u16(),
-            upstream_status = self.upstream_status,
-            duration_ms = millis(elapsed),
-            upstream_ms = self.upstream_ms,
-            token_retry = self.token_retry,
-            retries = self.retries,
-            zuora_request_id = self.zuora_request_id.as_deref(),
-            ratelimit_limit = rl_limit.as_deref(),
-            ratelimit_remaining = rl_remaining.as_deref(),
-            ratelimit_reset = rl_reset.as_deref(),
-            concurrency_limit_type = cl_type.as_deref(),
-            concurrency_limit_limit = cl_limit.as_deref(),
-            concurrency_limit_remaining = cl_remaining.as_deref(),
-            error = self.error,
-            "request"
-        );
+        let path = self.uri.path();
+        // Paths are cut for the log; the query is never logged (it may carry personal data).
+        let path = match path.char_indices().nth(MAX_LOGGED_PATH) {
+            Some((cut, _)) => &path[..cut],
+            None => path,
+        };
+        let mut limits: [(&'static str, Option<&HeaderValue>); 6] = Default::default();
+        for (slot, ((_, field), value)) in limits.iter_mut().zip(LOGGED_RESPONSE_HEADERS.iter().zip(&self.limits)) {
+            *slot = (field, value.as_ref());
+        }
+        access_log::emit(&AccessRecord {
+            track_id: self.track_id.as_ref(),
+            route: self.route.as_ref().map(|r| r.name.as_str()),
+            rule: self.rule.as_ref().map(|r| r.name.as_str()),
+            tenant: self.tenant.as_ref().map(|t| t.name.as_str()),
+            method: self.method.as_str(),
+            path,
+            status: status.as_u16(),
+            upstream_status: self.upstream_status,
+            duration_ms: millis(elapsed),
+            upstream_ms: self.upstream_ms,
+            token_retry: self.token_retry,
+            retries: self.retries,
+            zuora_request_id: self.zuora_request_id.as_ref(),
+            limits,
+            error: self.error,
+        });
     }
 }

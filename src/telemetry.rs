@@ -6,6 +6,7 @@
 
 use crate::config::{LogFormat, LogSettings};
 use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 use tracing_subscriber::fmt::MakeWriter;
@@ -78,6 +79,20 @@ impl<'a> MakeWriter<'a> for SinkMaker {
     }
 }
 
+/// Set once the JSON subscriber is installed: hot-path lines may then be written straight
+/// into the buffer in the same JSON shape (see [`crate::access_log`]).
+static JSON_LINES: AtomicBool = AtomicBool::new(false);
+
+/// Whether [`write_line`] reaches the installed JSON log.
+pub fn json_lines() -> bool {
+    JSON_LINES.load(Ordering::Relaxed)
+}
+
+/// Appends one finished JSON line (with its newline) to the log.
+pub fn write_line(line: &[u8]) {
+    Sink::global().append(line);
+}
+
 /// Flushes the log buffer when dropped; keep it until exit.
 #[must_use = "dropping the guard flushes the logs; keep it until exit"]
 pub struct LogGuard(());
@@ -103,6 +118,7 @@ pub fn init(settings: &LogSettings) -> Option<LogGuard> {
         LogFormat::Text => builder.with_ansi(io::stderr().is_terminal()).try_init(),
     };
     installed.ok()?;
+    JSON_LINES.store(settings.format == LogFormat::Json, Ordering::Relaxed);
     let flusher = std::thread::Builder::new().name("log-flush".into()).spawn(|| loop {
         std::thread::sleep(Duration::from_millis(FLUSH_INTERVAL_MS));
         Sink::global().flush();

@@ -24,6 +24,13 @@ impl HeadScan {
         if !self.active {
             return None;
         }
+        // The common case: a whole head in one read, checked where it lies.
+        if self.buf.is_empty() {
+            if let Some(end) = find(bytes, b"\r\n\r\n") {
+                self.active = false;
+                return Some(has_both_framings(&bytes[..end]));
+            }
+        }
         // Only what can still belong to the head; a blank line may straddle two reads.
         let from = self.buf.len().saturating_sub(3);
         let room = MAX_SCANNED_HEAD.saturating_sub(self.buf.len());
