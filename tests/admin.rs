@@ -453,12 +453,6 @@ async fn poll_readyz(h: &Harness, within: Duration, done: impl Fn(u16, &Value) -
     }
 }
 
-async fn metrics_text(h: &Harness) -> String {
-    let answer = get(&h.admin_url("/metrics")).await;
-    assert_eq!(answer.status, 200);
-    String::from_utf8(answer.body.to_vec()).expect("UTF-8")
-}
-
 async fn metrics(h: &Harness) -> Exposition {
     Exposition::parse(&metrics_text(h).await)
 }

@@ -4,19 +4,16 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output, Stdio};
+use support::binary::{Binary, EXE};
 use support::*;
 use zuora_auth_proxy::mock::{MockZuora, CLIENT_ID};
-
-const BIN: &str = env!("CARGO_BIN_EXE_zuora-auth-proxy");
 
 /// The binary with an environment that cannot change what it reads: no config path, no
 /// `ZUORA_PROXY__*` overrides, no `RUST_LOG`, no egress proxy.
 fn bin() -> Command {
-    let mut command = Command::new(BIN);
+    let mut command = Command::new(EXE);
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy().into_owned();
         let upper = name.to_ascii_uppercase();
@@ -206,103 +203,6 @@ fn a_missing_or_invalid_file_exits_2_for_check_and_run() {
     );
 }
 
-/// The binary, killed if the test ends before it exits.
-struct Running {
-    child: Option<Child>,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Running {
-    fn spawn(config: &Path) -> Running {
-        let mut child = bin()
-            .args(["run", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("binary starts");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running {
-            child: Some(child),
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next log line; `None` at end of output or after `timeout`.
-    async fn next_line(&mut self, timeout: Duration) -> Option<String> {
-        let line = tokio::time::timeout(timeout, self.lines.recv()).await.ok().flatten()?;
-        self.seen.push(line.clone());
-        Some(line)
-    }
-
-    /// Reads log lines until the "listening" one and returns its `listen` address.
-    async fn listen_addr(&mut self) -> String {
-        for _ in 0..100 {
-            let line = self
-                .next_line(Duration::from_secs(10))
-                .await
-                .unwrap_or_else(|| panic!("no listening line in {:?}", self.seen));
-            let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if let Some(listen) = json["listen"].as_str() {
-                return listen.to_string();
-            }
-        }
-        panic!("no listening line in {:?}", self.seen)
-    }
-
-    /// Sends SIGTERM, waits (bounded) for the exit, and returns its code and every log line.
-    async fn terminate(mut self) -> (Option<i32>, Vec<String>) {
-        let mut child = self.child.take().expect("running");
-        let pid = child.id();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success());
-        let waited = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio::task::spawn_blocking(move || {
-                let status = child.wait();
-                (status, child)
-            }),
-        )
-        .await;
-        let status = match waited {
-            Ok(joined) => joined.expect("waiter").0.expect("wait"),
-            Err(_) => {
-                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-                panic!("the binary did not exit within 10 s of SIGTERM");
-            }
-        };
-        // The reader ends at end of output, once the process is gone.
-        while self.next_line(Duration::from_secs(5)).await.is_some() {}
-        (status.code(), std::mem::take(&mut self.seen))
-    }
-}
-
 #[tokio::test]
 async fn a_full_run_serves_logs_json_and_never_logs_a_token_or_the_secret() {
     let secret = "full-run-secret-4d2e8b";
@@ -319,7 +219,7 @@ async fn a_full_run_serves_logs_json_and_never_logs_a_token_or_the_secret() {
         "proxy.toml",
         &good_config(&mock.base_url(), secret, Some(&ca), "debug"),
     );
-    let mut proxy = Running::spawn(&config);
+    let mut proxy = Binary::spawn_from(bin(), &config);
     let addr = proxy.listen_addr().await;
     let url = |path: &str| format!("http://{addr}{path}");
 

@@ -9,7 +9,7 @@ use http_body_util::Full;
 use support::*;
 
 fn echo_url(h: &Harness) -> String {
-    h.url(&format!("/bulk-data/bulk-jobs/{JOB}/echo"))
+    h.url(&echo_path())
 }
 
 /// Bytes that differ from position to position, so a reordered or truncated copy shows.

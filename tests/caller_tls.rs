@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use support::raw::read_until_closed;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -59,9 +60,8 @@ async fn https_is_served_with_the_configured_certificate() {
         .await
         .expect("plain HTTP connection closed");
     assert!(
-        !got.starts_with(b"HTTP/"),
-        "plain HTTP was answered on the TLS port: {:?}",
-        String::from_utf8_lossy(&got)
+        !got.starts_with("HTTP/"),
+        "plain HTTP was answered on the TLS port: {got:?}"
     );
     assert_eq!(h.mock.received().len(), 1);
 }
@@ -425,18 +425,4 @@ async fn wait_for_cert(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
-}
-
-/// Reads until the peer closes or resets; the bytes it sent. Err on timeout.
-async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Result<Vec<u8>, String> {
-    let mut got = Vec::new();
-    let deadline = Instant::now() + within;
-    loop {
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Err(_) => return Err(format!("still open after {within:?}")),
-            Ok(Ok(0)) | Ok(Err(_)) => return Ok(got),
-            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
-        }
-    }
 }

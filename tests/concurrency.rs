@@ -118,7 +118,8 @@ async fn a_request_queued_past_queue_timeout_is_503_overloaded_and_metered() {
         metrics.contains("zuora_proxy_queue_wait_seconds_count{tenant=\"default\"} 1\n"),
         "{metrics}"
     );
-    let waited = sample(&metrics, "zuora_proxy_queue_wait_seconds_sum{tenant=\"default\"}");
+    let waited = sample(&metrics, "zuora_proxy_queue_wait_seconds_sum{tenant=\"default\"}")
+        .unwrap_or_else(|| panic!("no queue wait sum:\n{metrics}"));
     assert!(
         (0.25..2.0).contains(&waited),
         "queue wait recorded as {waited} s for a 300 ms queue timeout"
@@ -290,27 +291,4 @@ async fn wait_gauge(gauge: &Gauge, want: i64, what: &str) {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-fn track_of(headers: &http::HeaderMap) -> String {
-    headers
-        .get("zuora-track-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
-}
-
-async fn metrics_text(h: &Harness) -> String {
-    let answer = get(&h.admin_url("/metrics")).await;
-    assert_eq!(answer.status, 200);
-    String::from_utf8(answer.body.to_vec()).expect("UTF-8")
-}
-
-/// The value of one exact series line (`name{labels}`).
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("{series} missing:\n{text}"))
-        .parse()
-        .unwrap()
 }

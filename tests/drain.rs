@@ -6,6 +6,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
+use support::binary::{free_port, Binary, LISTEN_ANY};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -129,16 +130,8 @@ async fn requests_past_the_grace_are_cut_when_wait_returns() {
 async fn binary_drains_on_sigterm_and_exits_0() {
     let h = Harness::builder().start().await;
     h.wait_for_token().await;
-    let Harness {
-        mock,
-        proxy,
-        dir,
-        config_text,
-        ..
-    } = h;
     // Only the binary serves; the harness's own proxy steps aside.
-    proxy.begin_shutdown();
-    proxy.wait().await;
+    let (mock, dir, config_text) = h.stop_proxy().await;
 
     let port = free_port();
     let text = config_text
@@ -146,7 +139,7 @@ async fn binary_drains_on_sigterm_and_exits_0() {
         .replacen(LISTEN_ANY, "listen = \"\"", 1);
     let config = dir.path().join("binary.toml");
     std::fs::write(&config, text).unwrap();
-    let mut bin = Binary::spawn(&config, &dir.path().join("binary.log"));
+    let mut bin = Binary::spawn(&config);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     bin.wait_listening(addr).await;
     let url = format!("http://{addr}{}", abort_path());
@@ -175,9 +168,6 @@ async fn binary_drains_on_sigterm_and_exits_0() {
 }
 
 // ---- helpers ----
-
-/// The harness's listen lines, `[server]` first, then `[admin]`.
-const LISTEN_ANY: &str = "listen = \"127.0.0.1:0\"";
 
 /// POSTs with no body; the status, or the client error when the connection failed.
 async fn try_post(url: String) -> Result<u16, String> {
@@ -242,94 +232,6 @@ async fn read_one_response(stream: &mut TcpStream, request: &[u8]) -> String {
             .expect("a Content-Length");
         if data.len() >= end + 4 + length {
             return head;
-        }
-    }
-}
-
-/// A port that was free a moment ago (the binary binds it itself).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The proxy binary, killed if the test ends before it exits.
-struct Binary {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-}
-
-impl Binary {
-    fn spawn(config: &std::path::Path, log: &std::path::Path) -> Binary {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_zuora-auth-proxy"))
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            // The binary reads ZUORA_PROXY_* and RUST_LOG; none of the test's may leak in.
-            .env_clear()
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .expect("the binary starts");
-        Binary {
-            child,
-            log: log.to_path_buf(),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, name: &str) {
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{name} failed");
-    }
-
-    /// Polls until the listener accepts; the binary offers no other start-up signal.
-    async fn wait_listening(&mut self, addr: SocketAddr) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(addr).await.is_err() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the binary exited with {status}\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the binary never listened on {addr}\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the binary did not exit within {within:?}\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }

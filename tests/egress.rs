@@ -211,12 +211,10 @@ async fn split_tenant(egress: &EgressProxy, connect_timeout: &str) -> Harness {
 }
 
 fn check_config(path: &std::path::Path) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_zuora-auth-proxy"))
+    support::binary::command()
         .arg("check-config")
         .arg("--config")
         .arg(path)
-        // The binary reads ZUORA_PROXY_* and RUST_LOG; none of the test's may leak in.
-        .env_clear()
         .output()
         .expect("the binary runs")
 }

@@ -349,12 +349,6 @@ const FAULT_LENGTH: Duration = Duration::from_millis(300);
 /// Longest wait for any milestone of the load.
 const MILESTONE_LIMIT: Duration = Duration::from_secs(10);
 
-/// Held for a whole test so that the tests of this binary run one at a time.
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
-}
-
 async fn started(builder: HarnessBuilder) -> Harness {
     let h = builder.start().await;
     h.wait_for_token().await;
@@ -445,14 +439,6 @@ fn sample(outcomes: &[&Outcome]) -> String {
         outcomes.len(),
         &outcomes[..outcomes.len().min(3)]
     )
-}
-
-fn track_of(headers: &http::HeaderMap) -> String {
-    headers
-        .get("zuora-track-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// `zuora_proxy_retries_total` of the abort route for `reason`.

@@ -4,8 +4,9 @@
 mod support;
 
 use std::time::Duration;
+use support::raw::{parse_response, read_response, read_until_closed};
 use support::*;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use zuora_auth_proxy::mock::ApiMode;
@@ -18,7 +19,7 @@ async fn a_connection_that_sends_nothing_is_closed_after_header_read_timeout() {
         .await;
     let started = Instant::now();
     let mut stream = TcpStream::connect(h.proxy.addr).await.unwrap();
-    let got = wait_closed(&mut stream, Duration::from_secs(5))
+    let got = read_until_closed(&mut stream, Duration::from_secs(5))
         .await
         .expect("a silent connection is closed within 5 s of a 500 ms header deadline");
     let elapsed = started.elapsed();
@@ -91,7 +92,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
         .unwrap();
     assert_eq!(first.status, 200);
     let answered = Instant::now();
-    wait_closed(&mut stream, Duration::from_secs(5))
+    read_until_closed(&mut stream, Duration::from_secs(5))
         .await
         .expect("the idle connection is closed within 5 s of a 500 ms idle timeout");
     let idle = answered.elapsed();
@@ -161,7 +162,7 @@ async fn idle_time_between_requests_is_measured_by_idle_timeout_not_the_header_d
     // The next head starts the header deadline afresh at its first byte.
     let started = Instant::now();
     stream.write_all(b"POST /bulk-data").await.unwrap();
-    wait_closed(&mut stream, Duration::from_secs(5))
+    read_until_closed(&mut stream, Duration::from_secs(5))
         .await
         .expect("a partial second head is cut by the header deadline");
     assert!(
@@ -248,7 +249,7 @@ async fn an_idle_keep_alive_connection_gives_its_slot_back_after_idle_timeout() 
     .await
     .expect("the next caller is served once the idle connection times out (300 ms)");
     assert_eq!(answer.status, 200);
-    wait_closed(&mut idle, Duration::from_secs(1))
+    read_until_closed(&mut idle, Duration::from_secs(1))
         .await
         .expect("the idle connection was closed");
 }
@@ -275,7 +276,7 @@ async fn silent_connections_holding_every_slot_are_cut_so_a_caller_gets_in() {
         started.elapsed()
     );
     for mut stream in silent {
-        wait_closed(&mut stream, Duration::from_secs(3))
+        read_until_closed(&mut stream, Duration::from_secs(3))
             .await
             .expect("silent connection closed");
     }
@@ -303,7 +304,7 @@ async fn a_head_within_max_header_bytes_is_forwarded_and_a_larger_one_is_431() {
         .expect("an answer to an oversized head");
     assert_eq!(answer.status, 431);
     assert_eq!(answer.header("x-zuora-proxy-error"), None, "431 is the HTTP layer's");
-    wait_closed(&mut stream, Duration::from_secs(3))
+    read_until_closed(&mut stream, Duration::from_secs(3))
         .await
         .expect("closed after 431");
     assert_eq!(h.mock.received().len(), 1, "the oversized head was forwarded");
@@ -372,7 +373,7 @@ async fn a_content_length_that_promises_more_than_is_sent_is_never_forwarded() {
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.shutdown().await.unwrap();
-    let got = wait_closed(&mut stream, Duration::from_secs(5))
+    let got = read_until_closed(&mut stream, Duration::from_secs(5))
         .await
         .expect("the connection ends");
     // The caller hung up mid-body (half-close): the proxy's own 400 still reaches it.
@@ -462,24 +463,12 @@ async fn request_timeout_is_504_upstream_timeout() {
 
 // ---- helpers ----
 
-fn echo_path() -> String {
-    format!("/bulk-data/bulk-jobs/{JOB}/echo")
-}
-
 /// A keep-alive abort request with this track id; `extra` is more header lines.
 fn abort_request(track: &str, extra: &str) -> String {
     format!(
         "POST {} HTTP/1.1\r\nHost: proxy\r\nZuora-Track-Id: {track}\r\nContent-Length: 0\r\n{extra}\r\n",
         abort_path()
     )
-}
-
-fn track_of(headers: &http::HeaderMap) -> String {
-    headers
-        .get("zuora-track-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// A loopback listener whose accept queue is full, so a new connection attempt hangs
@@ -498,150 +487,4 @@ async fn blackhole() -> (tokio::net::TcpListener, std::net::SocketAddr, Vec<TcpS
         }
     }
     panic!("the accept queue never filled after {} connections", fillers.len());
-}
-
-/// One HTTP/1.x response read off a raw socket.
-#[derive(Debug)]
-struct RawResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl RawResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-}
-
-/// Reads one response, keeping any bytes past it in `buf` for the next call.
-async fn read_response<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut Vec<u8>,
-    within: Duration,
-) -> Result<RawResponse, String> {
-    let deadline = Instant::now() + within;
-    let mut eof = false;
-    loop {
-        if let Some((response, used)) = parse_response(buf, eof) {
-            buf.drain(..used);
-            return Ok(response);
-        }
-        if eof {
-            return Err(format!(
-                "closed before a whole response: {:?}",
-                String::from_utf8_lossy(buf)
-            ));
-        }
-        let mut chunk = [0u8; 16384];
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Err(_) => {
-                return Err(format!(
-                    "no whole response within {within:?}: {:?}",
-                    String::from_utf8_lossy(buf)
-                ))
-            }
-            Ok(Ok(0)) | Ok(Err(_)) => eof = true,
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-/// A complete response at the start of `data`, and how many bytes it took.
-fn parse_response(data: &[u8], eof: bool) -> Option<(RawResponse, usize)> {
-    let end = find(data, b"\r\n\r\n", 0)?;
-    let head = String::from_utf8_lossy(&data[..end]);
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let start = end + 4;
-    let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let done = |body: Vec<u8>, used: usize| {
-        Some((
-            RawResponse {
-                status,
-                headers: headers.clone(),
-                body,
-            },
-            used,
-        ))
-    };
-    if status < 200 || status == 204 || status == 304 {
-        return done(Vec::new(), start);
-    }
-    if get("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
-        let mut body = Vec::new();
-        let mut pos = start;
-        loop {
-            let line_end = find(data, b"\r\n", pos)?;
-            let size_text = String::from_utf8_lossy(&data[pos..line_end]);
-            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-            pos = line_end + 2;
-            if size == 0 {
-                let trailer_end = if data[pos..].starts_with(b"\r\n") {
-                    pos + 2
-                } else {
-                    find(data, b"\r\n\r\n", pos)? + 4
-                };
-                return done(body, trailer_end);
-            }
-            if data.len() < pos + size + 2 {
-                return None;
-            }
-            body.extend_from_slice(&data[pos..pos + size]);
-            pos += size + 2;
-        }
-    }
-    if let Some(length) = get("content-length") {
-        let n: usize = length.parse().ok()?;
-        return (data.len() >= start + n).then(|| {
-            (
-                RawResponse {
-                    status,
-                    headers: headers.clone(),
-                    body: data[start..start + n].to_vec(),
-                },
-                start + n,
-            )
-        });
-    }
-    eof.then(|| {
-        (
-            RawResponse {
-                status,
-                headers: headers.clone(),
-                body: data[start..].to_vec(),
-            },
-            data.len(),
-        )
-    })
-}
-
-fn find(data: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    data.get(from..)?
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|i| i + from)
-}
-
-/// Reads until the peer closes (or resets); what it sent meanwhile. Err on timeout.
-async fn wait_closed(stream: &mut TcpStream, within: Duration) -> Result<String, String> {
-    let mut got = Vec::new();
-    let deadline = Instant::now() + within;
-    loop {
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Err(_) => {
-                return Err(format!(
-                    "still open after {within:?}; got {:?}",
-                    String::from_utf8_lossy(&got)
-                ))
-            }
-            Ok(Ok(0)) | Ok(Err(_)) => return Ok(String::from_utf8_lossy(&got).into_owned()),
-            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
-        }
-    }
 }

@@ -12,13 +12,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use support::binary::Binary;
 use support::*;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -203,12 +201,6 @@ const MAX_REQUESTS_PER_CALLER: usize = 5_000;
 /// Bounds a counted run whatever the count says.
 const COUNT_LIMIT: Duration = Duration::from_secs(60);
 
-/// Held for a whole test so that the tests of this binary run one at a time.
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
-}
-
 /// One answer as a caller saw it.
 #[derive(Debug)]
 struct Outcome {
@@ -332,105 +324,4 @@ fn vm_rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no VmRSS in {status}"))
-}
-
-/// The proxy binary, its log lines read as they come; killed if the test ends first.
-struct Binary {
-    child: Child,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-}
-
-impl Binary {
-    fn spawn(config: &Path) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_zuora-auth-proxy"))
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            // The binary reads ZUORA_PROXY_*, RUST_LOG and *_PROXY; none of the test's may leak in.
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the binary starts");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-        // Drains the pipe for the process's whole life, so logging never blocks it.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Binary {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Reads log lines until the start-up line and returns the address it names.
-    async fn listen_addr(&mut self) -> SocketAddr {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        for _ in 0..1_000 {
-            let Ok(Some(line)) = tokio::time::timeout_at(deadline, self.lines.recv()).await else {
-                break;
-            };
-            self.seen.push(line.clone());
-            let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if let Some(listen) = json["listen"].as_str() {
-                return listen.parse().expect("a socket address");
-            }
-        }
-        panic!("no listening line within 15 s:\n{}", self.seen.join("\n"))
-    }
-
-    /// The log lines received so far.
-    fn log(&mut self) -> String {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-        self.seen.join("\n")
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{name} failed");
-    }
-
-    /// Waits for the process to exit, polling (a child's exit has no async notification here).
-    async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        for _ in 0..=within.as_millis() / 20 {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("the binary did not exit within {within:?}\n{}", self.log())
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }

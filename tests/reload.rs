@@ -7,6 +7,7 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
+use support::binary::{free_port, Binary, LISTEN_ANY};
 use support::*;
 use tokio::time::Instant;
 use zuora_auth_proxy::config::Config;
@@ -98,7 +99,7 @@ async fn reload_adds_a_tenant_and_keeps_the_others_token() {
 
     let text = metrics_text(&h).await;
     assert_eq!(
-        sample(
+        sample_or_zero(
             &text,
             r#"zuora_proxy_token_fetches_total{tenant="default",result="ok"}"#
         ),
@@ -106,7 +107,7 @@ async fn reload_adds_a_tenant_and_keeps_the_others_token() {
         "{text}"
     );
     assert_eq!(
-        sample(&text, r#"zuora_proxy_token_fetches_total{tenant="eu",result="ok"}"#),
+        sample_or_zero(&text, r#"zuora_proxy_token_fetches_total{tenant="eu",result="ok"}"#),
         1.0,
         "{text}"
     );
@@ -128,7 +129,7 @@ async fn a_removed_tenant_leaves_no_token_gauge() {
         .expect("reloads");
     assert_eq!(post(&h.url(&abort_path()), &[("x-region", "eu")]).await.status, 200);
     let series = r#"zuora_proxy_token_expires_in_seconds{tenant="eu"}"#;
-    assert!(sample(&metrics_text(&h).await, series) > 0.0);
+    assert!(sample_or_zero(&metrics_text(&h).await, series) > 0.0);
 
     h.proxy
         .reload(Config::from_toml(&h.config_text).expect("valid"))
@@ -176,10 +177,10 @@ async fn invalid_files_keep_the_running_configuration() {
 
         assert_eq!(abort_entity(&h).await, ENTITY_A, "{what}: the old rule still applies");
         let text = metrics_text(&h).await;
-        let errors = sample(&text, r#"zuora_proxy_config_reloads_total{result="error"}"#);
+        let errors = sample_or_zero(&text, r#"zuora_proxy_config_reloads_total{result="error"}"#);
         assert_eq!(errors, (i + 1) as f64, "{what}\n{text}");
         assert_eq!(
-            sample(&text, r#"zuora_proxy_config_reloads_total{result="ok"}"#),
+            sample_or_zero(&text, r#"zuora_proxy_config_reloads_total{result="ok"}"#),
             0.0,
             "{what}"
         );
@@ -196,12 +197,12 @@ async fn valid_file_reload_is_counted() {
     assert_eq!(abort_entity(&h).await, ENTITY_C);
     let text = metrics_text(&h).await;
     assert_eq!(
-        sample(&text, r#"zuora_proxy_config_reloads_total{result="ok"}"#),
+        sample_or_zero(&text, r#"zuora_proxy_config_reloads_total{result="ok"}"#),
         1.0,
         "{text}"
     );
     assert_eq!(
-        sample(&text, r#"zuora_proxy_config_reloads_total{result="error"}"#),
+        sample_or_zero(&text, r#"zuora_proxy_config_reloads_total{result="error"}"#),
         0.0,
         "{text}"
     );
@@ -266,7 +267,7 @@ async fn stale_secret_is_refused_until_the_file_is_rotated() {
     assert_refusal(&refused, 503, "token_unavailable");
     let text = metrics_text(&h).await;
     assert!(
-        sample(
+        sample_or_zero(
             &text,
             r#"zuora_proxy_token_fetches_total{tenant="default",result="rejected"}"#
         ) >= 1.0,
@@ -311,15 +312,7 @@ async fn secret_rotated_by_a_kubernetes_symlink_swap_is_used() {
 #[tokio::test]
 async fn binary_reloads_on_sighup() {
     let h = harness().await;
-    let Harness {
-        mock,
-        proxy,
-        dir,
-        config_text,
-        ..
-    } = h;
-    proxy.begin_shutdown();
-    proxy.wait().await;
+    let (mock, dir, config_text) = h.stop_proxy().await;
 
     let (port, admin_port) = (free_port(), free_port());
     let with_ports = |text: &str| {
@@ -328,7 +321,7 @@ async fn binary_reloads_on_sighup() {
     };
     let config = dir.path().join("binary.toml");
     std::fs::write(&config, with_ports(&config_text)).unwrap();
-    let mut bin = Binary::spawn(&config, &dir.path().join("binary.log"));
+    let mut bin = Binary::spawn(&config);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let metrics_url = format!("http://127.0.0.1:{admin_port}/metrics");
     bin.wait_listening(addr).await;
@@ -414,7 +407,7 @@ async fn assert_refetched_with_the_new_secret(h: &Harness) {
     assert_eq!(h.mock.token_calls(), 2, "one refetch, accepted at once");
     let text = metrics_text(h).await;
     assert_eq!(
-        sample(
+        sample_or_zero(
             &text,
             r#"zuora_proxy_token_fetches_total{tenant="default",result="ok"}"#
         ),
@@ -422,7 +415,7 @@ async fn assert_refetched_with_the_new_secret(h: &Harness) {
         "{text}"
     );
     assert_eq!(
-        sample(
+        sample_or_zero(
             &text,
             r#"zuora_proxy_token_fetches_total{tenant="default",result="rejected"}"#
         ),
@@ -450,27 +443,12 @@ fn symlink_atomically(target: &str, link: &Path) {
     std::fs::rename(&tmp, link).unwrap();
 }
 
-async fn metrics_text(h: &Harness) -> String {
-    let answer = get(&h.admin_url("/metrics")).await;
-    assert_eq!(answer.status, 200);
-    String::from_utf8(answer.body.to_vec()).expect("UTF-8")
-}
-
-/// The value of the sample line `series value`; 0 when the series does not exist yet.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| {
-            v.trim().parse().unwrap_or_else(|_| panic!("{series}: bad value {v:?}"))
-        })
-}
-
 /// Polls `/metrics` until `series` reaches `value`: a signal is handled without an event to await.
 async fn poll_metric(url: &str, series: &str, value: f64, bin: &Binary) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let text = String::from_utf8(get(url).await.body.to_vec()).unwrap();
-        if sample(&text, series) >= value {
+        if sample_or_zero(&text, series) >= value {
             return;
         }
         assert!(
@@ -479,81 +457,5 @@ async fn poll_metric(url: &str, series: &str, value: f64, bin: &Binary) {
             bin.log()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The harness's listen lines, `[server]` first, then `[admin]`.
-const LISTEN_ANY: &str = "listen = \"127.0.0.1:0\"";
-
-/// A port that was free a moment ago (the binary binds it itself).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The proxy binary, killed if the test ends before it exits.
-struct Binary {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-}
-
-impl Binary {
-    fn spawn(config: &Path, log: &Path) -> Binary {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_zuora-auth-proxy"))
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            // The binary reads ZUORA_PROXY_*, RUST_LOG and HTTPS_PROXY; none of the test's may leak in.
-            .env_clear()
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .expect("the binary starts");
-        Binary {
-            child,
-            log: log.to_path_buf(),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, name: &str) {
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{name} failed");
-    }
-
-    /// Polls until the listener accepts; the binary offers no other start-up signal.
-    async fn wait_listening(&mut self, addr: SocketAddr) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the binary exited with {status}\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the binary never listened on {addr}\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }

@@ -380,35 +380,6 @@ async fn retrying() -> Harness {
     h
 }
 
-fn summary_path() -> String {
-    format!("/bulk-data/bulk-jobs/{JOB}/summary")
-}
-
-fn echo_path() -> String {
-    format!("/bulk-data/bulk-jobs/{JOB}/echo")
-}
-
-fn track_of(headers: &http::HeaderMap) -> String {
-    headers
-        .get("zuora-track-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
-}
-
-async fn metrics_text(h: &Harness) -> String {
-    let answer = get(&h.admin_url("/metrics")).await;
-    assert_eq!(answer.status, 200);
-    String::from_utf8(answer.body.to_vec()).expect("UTF-8")
-}
-
-/// The value of one exact series line (`name{labels}`), if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .map(|v| v.parse().unwrap())
-}
-
 /// Everything the process logs, as JSON lines; shared by the tests of this binary, which
 /// tell their lines apart by track id.
 static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());

@@ -2,6 +2,9 @@
 //! and wired to it, and a small plain-HTTP client for callers.
 #![allow(dead_code)]
 
+pub mod binary;
+pub mod raw;
+
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -19,6 +22,14 @@ pub const ENTITY: &str = "8a8aa0ad-5ab8-4a9b-9f2e-2f1c5b0c1d3e";
 
 pub fn abort_path() -> String {
     format!("/bulk-data/bulk-jobs/{JOB}/aborts")
+}
+
+pub fn summary_path() -> String {
+    format!("/bulk-data/bulk-jobs/{JOB}/summary")
+}
+
+pub fn echo_path() -> String {
+    format!("/bulk-data/bulk-jobs/{JOB}/echo")
 }
 
 /// The routes most tests use: the abort call, plus a GET and a streaming POST for body tests.
@@ -176,6 +187,21 @@ impl Harness {
         format!("http://{}{path}", self.proxy.admin_addr.expect("admin listener"))
     }
 
+    /// Stops the in-process proxy (it drains at once: nothing is in flight) so that a binary can
+    /// take its place; hands back the mock, the temp dir and the configuration text.
+    pub async fn stop_proxy(self) -> (MockZuora, tempfile::TempDir, String) {
+        let Harness {
+            mock,
+            proxy,
+            dir,
+            config_text,
+            ..
+        } = self;
+        proxy.begin_shutdown();
+        proxy.wait().await;
+        (mock, dir, config_text)
+    }
+
     /// Waits until the proxy holds a token (the first fetch is in the background).
     pub async fn wait_for_token(&self) {
         assert!(
@@ -209,21 +235,11 @@ impl Answer {
 
 /// Sends one plain-HTTP request and collects the answer.
 pub async fn call(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Answer {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut request = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
-    let response = client
-        .request(request.body(Full::new(body.into())).unwrap())
-        .await
-        .expect("proxy answers");
-    let (parts, body) = response.into_parts();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.expect("body").to_bytes(),
-    }
+    send(request.body(Full::new(body.into())).unwrap()).await
 }
 
 pub async fn post(url: &str, headers: &[(&str, &str)]) -> Answer {
@@ -245,6 +261,41 @@ pub async fn raw(addr: std::net::SocketAddr, bytes: &[u8], timeout: Duration) ->
 }
 
 // ---- Helpers for refusal, token, upstream, body and binary tests ----
+
+/// The `Zuora-Track-Id` of a request Zuora received, or `""`.
+pub fn track_of(headers: &HeaderMap) -> String {
+    headers
+        .get("zuora-track-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The admin listener's `/metrics` text.
+pub async fn metrics_text(h: &Harness) -> String {
+    let answer = get(&h.admin_url("/metrics")).await;
+    assert_eq!(answer.status, 200);
+    String::from_utf8(answer.body.to_vec()).expect("UTF-8")
+}
+
+/// The value of the sample line `series value` in a metrics text (`series` is `name{labels}`,
+/// exactly), if the series is there.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{series}: bad value {v:?}")))
+}
+
+/// [`sample`], reading a series that does not exist (yet) as 0, as an untouched counter reads.
+pub fn sample_or_zero(text: &str, series: &str) -> f64 {
+    sample(text, series).unwrap_or(0.0)
+}
+
+/// Held for a whole test so that the tests of one test binary that take it run one at a time.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
 
 /// The tenant's token manager, to await or inspect the proxy's token directly.
 pub fn tokens(h: &Harness) -> zuora_auth_proxy::token::TokenManager {
@@ -290,7 +341,7 @@ pub fn assert_refusal(answer: &Answer, status: u16, code: &str) -> String {
     track
 }
 
-/// Sends a request with any body type (a streamed one, say) and collects the answer.
+/// Sends a plain-HTTP request with any body type (a streamed one, say) and collects the answer.
 pub async fn send<B>(request: Request<B>) -> Answer
 where
     B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
