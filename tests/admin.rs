@@ -343,17 +343,9 @@ async fn caller_input_never_becomes_a_label_value() {
     let exposition = Exposition::parse(&text);
     let routes = ["abort-bulk-job", "job-summary", "job-downloads", "echo", "(none)"];
     let codes = zuora_auth_proxy::error::CODES;
-    let results = [
-        "ok",
-        "secret",
-        "rate_limited",
-        "rejected",
-        "server_error",
-        "unreachable",
-        "timeout",
-        "invalid",
-        "error",
-    ];
+    // Token fetch results, plus the reload results ("ok", "error").
+    let mut results = zuora_auth_proxy::token::fetch::FETCH_RESULTS.to_vec();
+    results.push("error");
     for sample in &exposition.samples {
         for (name, value) in &sample.labels {
             let allowed = match name.as_str() {
