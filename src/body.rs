@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 /// What the caller receives: Zuora's streamed body, or a body the proxy wrote.
-pub type ResponseBody = Either<GuardedBody, Full<Bytes>>;
+pub type ResponseBody = Either<GuardedBody<Incoming>, Full<Bytes>>;
 
 /// What Zuora receives: a buffered (replayable) body, or the caller's stream under a cap.
 pub type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
@@ -21,15 +21,15 @@ pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
     Either::Right(Full::new(bytes.into()))
 }
 
-/// Zuora's response body, holding `guard` (a concurrency slot, an in-flight count) until the
-/// body ends or the caller goes away.
-pub struct GuardedBody {
-    inner: Incoming,
+/// A body holding `guard` (a concurrency slot, an in-flight count, a connection's busy mark)
+/// until the body ends or is dropped.
+pub struct GuardedBody<B> {
+    inner: B,
     guard: Option<Box<dyn Send + Sync>>,
 }
 
-impl GuardedBody {
-    pub fn new(inner: Incoming, guard: impl Send + Sync + 'static) -> GuardedBody {
+impl<B> GuardedBody<B> {
+    pub fn new(inner: B, guard: impl Send + Sync + 'static) -> GuardedBody<B> {
         GuardedBody {
             inner,
             guard: Some(Box::new(guard)),
@@ -37,14 +37,14 @@ impl GuardedBody {
     }
 }
 
-impl Body for GuardedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
+impl<B: Body + Unpin> Body for GuardedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            // Release the slot as soon as Zuora is done, not when hyper drops the body.
+            // Release as soon as the body is done, not when hyper drops it.
             self.guard = None;
         }
         polled

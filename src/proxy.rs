@@ -213,8 +213,9 @@ impl Proxy {
                 if let Some(reason) = retry_reason(&route.retry, &result) {
                     let hint = result.as_ref().ok().and_then(|r| backoff::retry_hint(r.headers()));
                     let wait = hint.unwrap_or_else(|| backoff.next(fastrand::f64()));
-                    // A wait that would outlast the request's deadline is no retry at all.
-                    if Instant::now() + wait < deadline {
+                    // A wait that would outlast the request's deadline is no retry at all
+                    // (and a huge Retry-After must not overflow the clock).
+                    if wait < deadline.saturating_duration_since(Instant::now()) {
                         x.retries += 1;
                         self.metrics
                             .retries
@@ -225,6 +226,15 @@ impl Proxy {
                             .inc();
                         drop(result);
                         tokio::time::sleep(wait).await;
+                        // The token may have run out while waiting; never send an expired one.
+                        if !token.is_usable(Instant::now()) {
+                            x.stage = Stage::Token;
+                            token = tenant.tokens.get().await.map_err(|_| ProxyError::TokenUnavailable)?;
+                            x.stage = Stage::Upstream;
+                            let mut authorization = token.header().clone();
+                            authorization.set_sensitive(true);
+                            headers.insert(header::AUTHORIZATION, authorization);
+                        }
                         continue;
                     }
                 }

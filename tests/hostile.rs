@@ -170,6 +170,42 @@ async fn content_length_with_transfer_encoding_is_400_ambiguous_framing() {
     );
 }
 
+/// Pipelined behind a clean request (both in one write), an ambiguous request is refused too,
+/// and so is any chunked request whose head arrived pipelined: its raw head was not scanned.
+#[tokio::test]
+async fn an_ambiguous_request_pipelined_behind_a_clean_one_is_refused() {
+    let h = proxy().await;
+    let clean = format!(
+        "POST {} HTTP/1.1\r\nHost: proxy\r\nZuora-Track-Id: first\r\nContent-Length: 0\r\n\r\n",
+        abort_path()
+    );
+    for framing in [
+        "Content-Length: 5\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: chunked",
+    ] {
+        let raw = format!(
+            "{clean}POST {} HTTP/1.1\r\nHost: proxy\r\nZuora-Track-Id: second\r\n{framing}\r\n\r\n0\r\n\r\n",
+            abort_path()
+        );
+        let answers = exchange(h.proxy.addr, raw.as_bytes()).await;
+        assert_eq!(answers.len(), 2, "{framing}: {answers:?}");
+        assert_eq!(answers[0].status, 200, "{framing}: {answers:?}");
+        assert_eq!(answers[1].status, 400, "{framing}: {answers:?}");
+        assert_eq!(
+            answers[1].header("x-zuora-proxy-error"),
+            Some("ambiguous_framing"),
+            "{framing}"
+        );
+    }
+    let tracks: Vec<String> = h
+        .mock
+        .received()
+        .iter()
+        .map(|r| r.headers["zuora-track-id"].to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(tracks, vec!["first", "first"], "only the clean requests reached Zuora");
+}
+
 #[tokio::test]
 async fn a_request_smuggled_behind_content_length_and_transfer_encoding_is_never_processed() {
     let h = proxy().await;

@@ -290,6 +290,22 @@ async fn a_retry_after_beyond_the_deadline_returns_zuoras_429_at_once() {
     assert_eq!(access_line("too-long-to-wait")["retries"], 0);
 }
 
+/// A Retry-After too large for the clock is just a wait past the deadline: Zuora's answer goes
+/// back, and nothing overflows.
+#[tokio::test]
+async fn an_absurd_retry_after_returns_zuoras_answer() {
+    let h = Harness::builder().routes(RETRY_ROUTES).start().await;
+    h.wait_for_token().await;
+    h.mock.set_api_mode(ApiMode::Status {
+        status: 503,
+        retry_after_secs: Some(u64::MAX),
+    });
+    let answer = call(Method::GET, &h.url(&summary_path()), &[], "").await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.header("retry-after"), Some(u64::MAX.to_string().as_str()));
+    assert_eq!(h.mock.received().len(), 1);
+}
+
 #[tokio::test]
 async fn a_dropped_connection_is_retried_with_backoff_as_a_502() {
     let h = retrying().await;

@@ -279,3 +279,27 @@ async fn a_cached_token_keeps_serving_while_refreshes_fail() {
     assert_refusal(&answer, 503, "token_unavailable");
     assert_eq!(h.mock.received().len(), sent, "an expired token was sent to Zuora");
 }
+
+/// A lifetime outside [1 s, 30 days] is a broken answer: it is refused (no tight refetch loop,
+/// no clock overflow), reported by /readyz, and requests get 503 `token_unavailable`.
+#[tokio::test]
+async fn an_absurd_expires_in_is_refused_not_used() {
+    let h = Harness::builder()
+        .tenant("token_wait", "\"300ms\"")
+        .mock(|m| m.expires_in(ExpiresIn::Float(0.001)))
+        .start()
+        .await;
+    assert!(h.mock.wait_token_calls(1, Duration::from_secs(5)).await);
+    let answer = post(&h.url(&abort_path()), &[]).await;
+    assert_refusal(&answer, 503, "token_unavailable");
+    let ready = get(&h.admin_url("/readyz")).await;
+    assert_eq!(ready.status, 503);
+    let state = ready.json()["tenants"]["default"]["state"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(state.contains("expires_in is not between"), "{state}");
+    // Backoff, not a loop: at most a couple of calls in the first second.
+    assert!(h.mock.token_calls() <= 3, "{} token calls", h.mock.token_calls());
+    assert!(h.mock.received().is_empty());
+}

@@ -233,7 +233,8 @@ impl RawConfig {
                 config::Environment::with_prefix(ENV_PREFIX)
                     .prefix_separator("__")
                     .separator("__")
-                    .try_parsing(true)
+                    // Values stay strings ("0123" is a client id, not 123); typed fields parse them.
+                    .try_parsing(false)
                     .source(Some(env)),
             )
             .build()

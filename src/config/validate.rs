@@ -673,13 +673,22 @@ mod tests {
         let env = [
             (
                 "ZUORA_PROXY__TENANTS__DEFAULT__CLIENT_ID".to_string(),
-                "from-env".to_string(),
+                "0123".to_string(),
+            ),
+            (
+                "ZUORA_PROXY__TENANTS__DEFAULT__CLIENT_SECRET".to_string(),
+                "1e3".to_string(),
             ),
             ("ZUORA_PROXY__SERVER__MAX_BODY_BYTES".to_string(), "4096".to_string()),
             ("UNRELATED".to_string(), "x".to_string()),
         ];
         let c = Config::load_with_env(&path, env).unwrap();
-        assert_eq!(c.tenants["default"].client_id, "from-env");
+        // Secrets and ids that look like numbers stay exactly as written.
+        assert_eq!(c.tenants["default"].client_id, "0123");
+        assert_eq!(
+            c.tenants["default"].client_secret,
+            SecretSource::Inline(Secret::new("1e3"))
+        );
         assert_eq!(c.server.max_body_bytes, 4096);
         let bad = [("ZUORA_PROXY__SERVER__LISTN".to_string(), "x".to_string())];
         let err = Config::load_with_env(&path, bad).unwrap_err();

@@ -5,7 +5,7 @@ mod framing;
 pub mod timeouts;
 pub mod tls;
 
-use crate::body::ResponseBody;
+use crate::body::{GuardedBody, ResponseBody};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -16,7 +16,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use timeouts::{Activity, TrafficIo};
+use timeouts::{Activity, HeadVerdict, TrafficIo};
 use tls::{CallerTls, ClientIdentity};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -148,16 +148,18 @@ where
             if let Some(identity) = &identity {
                 request.extensions_mut().insert(identity.clone());
             }
-            let (busy, ambiguous) = activity.begin();
-            if ambiguous {
+            let (busy, verdict) = activity.begin();
+            // hyper has dropped Content-Length if Transfer-Encoding came with it. A scanned head
+            // says whether it did; a pipelined head was not scanned, so a chunked one is refused
+            // too rather than trusted.
+            let chunked = request.headers().contains_key(http::header::TRANSFER_ENCODING);
+            if verdict == HeadVerdict::Ambiguous || (verdict == HeadVerdict::Unscanned && chunked) {
                 request.extensions_mut().insert(AmbiguousFraming);
             }
             let response = handler(request);
-            async move {
-                let response = response.await;
-                drop(busy);
-                Ok::<_, Infallible>(response)
-            }
+            // The connection stays busy until the response body has been sent, so that a
+            // pause mid-body is never taken for an idle connection.
+            async move { Ok::<_, Infallible>(response.await.map(|body| GuardedBody::new(body, busy))) }
         });
         let connection = self
             .watcher

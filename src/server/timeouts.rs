@@ -11,7 +11,7 @@
 use super::framing::HeadScan;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,8 +29,8 @@ pub struct Activity {
     head_started: AtomicU64,
     /// A request finished: the next bytes read start a new head.
     head_expected: AtomicBool,
-    /// The head just read carried both Content-Length and Transfer-Encoding.
-    ambiguous: AtomicBool,
+    /// What the scan said of the head just read (see [`HeadVerdict`]).
+    head_verdict: AtomicU8,
 }
 
 impl Activity {
@@ -42,7 +42,7 @@ impl Activity {
             last_traffic_ms: AtomicU64::new(0),
             head_started: AtomicU64::new(1),
             head_expected: AtomicBool::new(true),
-            ambiguous: AtomicBool::new(false),
+            head_verdict: AtomicU8::new(HeadVerdict::Unscanned as u8),
         })
     }
 
@@ -50,11 +50,16 @@ impl Activity {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Marks a request in flight until the guard drops. True if its head had ambiguous framing.
-    pub fn begin(self: &Arc<Self>) -> (Busy, bool) {
+    /// Marks a request in flight until the guard drops, with what the scan said of its head.
+    pub fn begin(self: &Arc<Self>) -> (Busy, HeadVerdict) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(0, Ordering::Release);
-        (Busy(self.clone()), self.ambiguous.swap(false, Ordering::AcqRel))
+        let verdict = match self.head_verdict.swap(HeadVerdict::Unscanned as u8, Ordering::AcqRel) {
+            v if v == HeadVerdict::Clean as u8 => HeadVerdict::Clean,
+            v if v == HeadVerdict::Ambiguous as u8 => HeadVerdict::Ambiguous,
+            _ => HeadVerdict::Unscanned,
+        };
+        (Busy(self.clone()), verdict)
     }
 
     fn on_read(&self) {
@@ -71,6 +76,17 @@ impl Activity {
     fn on_write(&self) {
         self.last_traffic_ms.store(self.now_ms(), Ordering::Release);
     }
+}
+
+/// What the listener saw of a request's raw head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadVerdict {
+    /// Not scanned: the request was pipelined behind another one.
+    Unscanned = 0,
+    /// Scanned; not both Content-Length and Transfer-Encoding.
+    Clean = 1,
+    /// Scanned; both Content-Length and Transfer-Encoding.
+    Ambiguous = 2,
 }
 
 /// A request in flight; see [`Activity::begin`].
@@ -132,8 +148,13 @@ impl<T> TrafficIo<T> {
         if self.activity.head_expected.swap(false, Ordering::AcqRel) {
             self.head.start();
         }
-        if self.head.feed(bytes) == Some(true) {
-            self.activity.ambiguous.store(true, Ordering::Release);
+        if let Some(ambiguous) = self.head.feed(bytes) {
+            let verdict = if ambiguous {
+                HeadVerdict::Ambiguous
+            } else {
+                HeadVerdict::Clean
+            };
+            self.activity.head_verdict.store(verdict as u8, Ordering::Release);
         }
     }
 }

@@ -19,6 +19,10 @@ use std::time::Duration;
 pub const DEFAULT_LIFETIME_SECS: u64 = 3600;
 /// The whole token call (connect, TLS, answer) must finish within this.
 pub const FETCH_TIMEOUT_SECS: u64 = 15;
+/// Shortest lifetime accepted: anything shorter cannot be refreshed before it expires.
+pub const MIN_LIFETIME_SECS: u64 = 1;
+/// Longest lifetime accepted (Zuora's are one hour); a larger value is a broken answer.
+pub const MAX_LIFETIME_SECS: u64 = 30 * 24 * 3600;
 /// A token response larger than this is not a token response.
 const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
 
@@ -187,13 +191,25 @@ pub async fn fetch(client: &UpstreamClient, tenant: &TenantSettings) -> Result<F
     let lifetime = match response.expires_in {
         None => Duration::from_secs(DEFAULT_LIFETIME_SECS),
         Some(_) => oauth2::TokenResponse::expires_in(&response)
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| FetchError::Invalid("expires_in is not a positive number".into()))?,
+            .filter(|d| (MIN_LIFETIME_SECS..=MAX_LIFETIME_SECS).contains(&d.as_secs()))
+            .ok_or_else(|| {
+                FetchError::Invalid(format!(
+                    "expires_in is not between {MIN_LIFETIME_SECS} and {MAX_LIFETIME_SECS} seconds"
+                ))
+            })?,
     };
+    if !fits_a_header(response.access_token.secret()) {
+        return Err(FetchError::Invalid("access_token is empty or not visible ASCII".into()));
+    }
     Ok(Fetched {
         access_token: Secret::new(response.access_token.into_secret()),
         lifetime,
     })
+}
+
+/// The token goes into `Authorization`: anything but visible ASCII is a broken token.
+fn fits_a_header(token: &str) -> bool {
+    !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// The HTTP leg under `oauth2`: any answer but 200 is a failure carrying Zuora's retry hint.
@@ -251,6 +267,14 @@ mod tests {
             BasicTokenType::Bearer
         );
         assert!(serde_json::from_str::<ZuoraTokenResponse>(r#"{"token_type":"bearer"}"#).is_err());
+    }
+
+    #[test]
+    fn tokens_must_fit_a_header() {
+        assert!(fits_a_header("eyJhbGciOi.abc_DEF-123~+/="));
+        for bad in ["", "a b", "a\u{1}b", "caf\u{e9}", "a\nb"] {
+            assert!(!fits_a_header(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -225,7 +225,7 @@ async fn refresh_loop(shared: Arc<Shared>) {
                 let delay = refresh_delay(fetched.lifetime, shared.tenant.refresh_margin, fastrand::f64());
                 refresh_at = started + delay;
                 let mut header = HeaderValue::try_from(format!("Bearer {}", fetched.access_token.expose()))
-                    .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid"));
+                    .expect("fetch checked the token is visible ASCII");
                 header.set_sensitive(true);
                 let token = Arc::new(Token {
                     header,
