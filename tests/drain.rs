@@ -128,87 +128,83 @@ async fn requests_past_the_grace_are_cut_when_wait_returns() {
 
 #[tokio::test]
 async fn binary_drains_on_sigterm_and_exits_0() {
-    let h = Harness::builder().start().await;
-    h.wait_for_token().await;
-    // Only the binary serves; the harness's own proxy steps aside.
-    let (mock, dir, config_text) = h.stop_proxy().await;
-
-    let port = free_port();
-    let text = config_text
-        .replacen(LISTEN_ANY, &format!("listen = \"127.0.0.1:{port}\""), 1)
-        .replacen(LISTEN_ANY, "listen = \"\"", 1);
-    let config = dir.path().join("binary.toml");
-    std::fs::write(&config, text).unwrap();
-    let mut bin = Binary::spawn(&config);
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    bin.wait_listening(addr).await;
-    let url = format!("http://{addr}{}", abort_path());
-    assert_eq!(try_post(url.clone()).await.expect("answered"), 200, "{}", bin.log());
-
-    mock.set_api_mode(ApiMode::Delay(Duration::from_millis(1500)));
-    let slow = tokio::spawn(try_post(url));
-    assert!(mock.wait_api_calls(2, Duration::from_secs(5)).await, "{}", bin.log());
-    bin.signal("TERM");
-
-    // The listener closes while the request is still at Zuora.
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while TcpStream::connect(addr).await.is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "still accepting after SIGTERM\n{}",
-            bin.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(!slow.is_finished(), "the slow request ended before the listener closed");
-    let answer = slow.await.unwrap();
-    assert_eq!(answer.as_ref().ok(), Some(&200), "{answer:?}\n{}", bin.log());
-    let status = bin.wait_exit(Duration::from_secs(5)).await;
-    assert_eq!(status.code(), Some(0), "{}", bin.log());
+    let mut d = SignalledBinary::start("20s", Duration::from_millis(1500)).await;
+    assert!(
+        !d.slow.is_finished(),
+        "the slow request ended before the listener closed"
+    );
+    let answer = (&mut d.slow).await.unwrap();
+    assert_eq!(answer.as_ref().ok(), Some(&200), "{answer:?}\n{}", d.bin.log());
+    let status = d.bin.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0), "{}", d.bin.log());
 }
 
 /// A second signal during the drain exits at once, with code 1, without waiting for the
 /// request still at Zuora (the grace here is far longer than the test).
 #[tokio::test]
 async fn a_second_signal_exits_at_once_with_code_1() {
-    let h = Harness::builder().server("shutdown_grace", "\"60s\"").start().await;
-    h.wait_for_token().await;
-    let (mock, dir, config_text) = h.stop_proxy().await;
-
-    let port = free_port();
-    let text = config_text
-        .replacen(LISTEN_ANY, &format!("listen = \"127.0.0.1:{port}\""), 1)
-        .replacen(LISTEN_ANY, "listen = \"\"", 1);
-    let config = dir.path().join("binary.toml");
-    std::fs::write(&config, text).unwrap();
-    let mut bin = Binary::spawn(&config);
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    bin.wait_listening(addr).await;
-    let url = format!("http://{addr}{}", abort_path());
-    assert_eq!(try_post(url.clone()).await.expect("answered"), 200, "{}", bin.log());
-
-    mock.set_api_mode(ApiMode::Delay(Duration::from_secs(30)));
-    let slow = tokio::spawn(try_post(url));
-    assert!(mock.wait_api_calls(2, Duration::from_secs(5)).await, "{}", bin.log());
-    bin.signal("TERM");
-    // The first signal starts the drain: the listener closes, the process stays.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while TcpStream::connect(addr).await.is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "still accepting after SIGTERM\n{}",
-            bin.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(!slow.is_finished());
-    bin.signal("INT");
-    let status = bin.wait_exit(Duration::from_secs(5)).await;
-    assert_eq!(status.code(), Some(1), "{}", bin.log());
+    let mut d = SignalledBinary::start("60s", Duration::from_secs(30)).await;
+    assert!(!d.slow.is_finished());
+    d.bin.signal("INT");
+    let status = d.bin.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(1), "{}", d.bin.log());
     assert!(
-        slow.await.unwrap().is_err(),
+        (&mut d.slow).await.unwrap().is_err(),
         "the request in flight is cut, not answered"
     );
+}
+
+/// The binary, in front of a mock Zuora that delays answers, after SIGTERM with one request
+/// at Zuora: its listener has closed, the process is draining.
+struct SignalledBinary {
+    bin: Binary,
+    slow: tokio::task::JoinHandle<Result<u16, String>>,
+    _mock: zuora_auth_proxy::mock::MockZuora,
+    _dir: tempfile::TempDir,
+}
+
+impl SignalledBinary {
+    async fn start(shutdown_grace: &str, upstream_delay: Duration) -> SignalledBinary {
+        let h = Harness::builder()
+            .server("shutdown_grace", &format!("\"{shutdown_grace}\""))
+            .start()
+            .await;
+        h.wait_for_token().await;
+        // Only the binary serves; the harness's own proxy steps aside.
+        let (mock, dir, config_text) = h.stop_proxy().await;
+        let port = free_port();
+        let text = config_text
+            .replacen(LISTEN_ANY, &format!("listen = \"127.0.0.1:{port}\""), 1)
+            .replacen(LISTEN_ANY, "listen = \"\"", 1);
+        let config = dir.path().join("binary.toml");
+        std::fs::write(&config, text).unwrap();
+        let mut bin = Binary::spawn(&config);
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        bin.wait_listening(addr).await;
+        let url = format!("http://{addr}{}", abort_path());
+        assert_eq!(try_post(url.clone()).await.expect("answered"), 200, "{}", bin.log());
+
+        mock.set_api_mode(ApiMode::Delay(upstream_delay));
+        let slow = tokio::spawn(try_post(url));
+        assert!(mock.wait_api_calls(2, Duration::from_secs(5)).await, "{}", bin.log());
+        bin.signal("TERM");
+        // The listener closes while the request is still at Zuora.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while TcpStream::connect(addr).await.is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "still accepting after SIGTERM\n{}",
+                bin.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        SignalledBinary {
+            bin,
+            slow,
+            _mock: mock,
+            _dir: dir,
+        }
+    }
 }
 
 // ---- helpers ----
