@@ -79,15 +79,20 @@ pub struct Injected<'a> {
     pub org_ids: Option<&'a HeaderValue>,
 }
 
+/// Sets `Authorization`, marked sensitive so that no debug output or HPACK table keeps it.
+pub fn set_authorization(headers: &mut HeaderMap, value: &HeaderValue) {
+    let mut authorization = value.clone();
+    authorization.set_sensitive(true);
+    headers.insert(header::AUTHORIZATION, authorization);
+}
+
 /// Turns the caller's headers into the upstream request's headers, in place.
 pub fn rewrite_request(headers: &mut HeaderMap, injected: &Injected<'_>) {
     remove_connection_named(headers);
     remove_matching(headers, |name| {
         is_hop_by_hop(name) || CALLER_MAY_NOT_SET.contains(name) || name == ZUORA_ENTITY_IDS || name == ZUORA_ORG_IDS
     });
-    let mut authorization = injected.authorization.clone();
-    authorization.set_sensitive(true);
-    headers.insert(header::AUTHORIZATION, authorization);
+    set_authorization(headers, injected.authorization);
     headers.insert(ZUORA_TRACK_ID.clone(), injected.track_id.clone());
     if let Some(v) = injected.entity_ids {
         headers.insert(ZUORA_ENTITY_IDS.clone(), v.clone());

@@ -12,6 +12,7 @@ use crate::routes::{self, Resolution, RetryPolicy, Route, Rule};
 use crate::runtime::{Runtime, Tenant};
 use crate::server::tls::ClientIdentity;
 use crate::server::AmbiguousFraming;
+use crate::token::Token;
 use crate::track_id;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -201,12 +202,7 @@ impl Proxy {
             // Zuora refused the token: send again, once, with a fresh one.
             if refused && !x.token_retry {
                 x.token_retry = true;
-                x.stage = Stage::Token;
-                token = tenant.tokens.get().await.map_err(|_| ProxyError::TokenUnavailable)?;
-                x.stage = Stage::Upstream;
-                let mut authorization = token.header().clone();
-                authorization.set_sensitive(true);
-                headers.insert(header::AUTHORIZATION, authorization);
+                token = renew_token(tenant, x, &mut headers).await?;
                 continue;
             }
             if may_retry && x.retries < route.retry.attempts {
@@ -228,12 +224,7 @@ impl Proxy {
                         tokio::time::sleep(wait).await;
                         // The token may have run out while waiting; never send an expired one.
                         if !token.is_usable(Instant::now()) {
-                            x.stage = Stage::Token;
-                            token = tenant.tokens.get().await.map_err(|_| ProxyError::TokenUnavailable)?;
-                            x.stage = Stage::Upstream;
-                            let mut authorization = token.header().clone();
-                            authorization.set_sensitive(true);
-                            headers.insert(header::AUTHORIZATION, authorization);
+                            token = renew_token(tenant, x, &mut headers).await?;
                         }
                         continue;
                     }
@@ -253,6 +244,15 @@ impl Proxy {
         }
         Ok(response.map(|body| Either::Left(GuardedBody::new(body, (slot, in_flight)))))
     }
+}
+
+/// The tenant's current (or next) token, put into `headers` for the next attempt.
+async fn renew_token(tenant: &Tenant, x: &mut Exchange, headers: &mut HeaderMap) -> Result<Arc<Token>, ProxyError> {
+    x.stage = Stage::Token;
+    let token = tenant.tokens.get().await.map_err(|_| ProxyError::TokenUnavailable)?;
+    x.stage = Stage::Upstream;
+    headers::set_authorization(headers, token.header());
+    Ok(token)
 }
 
 /// First retry waits 50-100 ms, doubling per retry.
