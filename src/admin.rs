@@ -49,7 +49,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
 /// `admin.ready_min_ttl`; the body names each tenant's state either way.
 fn readiness(proxy: &Proxy) -> Response<ResponseBody> {
     let runtime = proxy.runtime();
-    let min_ttl = runtime.config.admin.ready_min_ttl;
+    let min_ttl = runtime.config.live.ready_min_ttl;
     let now = Instant::now();
     let draining = proxy.is_draining();
     let mut ready = !draining;

@@ -89,7 +89,7 @@ pub async fn run(
     };
     let admin = if once { "" } else { admin };
     let config = Config::from_toml(&config_text(&mock.base_url(), &ca_file, listen, admin))?;
-    let _log_guard = crate::telemetry::init(&config.log);
+    let _log_guard = crate::telemetry::init(&config.fixed.log);
     let running = crate::start(config).await?;
     let url = format!("http://{}/bulk-data/bulk-jobs/{SAMPLE_JOB_ID}/aborts", running.addr);
     let outcome = if once {

@@ -60,20 +60,21 @@ pub struct Running {
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Arc::new(Metrics::new());
-    let listen = config.server.listen;
-    let admin_listen = config.admin.listen;
+    let listen = config.fixed.listener.listen;
+    let admin_listen = config.fixed.admin_listen;
     let caller_tls = config
-        .server
+        .fixed
+        .listener
         .tls
         .as_ref()
         .map(server::tls::CallerTls::new)
         .transpose()?;
     let settings = ConnSettings {
-        header_read_timeout: config.server.header_read_timeout,
-        idle_timeout: config.server.idle_timeout,
-        max_header_bytes: config.server.max_header_bytes,
-        max_connections: config.server.max_connections,
-        shutdown_grace: config.server.shutdown_grace,
+        header_read_timeout: config.fixed.listener.header_read_timeout,
+        idle_timeout: config.fixed.listener.idle_timeout,
+        max_header_bytes: config.fixed.listener.max_header_bytes,
+        max_connections: config.fixed.listener.max_connections,
+        shutdown_grace: config.fixed.listener.shutdown_grace,
         tls: caller_tls,
     };
     let listener = bind(listen).await?;

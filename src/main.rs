@@ -106,7 +106,7 @@ async fn serve(path: PathBuf) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let _log_guard = zuora_auth_proxy::telemetry::init(&config.log);
+    let _log_guard = zuora_auth_proxy::telemetry::init(&config.fixed.log);
     let (mut term, mut int, mut hup) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),

@@ -89,7 +89,7 @@ impl Proxy {
     pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
         let runtime = self.runtime.load_full();
         let mut exchange = Exchange::new(&request);
-        let deadline = runtime.config.server.request_timeout;
+        let deadline = runtime.config.live.requests.request_timeout;
         let result = tokio::time::timeout(
             deadline,
             self.forward(&runtime, request, &mut exchange, Instant::now() + deadline),
@@ -129,7 +129,7 @@ impl Proxy {
         if let Ok(Some(id)) = &caller_track_id {
             x.track_id = Some(id.clone());
         }
-        let route = match routes::resolve(&config.routes, &parts.method, parts.uri.path()) {
+        let route = match routes::resolve(&config.live.routes, &parts.method, parts.uri.path()) {
             Resolution::Allowed(route) => route,
             Resolution::BadParam { route, name, reason } => {
                 x.route = Some(route.clone());
@@ -142,7 +142,7 @@ impl Proxy {
         let caller_track_id = caller_track_id?;
         let caller = parts.extensions.get::<ClientIdentity>();
         let rule =
-            routes::select(&config.rules, &route.name, &parts.headers, caller).ok_or(ProxyError::NoMatchingRule)?;
+            routes::select(&config.live.rules, &route.name, &parts.headers, caller).ok_or(ProxyError::NoMatchingRule)?;
         x.rule = Some(rule.clone());
         let track_id = caller_track_id.unwrap_or_else(|| track_id::generate(rule.track_id_prefix.as_deref()));
         x.track_id = Some(track_id.clone());
@@ -152,7 +152,7 @@ impl Proxy {
             .expect("validation ties every rule to a tenant");
         x.tenant = Some(tenant.settings.clone());
 
-        let max_body = config.server.max_body_bytes;
+        let max_body = config.live.requests.max_body_bytes;
         x.stage = Stage::Body;
         let body = OutgoingBody::read(body, &parts.headers, max_body).await?;
         x.stage = Stage::Preparing;

@@ -82,7 +82,7 @@ impl Runtime {
     /// `previous` keeps its client and its token.
     pub fn build(config: Config, metrics: &Arc<Metrics>, previous: Option<&Runtime>) -> Result<Runtime, UpstreamError> {
         let mut tenants = HashMap::new();
-        for (name, settings) in &config.tenants {
+        for (name, settings) in &config.live.tenants {
             let reused = previous
                 .and_then(|p| p.tenants.get(name))
                 .filter(|t| *t.settings == **settings)
@@ -110,7 +110,7 @@ impl Runtime {
             );
         }
         // Every route's request series exist from the start, at zero.
-        for route in &config.routes {
+        for route in &config.live.routes {
             let _ = metrics.requests.get_or_create(&RouteStatus {
                 route: route.name.clone(),
                 status: 200,
@@ -127,7 +127,7 @@ impl Runtime {
 
     /// Tenants some rule can route to: the ones readiness waits for.
     pub fn routable_tenants(&self) -> impl Iterator<Item = &Tenant> {
-        let mut names: Vec<&str> = self.config.rules.iter().map(|r| r.tenant.as_str()).collect();
+        let mut names: Vec<&str> = self.config.live.rules.iter().map(|r| r.tenant.as_str()).collect();
         names.sort_unstable();
         names.dedup();
         names.into_iter().filter_map(|n| self.tenants.get(n))

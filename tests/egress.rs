@@ -112,8 +112,8 @@ proxy_url = "http://{USER}:{PASSWORD_IN_URL}@127.0.0.1:3128"
     assert!(!debug.contains("hunter2"), "Config's Debug shows the egress password");
     let tenant = format!(
         "{:?} {}",
-        config.tenants["default"].proxy_url,
-        config.tenants["default"].proxy_url.as_ref().unwrap()
+        config.live.tenants["default"].proxy_url,
+        config.live.tenants["default"].proxy_url.as_ref().unwrap()
     );
     assert!(!tenant.contains("hunter2"), "{tenant}");
 

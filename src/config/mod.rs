@@ -43,28 +43,62 @@ pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
 pub const DEFAULT_MAX_CONCURRENCY: u64 = 40;
 pub const DEFAULT_QUEUE_TIMEOUT_SECS: u64 = 10;
 
-/// Validated configuration.
+/// Validated configuration, in two parts: what is bound at start and what a reload swaps.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub server: ServerSettings,
+    /// Read once at start (listeners, limits bound to connections, log). A reload that
+    /// changes any of it keeps the running value and names the key that needs a restart.
+    pub fixed: FixedSettings,
+    /// Swapped by a reload for new requests; in-flight requests keep the one they started with.
+    pub live: LiveSettings,
+}
+
+/// The start-time part of the configuration.
+#[derive(Debug, Clone)]
+pub struct FixedSettings {
+    pub listener: ListenerSettings,
+    /// `None` when the admin listener is disabled.
+    pub admin_listen: Option<SocketAddr>,
     pub log: LogSettings,
-    pub admin: AdminSettings,
+}
+
+/// The reloadable part of the configuration.
+#[derive(Debug, Clone)]
+pub struct LiveSettings {
+    pub requests: RequestLimits,
+    /// `/readyz` needs every routable tenant's token valid at least this long.
+    pub ready_min_ttl: Duration,
     pub tenants: BTreeMap<String, Arc<TenantSettings>>,
     pub routes: Vec<Arc<Route>>,
     pub rules: Vec<Arc<Rule>>,
 }
 
+/// The caller-facing listener: bound at start, never changed by a reload.
 #[derive(Debug, Clone)]
-pub struct ServerSettings {
+pub struct ListenerSettings {
     pub listen: SocketAddr,
-    pub request_timeout: Duration,
-    pub max_body_bytes: u64,
     pub shutdown_grace: Duration,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub idle_timeout: Duration,
     pub max_connections: usize,
-    pub tls: Option<crate::server::tls::TlsSettings>,
+    pub tls: Option<TlsSettings>,
+}
+
+/// Limits read per request, so a reload changes them for the next request.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    pub request_timeout: Duration,
+    pub max_body_bytes: u64,
+}
+
+/// Settings of the caller-facing TLS listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
+    pub handshake_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,13 +111,6 @@ pub enum LogFormat {
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct AdminSettings {
-    /// `None` when the admin listener is disabled.
-    pub listen: Option<SocketAddr>,
-    pub ready_min_ttl: Duration,
 }
 
 /// One Zuora tenant: where it lives and the OAuth client that speaks for it.
@@ -265,6 +292,7 @@ impl Config {
         use serde_json::json;
         let secs = |d: Duration| format!("{}s", d.as_secs_f64());
         let tenants: serde_json::Map<String, serde_json::Value> = self
+            .live
             .tenants
             .iter()
             .map(|(name, t)| {
@@ -288,15 +316,15 @@ impl Config {
             .collect();
         json!({
             "server": {
-                "listen": self.server.listen.to_string(),
-                "request_timeout": secs(self.server.request_timeout),
-                "max_body_bytes": self.server.max_body_bytes,
-                "shutdown_grace": secs(self.server.shutdown_grace),
-                "header_read_timeout": secs(self.server.header_read_timeout),
-                "max_header_bytes": self.server.max_header_bytes,
-                "idle_timeout": secs(self.server.idle_timeout),
-                "max_connections": self.server.max_connections,
-                "tls": self.server.tls.as_ref().map(|t| json!({
+                "listen": self.fixed.listener.listen.to_string(),
+                "request_timeout": secs(self.live.requests.request_timeout),
+                "max_body_bytes": self.live.requests.max_body_bytes,
+                "shutdown_grace": secs(self.fixed.listener.shutdown_grace),
+                "header_read_timeout": secs(self.fixed.listener.header_read_timeout),
+                "max_header_bytes": self.fixed.listener.max_header_bytes,
+                "idle_timeout": secs(self.fixed.listener.idle_timeout),
+                "max_connections": self.fixed.listener.max_connections,
+                "tls": self.fixed.listener.tls.as_ref().map(|t| json!({
                     "cert_file": t.cert_file.display().to_string(),
                     "key_file": t.key_file.display().to_string(),
                     "client_ca_file": t.client_ca_file.as_ref().map(|p| p.display().to_string()),
@@ -304,15 +332,15 @@ impl Config {
                 })),
             },
             "log": {
-                "format": match self.log.format { LogFormat::Json => "json", LogFormat::Text => "text" },
-                "level": self.log.level,
+                "format": match self.fixed.log.format { LogFormat::Json => "json", LogFormat::Text => "text" },
+                "level": self.fixed.log.level,
             },
             "admin": {
-                "listen": self.admin.listen.map(|a| a.to_string()).unwrap_or_default(),
-                "ready_min_ttl": secs(self.admin.ready_min_ttl),
+                "listen": self.fixed.admin_listen.map(|a| a.to_string()).unwrap_or_default(),
+                "ready_min_ttl": secs(self.live.ready_min_ttl),
             },
             "tenants": tenants,
-            "routes": self.routes.iter().map(|r| json!({
+            "routes": self.live.routes.iter().map(|r| json!({
                 "name": r.name,
                 "method": r.method.as_str(),
                 "path": r.template.to_string(),
@@ -320,7 +348,7 @@ impl Config {
                 "retry_on": r.retry.describe(),
                 "idempotent": r.retry.idempotent,
             })).collect::<Vec<_>>(),
-            "rules": self.rules.iter().map(|r| json!({
+            "rules": self.live.rules.iter().map(|r| json!({
                 "name": r.name,
                 "routes": r.routes,
                 "when_client_cert_subject": r.when_client_cert_subject,

@@ -114,14 +114,16 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 "must be at least 8192 (the HTTP parser's smallest buffer)",
             );
         }
-        ServerSettings {
-            listen,
+        let requests = RequestLimits {
             request_timeout: issues.duration(
                 "server.request_timeout",
                 s.request_timeout.as_deref(),
                 DEFAULT_REQUEST_TIMEOUT_SECS,
             ),
             max_body_bytes,
+        };
+        let listener = ListenerSettings {
+            listen,
             shutdown_grace: issues.duration(
                 "server.shutdown_grace",
                 s.shutdown_grace.as_deref(),
@@ -146,12 +148,14 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 n => usize::try_from(n).unwrap_or(usize::MAX),
             },
             tls: s.tls.as_ref().and_then(|t| server_tls(&mut issues, t)),
-        }
+        };
+        (listener, requests)
     };
+    let (listener, requests) = server;
     for (key, d) in [
-        ("server.request_timeout", server.request_timeout),
-        ("server.header_read_timeout", server.header_read_timeout),
-        ("server.idle_timeout", server.idle_timeout),
+        ("server.request_timeout", requests.request_timeout),
+        ("server.header_read_timeout", listener.header_read_timeout),
+        ("server.idle_timeout", listener.idle_timeout),
     ] {
         if d.is_zero() {
             issues.push(key, "must be greater than zero");
@@ -176,17 +180,15 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         issues.push("log.level", format!("invalid filter {:?}: {e}", log.level));
     }
 
-    let admin = AdminSettings {
-        listen: match raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN).trim() {
+    let admin_listen = match raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN).trim() {
             "" => None,
             addr => issues.socket_addr("admin.listen", addr),
-        },
-        ready_min_ttl: issues.duration(
-            "admin.ready_min_ttl",
-            raw.admin.ready_min_ttl.as_deref(),
-            DEFAULT_READY_MIN_TTL_SECS,
-        ),
     };
+    let ready_min_ttl = issues.duration(
+        "admin.ready_min_ttl",
+        raw.admin.ready_min_ttl.as_deref(),
+        DEFAULT_READY_MIN_TTL_SECS,
+    );
 
     let mut tenants = BTreeMap::new();
     if raw.tenants.is_empty() {
@@ -248,19 +250,25 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
 
     if issues.0.is_empty() {
         Ok(Config {
-            server,
-            log,
-            admin,
-            tenants,
-            routes,
-            rules,
+            fixed: FixedSettings {
+                listener,
+                admin_listen,
+                log,
+            },
+            live: LiveSettings {
+                requests,
+                ready_min_ttl,
+                tenants,
+                routes,
+                rules,
+            },
         })
     } else {
         Err(ConfigError { issues: issues.0 })
     }
 }
 
-fn server_tls(issues: &mut Issues, t: &super::raw::RawServerTls) -> Option<crate::server::tls::TlsSettings> {
+fn server_tls(issues: &mut Issues, t: &super::raw::RawServerTls) -> Option<TlsSettings> {
     let before = issues.0.len();
     let mut file = |key: &str, value: &Option<String>, required: bool| -> Option<PathBuf> {
         match value {
@@ -287,7 +295,7 @@ fn server_tls(issues: &mut Issues, t: &super::raw::RawServerTls) -> Option<crate
     if issues.0.len() != before {
         return None;
     }
-    Some(crate::server::tls::TlsSettings {
+    Some(TlsSettings {
         cert_file: cert_file?,
         key_file: key_file?,
         client_ca_file,
@@ -588,16 +596,16 @@ mod tests {
     fn a_minimal_file_gets_defaults_and_an_implicit_rule() {
         let c = Config::from_toml(GOOD).unwrap();
         assert_eq!(
-            c.server.request_timeout,
+            c.live.requests.request_timeout,
             Duration::from_secs(DEFAULT_REQUEST_TIMEOUT_SECS)
         );
-        assert_eq!(c.server.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
-        let t = &c.tenants["default"];
+        assert_eq!(c.live.requests.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        let t = &c.live.tenants["default"];
         assert_eq!(t.token_url.as_str(), "https://rest.test.zuora.com/oauth/token");
         assert_eq!(t.refresh_margin, Duration::from_secs(DEFAULT_REFRESH_MARGIN_SECS));
-        assert_eq!(c.rules.len(), 1);
-        assert_eq!(c.rules[0].tenant, "default");
-        assert_eq!(c.admin.listen, Some(DEFAULT_ADMIN_LISTEN.parse().unwrap()));
+        assert_eq!(c.live.rules.len(), 1);
+        assert_eq!(c.live.rules[0].tenant, "default");
+        assert_eq!(c.fixed.admin_listen, Some(DEFAULT_ADMIN_LISTEN.parse().unwrap()));
     }
 
     #[test]
@@ -684,12 +692,12 @@ mod tests {
         ];
         let c = Config::load_with_env(&path, env).unwrap();
         // Secrets and ids that look like numbers stay exactly as written.
-        assert_eq!(c.tenants["default"].client_id, "0123");
+        assert_eq!(c.live.tenants["default"].client_id, "0123");
         assert_eq!(
-            c.tenants["default"].client_secret,
+            c.live.tenants["default"].client_secret,
             SecretSource::Inline(Secret::new("1e3"))
         );
-        assert_eq!(c.server.max_body_bytes, 4096);
+        assert_eq!(c.live.requests.max_body_bytes, 4096);
         let bad = [("ZUORA_PROXY__SERVER__LISTN".to_string(), "x".to_string())];
         let err = Config::load_with_env(&path, bad).unwrap_err();
         assert_eq!(err.issues[0].key, "server.listn");

@@ -1,6 +1,7 @@
 //! TLS toward callers (optional): a server certificate re-read when its files change, and
 //! optionally a client CA that every caller's certificate must chain to (mTLS).
 
+use crate::config::TlsSettings;
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -13,15 +14,6 @@ use tokio_rustls::TlsAcceptor;
 
 /// Certificate files are checked for changes at most this often (at handshakes).
 const RELOAD_CHECK_INTERVAL_MS: u64 = 1000;
-
-/// Settings of the caller-facing TLS listener.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TlsSettings {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    pub client_ca_file: Option<PathBuf>,
-    pub handshake_timeout: Duration,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
