@@ -8,12 +8,13 @@ use crate::body::{GuardedBody, ResponseBody, UpstreamBody, REPLAY_BUFFER_BYTES};
 use crate::error::ProxyError;
 use crate::headers::{self, Injected, ZUORA_REQUEST_ID, ZUORA_TRACK_ID};
 use crate::metrics::{self, Metrics, RouteLabel, RouteReason, RouteStatus};
+use crate::routes::ClientIdentity;
 use crate::routes::{self, Resolution, RetryPolicy, Route, Rule};
 use crate::runtime::{Runtime, Tenant};
-use crate::server::tls::ClientIdentity;
 use crate::server::AmbiguousFraming;
 use crate::token::Token;
 use crate::track_id;
+use crate::upstream::{describe_client_error, error_chain};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -141,8 +142,8 @@ impl Proxy {
         x.route = Some(route.clone());
         let caller_track_id = caller_track_id?;
         let caller = parts.extensions.get::<ClientIdentity>();
-        let rule =
-            routes::select(&config.live.rules, &route.name, &parts.headers, caller).ok_or(ProxyError::NoMatchingRule)?;
+        let rule = routes::select(&config.live.rules, &route.name, &parts.headers, caller)
+            .ok_or(ProxyError::NoMatchingRule)?;
         x.rule = Some(rule.clone());
         let track_id = caller_track_id.unwrap_or_else(|| track_id::generate(rule.track_id_prefix.as_deref()));
         x.track_id = Some(track_id.clone());
@@ -355,7 +356,7 @@ impl OutgoingBody {
 }
 
 fn body_error(error: &(dyn StdError + 'static), max: u64) -> ProxyError {
-    if chain(error).any(|e| e.is::<LengthLimitError>()) {
+    if error_chain(error).any(|e| e.is::<LengthLimitError>()) {
         ProxyError::BodyTooLarge { limit: max }
     } else {
         ProxyError::BodyRead
@@ -377,7 +378,7 @@ async fn send(
     tenant.tokens.client().request(request).await.map_err(|e| {
         let error = if e.is_connect() {
             ProxyError::UpstreamUnreachable
-        } else if chain(&e).any(|e| e.is::<LengthLimitError>()) {
+        } else if error_chain(&e).any(|e| e.is::<LengthLimitError>()) {
             ProxyError::BodyTooLarge { limit: max_body }
         } else {
             ProxyError::UpstreamFailed
@@ -385,15 +386,6 @@ async fn send(
         tracing::debug!(tenant = %tenant.name(), error = %describe_client_error(&e), "upstream request failed");
         error
     })
-}
-
-fn chain<'a>(error: &'a (dyn StdError + 'static)) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
-    std::iter::successors(Some(error), |&e| e.source())
-}
-
-/// A client error with its causes, for logs ("client error (Connect): tcp connect error: Connection refused").
-pub fn describe_client_error(error: &hyper_util::client::legacy::Error) -> String {
-    chain(error).map(ToString::to_string).collect::<Vec<_>>().join(": ")
 }
 
 /// Milliseconds with microsecond precision, for log fields.

@@ -3,13 +3,13 @@
 
 use crate::body::UpstreamBody;
 use crate::config::TenantSettings;
+use crate::tls::{crypto_provider, read_certs, PemError};
 use http::Uri;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::pki_types::{pem::PemObject, CertificateDer};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -29,20 +29,12 @@ const TCP_KEEPALIVE_SECS: u64 = 60;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("cannot read CA file {path}: {source}")]
-    CaFile {
-        path: PathBuf,
-        source: rustls::pki_types::pem::Error,
-    },
+    #[error("CA file: {0}")]
+    CaFile(#[from] PemError),
     #[error("CA file {path} holds no usable certificate")]
     CaEmpty { path: PathBuf },
     #[error("TLS setup failed: {0}")]
     Tls(#[from] rustls::Error),
-}
-
-/// The rustls provider used everywhere in the process.
-pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Builds the tenant's client: built-in web PKI roots plus the tenant's `ca_file`, HTTPS only.
@@ -87,19 +79,28 @@ pub fn build(tenant: &TenantSettings) -> Result<UpstreamClient, UpstreamError> {
 }
 
 fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), UpstreamError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| UpstreamError::CaFile {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let (added, _ignored) = roots.add_parsable_certificates(certs);
+    let (added, _ignored) = roots.add_parsable_certificates(read_certs(path)?);
     if added == 0 {
         return Err(UpstreamError::CaEmpty {
             path: path.to_path_buf(),
         });
     }
     Ok(())
+}
+
+/// A client error with its causes, for logs ("client error (Connect): tcp connect error: Connection refused").
+pub fn describe_client_error(error: &hyper_util::client::legacy::Error) -> String {
+    error_chain(error)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// An error and its sources, outermost first.
+pub fn error_chain<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |&e| e.source())
 }
 
 fn is_loopback(uri: &Uri) -> bool {

@@ -6,7 +6,7 @@ pub mod raw;
 mod validate;
 
 use crate::routes::{Route, Rule};
-use crate::token::secret::SecretSource;
+use crate::secret::SecretSource;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;

@@ -4,7 +4,7 @@
 use super::raw::{RawConfig, RawRoute, RawRule, RawTenant};
 use super::*;
 use crate::routes::{PathTemplate, RetryPolicy, Route, Rule};
-use crate::token::secret::Secret;
+use crate::secret::Secret;
 use crate::track_id;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
@@ -181,8 +181,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
 
     let admin_listen = match raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN).trim() {
-            "" => None,
-            addr => issues.socket_addr("admin.listen", addr),
+        "" => None,
+        addr => issues.socket_addr("admin.listen", addr),
     };
     let ready_min_ttl = issues.duration(
         "admin.ready_min_ttl",

@@ -81,7 +81,7 @@ impl TestCa {
     /// A rustls server configuration presenting a fresh certificate for `names`.
     pub fn server_config(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
         let issued = self.issue_server(names);
-        let mut config = rustls::ServerConfig::builder_with_provider(crate::upstream::crypto_provider())
+        let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::crypto_provider())
             .with_safe_default_protocol_versions()
             .expect("default protocol versions")
             .with_no_client_auth()

@@ -3,10 +3,25 @@
 
 pub mod template;
 
-use crate::server::tls::ClientIdentity;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use std::sync::Arc;
 pub use template::{PathMatch, PathTemplate};
+
+/// Who a caller is, from its verified client certificate: what `when_client_cert_subject`
+/// rules match on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// RFC 4514 form, e.g. `CN=billing,O=Acme`.
+    pub subject: String,
+    pub common_name: Option<String>,
+}
+
+impl ClientIdentity {
+    /// A rule's `when_client_cert_subject` matches the common name or the whole subject.
+    pub fn matches(&self, wanted: &str) -> bool {
+        self.common_name.as_deref() == Some(wanted) || self.subject == wanted
+    }
+}
 
 /// One allowed method + path template.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,6 +6,7 @@ pub mod timeouts;
 pub mod tls;
 
 use crate::body::{GuardedBody, ResponseBody};
+use crate::routes::ClientIdentity;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -17,7 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use timeouts::{Activity, HeadVerdict, TrafficIo};
-use tls::{CallerTls, ClientIdentity};
+use tls::CallerTls;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};

@@ -2,7 +2,9 @@
 //! optionally a client CA that every caller's certificate must chain to (mTLS).
 
 use crate::config::TlsSettings;
-use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use crate::routes::ClientIdentity;
+use crate::tls::{crypto_provider, read_certs, read_key, PemError};
+use rustls::pki_types::CertificateDer;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
@@ -17,27 +19,12 @@ const RELOAD_CHECK_INTERVAL_MS: u64 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {reason}")]
-    File { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Pem(#[from] PemError),
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("client CA: {0}")]
     ClientCa(#[from] rustls::server::VerifierBuilderError),
-}
-
-/// Who a caller is, from its verified client certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientIdentity {
-    /// RFC 4514 form, e.g. `CN=billing,O=Acme`.
-    pub subject: String,
-    pub common_name: Option<String>,
-}
-
-impl ClientIdentity {
-    /// A rule's `when_client_cert_subject` matches the common name or the whole subject.
-    pub fn matches(&self, wanted: &str) -> bool {
-        self.common_name.as_deref() == Some(wanted) || self.subject == wanted
-    }
 }
 
 /// Accepts TLS connections from callers.
@@ -49,7 +36,7 @@ pub struct CallerTls {
 
 impl CallerTls {
     pub fn new(settings: &TlsSettings) -> Result<CallerTls, TlsError> {
-        let provider = crate::upstream::crypto_provider();
+        let provider = crypto_provider();
         let resolver = Arc::new(ReloadingCert::load(&settings.cert_file, &settings.key_file)?);
         let builder =
             rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
@@ -99,31 +86,10 @@ fn identity_of(cert: &CertificateDer<'_>) -> Option<ClientIdentity> {
     Some(ClientIdentity { subject, common_name })
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let file_error = |reason: String| TlsError::File {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| file_error(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(file_error("no certificate in file".into()));
-    }
-    Ok(certs)
-}
-
 fn load_key(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     let certs = read_certs(cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| TlsError::File {
-        path: key_file.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    Ok(Arc::new(CertifiedKey::from_der(
-        certs,
-        key,
-        &crate::upstream::crypto_provider(),
-    )?))
+    let key = read_key(key_file)?;
+    Ok(Arc::new(CertifiedKey::from_der(certs, key, &crypto_provider())?))
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {

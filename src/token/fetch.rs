@@ -1,9 +1,9 @@
 //! One OAuth 2.0 client-credentials exchange with Zuora, driven by the `oauth2` crate over
 //! the tenant's shared hyper client. Credentials go in the form body, never in a header.
 
-use super::secret::{Secret, SecretError};
 use crate::body::UpstreamBody;
 use crate::config::TenantSettings;
+use crate::secret::{Secret, SecretError};
 use crate::upstream::UpstreamClient;
 use bytes::Bytes;
 use http::StatusCode;
@@ -219,7 +219,7 @@ async fn send(client: &UpstreamClient, request: oauth2::HttpRequest) -> Result<o
     let response = client
         .request(request)
         .await
-        .map_err(|e| HttpFailure(FetchError::Transport(crate::proxy::describe_client_error(&e))))?;
+        .map_err(|e| HttpFailure(FetchError::Transport(crate::upstream::describe_client_error(&e))))?;
     let (parts, body) = response.into_parts();
     if parts.status != StatusCode::OK {
         return Err(HttpFailure(FetchError::Status {

@@ -3,7 +3,6 @@
 //! request paths read the current token without waiting for the fetcher.
 
 pub mod fetch;
-pub mod secret;
 
 use crate::backoff::Backoff;
 use crate::config::TenantSettings;
