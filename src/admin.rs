@@ -1,7 +1,6 @@
 //! The admin listener: liveness, readiness tied to the tokens, Prometheus metrics.
 
 use crate::body::{full, ResponseBody};
-use crate::metrics::TenantLabel;
 use crate::proxy::Proxy;
 use crate::token::Phase;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -23,7 +22,7 @@ pub async fn handle(proxy: Arc<Proxy>, request: Request<Incoming>) -> Response<R
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => readiness(&proxy),
         "/metrics" => {
-            update_token_gauges(&proxy);
+            refresh_gauges(&proxy);
             let mut response = Response::new(full(proxy.metrics().encode()));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -48,13 +47,13 @@ fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
 /// 200 when not draining and every routable tenant holds a token valid at least
 /// `admin.ready_min_ttl`; the body names each tenant's state either way.
 fn readiness(proxy: &Proxy) -> Response<ResponseBody> {
-    let runtime = proxy.runtime();
-    let min_ttl = runtime.config.live.ready_min_ttl;
+    let snapshot = proxy.snapshot();
+    let min_ttl = snapshot.config.live.ready_min_ttl;
     let now = Instant::now();
     let draining = proxy.is_draining();
     let mut ready = !draining;
     let mut tenants = serde_json::Map::new();
-    for tenant in runtime.routable_tenants() {
+    for tenant in snapshot.routable_tenants() {
         let state = tenant.tokens.state();
         let expires_in = state
             .token
@@ -86,21 +85,16 @@ fn readiness(proxy: &Proxy) -> Response<ResponseBody> {
     response
 }
 
-fn update_token_gauges(proxy: &Proxy) {
-    let runtime = proxy.runtime();
+/// Sets the gauges that are read off the tokens rather than counted as things happen.
+pub fn refresh_gauges(proxy: &Proxy) {
+    let snapshot = proxy.snapshot();
     let now = Instant::now();
-    for tenant in runtime.tenants.values() {
+    for tenant in snapshot.tenants.values() {
         let remaining = match tenant.tokens.state().token {
             Some(t) if t.expires_at > now => (t.expires_at - now).as_secs_f64(),
             Some(t) => -(now - t.expires_at).as_secs_f64(),
             None => -1.0,
         };
-        proxy
-            .metrics()
-            .token_expires_in
-            .get_or_create(&TenantLabel {
-                tenant: tenant.name().to_string(),
-            })
-            .set(remaining);
+        proxy.metrics().set_token_expires_in(tenant.name(), remaining);
     }
 }

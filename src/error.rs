@@ -36,10 +36,12 @@ pub enum ProxyError {
     UpstreamFailed,
     #[error("Zuora did not answer in time")]
     UpstreamTimeout,
+    #[error("the proxy could not forward this request; see its log")]
+    Internal,
 }
 
 /// Every code [`ProxyError::code`] can return, for metrics that start at zero.
-pub const CODES: [&str; 13] = [
+pub const CODES: [&str; 14] = [
     "ambiguous_framing",
     "route_not_found",
     "method_not_allowed",
@@ -53,6 +55,7 @@ pub const CODES: [&str; 13] = [
     "upstream_unreachable",
     "upstream_failed",
     "upstream_timeout",
+    "internal_error",
 ];
 
 impl ProxyError {
@@ -72,6 +75,7 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable => "upstream_unreachable",
             ProxyError::UpstreamFailed => "upstream_failed",
             ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::Internal => "internal_error",
         }
     }
 
@@ -88,6 +92,7 @@ impl ProxyError {
             ProxyError::TokenUnavailable | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable | ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -150,6 +155,7 @@ mod tests {
             (ProxyError::UpstreamUnreachable, 502, "upstream_unreachable"),
             (ProxyError::UpstreamFailed, 502, "upstream_failed"),
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
+            (ProxyError::Internal, 500, "internal_error"),
         ];
         let track = HeaderValue::from_static("t-1");
         assert_eq!(rows.len(), CODES.len());

@@ -2,33 +2,55 @@
 //! OAuth token it obtains and refreshes itself, so that callers never hold Zuora credentials.
 //!
 //! [`start`] binds the listeners and returns a [`Running`] proxy; the binary adds signals.
+//! [`Probe`] is what tests and tooling may observe besides HTTP; [`mock`] is the fake Zuora
+//! that `demo` and the tests run against.
+//!
+//! Layering: every module imports only modules on a floor below its own.
+//! 1. Leaves, importing nothing of the crate: `tls` (crypto provider, PEM), `secret`,
+//!    `headers`, `body`, `backoff`, `track_id`, `labels`, and `routes::template`,
+//!    `server::framing`, `server::timeouts`.
+//! 2. `routes` (allowlist, rules, caller identity, retry reasons) and `error` (every answer
+//!    the proxy makes itself); `mock` (test infrastructure over `body` and `tls`).
+//! 3. `config` (raw and validated settings, over `routes` and `secret`) and `metrics`.
+//! 4. `telemetry` (log setup) then `access_log`; `upstream` (the TLS client toward Zuora).
+//! 5. `token` (per-tenant token manager, over `upstream` and `metrics`).
+//! 6. `tenant` (a tenant's client, token, slots and meters) and `server` (listeners,
+//!    connection deadlines, caller TLS, drain), which knows nothing of what it serves.
+//! 7. `snapshot` (the configuration in force with its tenants), then `proxy` (the request
+//!    path), then `admin` (health, readiness, metrics), then `demo` and this file.
 
-pub mod access_log;
-pub mod admin;
-pub mod backoff;
-pub mod body;
-pub mod config;
-pub mod demo;
-pub mod error;
-pub mod headers;
-pub mod metrics;
+mod access_log;
+mod admin;
+mod backoff;
+mod body;
+mod config;
+mod demo;
+mod error;
+mod headers;
+mod labels;
+mod metrics;
 pub mod mock;
-pub mod proxy;
-pub mod routes;
-pub mod runtime;
-pub mod secret;
-pub mod server;
-pub mod telemetry;
-pub mod tls;
-pub mod token;
-pub mod track_id;
-pub mod upstream;
+mod proxy;
+mod routes;
+mod secret;
+mod server;
+mod snapshot;
+mod telemetry;
+mod tenant;
+mod tls;
+mod token;
+mod track_id;
+mod upstream;
 
-use config::Config;
+pub use config::{Config, ConfigError, ConfigIssue, CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH};
+pub use demo::run as run_demo;
+pub use telemetry::{init as init_logging, LogGuard};
+pub use token::Phase as TokenPhase;
+
 use metrics::Metrics;
 use proxy::Proxy;
-use runtime::Runtime;
 use server::ConnSettings;
+use snapshot::Snapshot;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -84,7 +106,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
-    let proxy = Arc::new(Proxy::new(Runtime::build(config, &metrics, None)?, metrics));
+    let proxy = Arc::new(Proxy::new(Snapshot::build(config, &metrics, None)?, metrics));
 
     let addr = listener
         .local_addr()
@@ -127,9 +149,60 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Bind { addr, source })
 }
 
+/// A tenant's token as tests and tooling may see it: never its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenView {
+    /// 1 for the first token fetched, one more for each later one.
+    pub generation: u64,
+    pub expires_at: tokio::time::Instant,
+    /// The proxy stops injecting the token at this moment, a little before it expires.
+    pub usable_until: tokio::time::Instant,
+}
+
+impl TokenView {
+    fn of(token: &token::Token) -> TokenView {
+        TokenView {
+            generation: token.generation,
+            expires_at: token.expires_at,
+            usable_until: token.use_by(),
+        }
+    }
+}
+
+/// What may be observed of a running proxy from outside its request path: its tokens and
+/// its metrics. Cheap to clone; it is the whole interface tests use besides HTTP.
+#[derive(Clone)]
+pub struct Probe(Arc<Proxy>);
+
+impl Probe {
+    /// The tenant's token if it is usable now.
+    pub fn token(&self, tenant: &str) -> Option<TokenView> {
+        let token = self.0.snapshot().tenants.get(tenant)?.tokens.current()?;
+        Some(TokenView::of(&token))
+    }
+
+    /// What the tenant's token fetcher is doing.
+    pub fn token_phase(&self, tenant: &str) -> Option<TokenPhase> {
+        Some(self.0.snapshot().tenants.get(tenant)?.tokens.state().phase)
+    }
+
+    /// Waits at most `within` for the tenant to hold a usable token.
+    pub async fn wait_for_token(&self, tenant: &str, within: std::time::Duration) -> Option<TokenView> {
+        let tokens = self.0.snapshot().tenants.get(tenant)?.tokens.clone();
+        let token = tokio::time::timeout(within, tokens.wait_usable()).await.ok()?;
+        Some(TokenView::of(&token))
+    }
+
+    /// The metrics as `/metrics` serves them (Prometheus text format 0.0.4).
+    pub fn metrics_text(&self) -> String {
+        admin::refresh_gauges(&self.0);
+        self.0.metrics().encode()
+    }
+}
+
 impl Running {
-    pub fn proxy(&self) -> &Arc<Proxy> {
-        &self.proxy
+    pub fn probe(&self) -> Probe {
+        Probe(self.proxy.clone())
     }
 
     /// Starts draining: readiness turns 503 at once, the listener stops accepting, in-flight
@@ -156,16 +229,16 @@ impl Running {
     /// keep their tokens; in-flight requests finish under the configuration they started with.
     /// Listen addresses are not rebound.
     pub fn reload(&self, config: Config) -> Result<(), StartError> {
-        let previous = self.proxy.runtime();
-        let runtime = Runtime::build(config, self.proxy.metrics(), Some(&previous))?;
+        let previous = self.proxy.snapshot();
+        let snapshot = Snapshot::build(config, self.proxy.metrics(), Some(&previous))?;
         for gone in previous
             .tenants
             .keys()
-            .filter(|name| !runtime.tenants.contains_key(*name))
+            .filter(|name| !snapshot.tenants.contains_key(*name))
         {
             self.proxy.metrics().forget_tenant(gone);
         }
-        self.proxy.swap_runtime(runtime);
+        self.proxy.swap_snapshot(snapshot);
         Ok(())
     }
 
@@ -175,12 +248,12 @@ impl Running {
         let outcome = Config::load(path)
             .map_err(|e| e.to_string())
             .and_then(|config| self.reload(config).map_err(|e| e.to_string()));
-        let result = if outcome.is_ok() { "ok" } else { "error" };
-        self.proxy
-            .metrics()
-            .config_reloads
-            .get_or_create(&metrics::ResultLabel { result })
-            .inc();
+        let result = if outcome.is_ok() {
+            metrics::ReloadResult::Ok
+        } else {
+            metrics::ReloadResult::Error
+        };
+        self.proxy.metrics().config_reloaded(result);
         match &outcome {
             Ok(()) => tracing::info!(path = %path.display(), "configuration reloaded"),
             Err(error) => tracing::error!(

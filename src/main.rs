@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tokio::signal::unix::{signal, SignalKind};
-use zuora_auth_proxy::config::{Config, DEFAULT_CONFIG_PATH};
+use zuora_auth_proxy::{Config, DEFAULT_CONFIG_PATH};
 
 #[derive(Parser)]
 #[command(
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         }
     };
     let command = cli.command.unwrap_or_else(|| {
-        let config = std::env::var_os(zuora_auth_proxy::config::CONFIG_PATH_ENV)
+        let config = std::env::var_os(zuora_auth_proxy::CONFIG_PATH_ENV)
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
         Command::Run(ConfigArg { config })
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
             },
             Command::Run(arg) => serve(arg.config).await,
             Command::Demo { once, listen, admin } => {
-                match zuora_auth_proxy::demo::run(once, listen, &admin, ctrl_c()).await {
+                match zuora_auth_proxy::run_demo(once, listen, &admin, ctrl_c()).await {
                     Ok(true) => ExitCode::SUCCESS,
                     Ok(false) => ExitCode::FAILURE,
                     Err(e) => {
@@ -106,7 +106,7 @@ async fn serve(path: PathBuf) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let _log_guard = zuora_auth_proxy::telemetry::init(&config.fixed.log);
+    let _log_guard = zuora_auth_proxy::init_logging(&config.fixed.log);
     let (mut term, mut int, mut hup) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 pub enum PemError {
     #[error("cannot read {path}: {reason}")]
     Read { path: PathBuf, reason: String },
-    #[error("{path} holds no certificate")]
+    #[error("{path} holds no usable certificate")]
     NoCertificate { path: PathBuf },
 }
 

@@ -342,10 +342,34 @@ async fn caller_input_never_becomes_a_label_value() {
     );
     let exposition = Exposition::parse(&text);
     let routes = ["abort-bulk-job", "job-summary", "job-downloads", "echo", "(none)"];
-    let codes = zuora_auth_proxy::error::CODES;
-    // Token fetch results, plus the reload results ("ok", "error").
-    let mut results = zuora_auth_proxy::token::fetch::FETCH_RESULTS.to_vec();
-    results.push("error");
+    // The README's error codes, token fetch results and reload results.
+    let codes = [
+        "ambiguous_framing",
+        "route_not_found",
+        "method_not_allowed",
+        "invalid_path_parameter",
+        "invalid_track_id",
+        "no_matching_rule",
+        "body_too_large",
+        "invalid_body",
+        "token_unavailable",
+        "overloaded",
+        "upstream_unreachable",
+        "upstream_failed",
+        "upstream_timeout",
+        "internal_error",
+    ];
+    let results = [
+        "ok",
+        "rate_limited",
+        "rejected",
+        "server_error",
+        "unreachable",
+        "timeout",
+        "invalid",
+        "secret",
+        "error",
+    ];
     for sample in &exposition.samples {
         for (name, value) in &sample.labels {
             let allowed = match name.as_str() {

@@ -3,7 +3,6 @@
 
 mod support;
 
-use prometheus_client::metrics::gauge::Gauge;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +21,8 @@ use zuora_auth_proxy::mock::ApiMode;
 async fn in_flight_requests_never_exceed_max_concurrency() {
     let h = capped(2, "10s").await;
     h.mock.set_api_mode(ApiMode::Delay(Duration::from_secs(2)));
-    let in_flight = gauge(&h, "default", |m| &m.in_flight);
-    let queued = gauge(&h, "default", |m| &m.queue_length);
+    let in_flight = gauge(&h, "default", "in_flight");
+    let queued = gauge(&h, "default", "queue_length");
     // Sample the in-flight gauge for as long as the requests run.
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicI64::new(0));
@@ -64,7 +63,7 @@ async fn in_flight_requests_never_exceed_max_concurrency() {
 #[tokio::test]
 async fn queued_requests_get_the_slot_in_arrival_order() {
     let h = capped(1, "10s").await;
-    let queued = gauge(&h, "default", |m| &m.queue_length);
+    let queued = gauge(&h, "default", "queue_length");
     h.mock.set_api_mode(ApiMode::Delay(Duration::from_millis(2500)));
     let first = tokio::spawn(abort(h.url(&abort_path()), "order-0".into()));
     assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
@@ -86,7 +85,7 @@ async fn queued_requests_get_the_slot_in_arrival_order() {
 #[tokio::test]
 async fn a_request_queued_past_queue_timeout_is_503_overloaded_and_metered() {
     let h = capped(1, "300ms").await;
-    let queued = gauge(&h, "default", |m| &m.queue_length);
+    let queued = gauge(&h, "default", "queue_length");
     h.mock.set_api_mode(ApiMode::Delay(Duration::from_secs(2)));
     let holder = tokio::spawn(abort(h.url(&abort_path()), "holder".into()));
     assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
@@ -137,7 +136,7 @@ async fn a_request_queued_past_queue_timeout_is_503_overloaded_and_metered() {
 #[tokio::test]
 async fn a_caller_that_hangs_up_while_queued_leaves_the_queue() {
     let h = capped(1, "10s").await;
-    let queued = gauge(&h, "default", |m| &m.queue_length);
+    let queued = gauge(&h, "default", "queue_length");
     h.mock.set_api_mode(ApiMode::Delay(Duration::from_millis(1500)));
     let holder = tokio::spawn(abort(h.url(&abort_path()), "holder".into()));
     assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
@@ -172,7 +171,7 @@ async fn a_caller_that_hangs_up_while_queued_leaves_the_queue() {
 #[tokio::test]
 async fn a_caller_that_hangs_up_in_flight_gives_its_slot_back() {
     let h = capped(1, "10s").await;
-    let queued = gauge(&h, "default", |m| &m.queue_length);
+    let queued = gauge(&h, "default", "queue_length");
     h.mock.set_api_mode(ApiMode::Delay(Duration::from_secs(5)));
     let mut quitter = TcpStream::connect(h.proxy.addr).await.unwrap();
     let request = format!(
@@ -231,10 +230,10 @@ tenant = "default"
         secret = zuora_auth_proxy::mock::CLIENT_SECRET,
         ca = ca_file.display().to_string(),
     );
-    let config = zuora_auth_proxy::config::Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let config = zuora_auth_proxy::Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     h.proxy.reload(config).expect("reload");
-    let stalled_in_flight = gauge(&h, "stalled", |m| &m.in_flight);
-    let stalled_queue = gauge(&h, "stalled", |m| &m.queue_length);
+    let stalled_in_flight = gauge(&h, "stalled", "in_flight");
+    let stalled_queue = gauge(&h, "stalled", "queue_length");
     let summary = h.url(&format!("/bulk-data/bulk-jobs/{JOB}/summary"));
     let _stuck = tokio::spawn(async move { get(&summary).await });
     wait_gauge(&stalled_in_flight, 1, "the stalled tenant's only slot taken").await;
@@ -252,7 +251,7 @@ tenant = "default"
         (answer.status.as_u16(), answer.header("zuora-track-id")),
         (200, Some("free"))
     );
-    assert_eq!(gauge(&h, "default", |m| &m.queue_length).get(), 0);
+    assert_eq!(gauge(&h, "default", "queue_length").get(), 0);
     let tracks: Vec<String> = h.mock.received().iter().map(|r| track_of(&r.headers)).collect();
     assert_eq!(tracks, ["free"]);
 }
@@ -274,21 +273,27 @@ async fn abort(url: String, track: String) -> Answer {
     post(&url, &[("zuora-track-id", &track)]).await
 }
 
-/// One of a tenant's gauges, shared with the proxy (reads see live values).
-fn gauge(h: &Harness, tenant: &str, pick: impl Fn(&zuora_auth_proxy::runtime::TenantMeters) -> &Gauge) -> Gauge {
-    let runtime = h.proxy.proxy().runtime();
-    pick(&runtime.tenants[tenant].meters).clone()
+/// One of a tenant's gauges (`in_flight`, `queue_length`), read from the metrics.
+#[derive(Clone)]
+struct TenantGauge {
+    probe: zuora_auth_proxy::Probe,
+    series: String,
 }
 
-/// Polls a gauge (it has no change notification) until it reads `want`, for at most 5 s.
-async fn wait_gauge(gauge: &Gauge, want: i64, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while gauge.get() != want {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: gauge stuck at {} (want {want})",
-            gauge.get()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+impl TenantGauge {
+    fn get(&self) -> i64 {
+        sample_or_zero(&self.probe.metrics_text(), &self.series) as i64
     }
+}
+
+fn gauge(h: &Harness, tenant: &str, name: &str) -> TenantGauge {
+    TenantGauge {
+        probe: h.proxy.probe(),
+        series: format!("zuora_proxy_{name}{{tenant=\"{tenant}\"}}"),
+    }
+}
+
+/// Waits until a gauge reads `want`.
+async fn wait_gauge(gauge: &TenantGauge, want: i64, what: &str) {
+    eventually(what, || (gauge.get() == want).then_some(())).await;
 }

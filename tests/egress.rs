@@ -12,7 +12,7 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use zuora_auth_proxy::config::Config;
+use zuora_auth_proxy::Config;
 
 const USER: &str = "egress-user";
 /// As written in the URL (`%40` is `@`), and as the proxy must receive it.

@@ -20,10 +20,9 @@ use support::*;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use zuora_auth_proxy::metrics::RouteReason;
 use zuora_auth_proxy::mock::{ApiMode, ExpiresIn, MockZuora, TokenMode};
-use zuora_auth_proxy::token::Phase;
 use zuora_auth_proxy::Running;
+use zuora_auth_proxy::TokenPhase as Phase;
 
 /// Callers sending one request after another, each on its own keep-alive connection.
 const CALLERS: usize = 16;
@@ -225,8 +224,9 @@ async fn a_token_endpoint_outage_is_unseen_until_expiry_then_503_then_recovers_w
             .mock(|m| m.expires_in(ExpiresIn::Int(2))),
     )
     .await;
-    let token = tokens(&h).current().expect("a token");
-    let expiry = token.expires_at;
+    let token = token(&h).expect("a token");
+    // The proxy stops using a token a little before it expires.
+    let expiry = token.usable_until;
     h.mock.set_token_mode(TokenMode::Status(503));
     let outage = Instant::now();
     let load = Load::start(&h.url(&abort_path()));
@@ -410,7 +410,7 @@ async fn retried_status_is_invisible(status: u16) {
 async fn settled_phase(h: &Harness) -> Phase {
     let mut phase = Phase::Fetching;
     poll_until("the end of a token fetch", Duration::from_secs(5), || {
-        phase = tokens(h).state().phase;
+        phase = h.proxy.probe().token_phase("default").expect("tenant");
         phase != Phase::Fetching
     })
     .await;
@@ -443,11 +443,8 @@ fn sample(outcomes: &[&Outcome]) -> String {
 
 /// `zuora_proxy_retries_total` of the abort route for `reason`.
 fn retries_total(proxy: &Running, reason: &'static str) -> u64 {
-    let label = RouteReason {
-        route: "abort-bulk-job".into(),
-        reason,
-    };
-    proxy.proxy().metrics().retries.get_or_create(&label).get()
+    let series = format!("zuora_proxy_retries_total{{route=\"abort-bulk-job\",reason=\"{reason}\"}}");
+    sample_or_zero(&proxy.probe().metrics_text(), &series) as u64
 }
 
 /// Starts a mock Zuora on `addr` with `ca` (a restart), retrying while the old one's port is

@@ -10,8 +10,8 @@ use std::time::Duration;
 use support::binary::{free_port, Binary, LISTEN_ANY};
 use support::*;
 use tokio::time::Instant;
-use zuora_auth_proxy::config::Config;
 use zuora_auth_proxy::mock::{ApiMode, CLIENT_ID, CLIENT_SECRET};
+use zuora_auth_proxy::Config;
 
 /// The entity the harness's rule starts with, and two others to reload to.
 const ENTITY_A: &str = ENTITY;

@@ -48,7 +48,7 @@ async fn a_cold_start_burst_causes_exactly_one_token_fetch() {
         .start()
         .await;
     assert!(
-        tokens(&h).current().is_none(),
+        token(&h).is_none(),
         "no token yet: the burst must wait for the first one"
     );
     let answers = burst(&h, 200).await;
@@ -66,7 +66,7 @@ async fn the_token_is_refreshed_before_it_expires() {
         .start()
         .await;
     h.wait_for_token().await;
-    let first = tokens(&h).current().expect("a token");
+    let first = token(&h).expect("a token");
     assert_eq!(first.generation, 1);
     let left = first.expires_at.saturating_duration_since(Instant::now());
     assert!(
@@ -101,7 +101,7 @@ async fn the_token_is_refreshed_before_it_expires() {
         (3..=5).contains(&calls),
         "about one fetch per second of a 2s token, got {calls}"
     );
-    assert!(tokens(&h).current().expect("a token").generation >= 3);
+    assert!(token(&h).expect("a token").generation >= 3);
 }
 
 #[tokio::test]
@@ -244,11 +244,11 @@ async fn a_cached_token_keeps_serving_while_refreshes_fail() {
         .start()
         .await;
     h.wait_for_token().await;
-    let cached = tokens(&h).current().expect("a token");
+    let cached = token(&h).expect("a token");
     h.mock.set_token_mode(TokenMode::Status(500));
 
     let url = h.url(&abort_path());
-    let until = cached.expires_at - Duration::from_millis(300);
+    let until = cached.usable_until - Duration::from_millis(300);
     let mut sent = 0;
     let mut failed = Vec::new();
     while Instant::now() < until && sent < 5_000 {
@@ -267,14 +267,11 @@ async fn a_cached_token_keeps_serving_while_refreshes_fail() {
         h.mock.token_calls() >= 2,
         "a refresh was attempted (and failed) meanwhile"
     );
-    assert_eq!(
-        tokens(&h).current().expect("still cached").generation,
-        cached.generation
-    );
+    assert_eq!(token(&h).expect("still cached").generation, cached.generation);
     assert_eq!(h.mock.received().len(), sent, "no request was refused by Zuora");
 
-    // Once it has expired the token is not used any more: the proxy says so itself.
-    tokio::time::sleep_until(cached.expires_at + Duration::from_millis(50)).await;
+    // Past its last usable moment the token is not used any more: the proxy says so itself.
+    tokio::time::sleep_until(cached.usable_until + Duration::from_millis(50)).await;
     let answer = post(&url, &[]).await;
     assert_refusal(&answer, 503, "token_unavailable");
     assert_eq!(h.mock.received().len(), sent, "an expired token was sent to Zuora");

@@ -3,6 +3,7 @@
 
 pub mod template;
 
+use crate::labels::label_enum;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use std::sync::Arc;
 pub use template::{PathMatch, PathTemplate};
@@ -32,6 +33,33 @@ pub struct Route {
     pub retry: RetryPolicy,
 }
 
+label_enum! {
+    /// What an attempt's outcome may be retried on (a route's `retry_on`), and the `reason`
+    /// label of the retries metric.
+    pub enum RetryOn {
+        Status429 => "429",
+        Status502 => "502",
+        Status503 => "503",
+        Status504 => "504",
+        Connect => "connect",
+    }
+}
+
+impl RetryOn {
+    /// The `retry_on` word, as written in the configuration.
+    pub fn parse(text: &str) -> Option<RetryOn> {
+        RetryOn::ALL.iter().copied().find(|r| r.as_str() == text)
+    }
+
+    /// The reason a status stands for, if it is a retryable one.
+    pub fn of_status(status: StatusCode) -> Option<RetryOn> {
+        RetryOn::ALL
+            .iter()
+            .copied()
+            .find(|r| r.as_str().as_bytes() == status.as_str().as_bytes())
+    }
+}
+
 /// When a request on a route may be sent again.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -48,6 +76,14 @@ impl RetryPolicy {
     /// a route marked idempotent, or an `Idempotency-Key` from the caller.
     pub fn allows(&self, method: &Method, headers: &HeaderMap) -> bool {
         self.attempts > 0 && (self.idempotent || method.is_idempotent() || headers.contains_key("idempotency-key"))
+    }
+
+    /// Whether this outcome is one the route retries on.
+    pub fn retries_on(&self, reason: RetryOn) -> bool {
+        match reason {
+            RetryOn::Connect => self.on_connect,
+            _ => self.on_status.iter().any(|s| RetryOn::of_status(*s) == Some(reason)),
+        }
     }
 
     /// `retry_on` as written in the configuration.

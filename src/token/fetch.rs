@@ -3,6 +3,7 @@
 
 use crate::body::UpstreamBody;
 use crate::config::TenantSettings;
+use crate::metrics::FetchResult;
 use crate::secret::{Secret, SecretError};
 use crate::upstream::UpstreamClient;
 use bytes::Bytes;
@@ -52,29 +53,17 @@ pub enum FetchError {
     Invalid(String),
 }
 
-/// Every `result` label of `zuora_proxy_token_fetches_total`.
-pub const FETCH_RESULTS: [&str; 8] = [
-    "ok",
-    "secret",
-    "rate_limited",
-    "rejected",
-    "server_error",
-    "unreachable",
-    "timeout",
-    "invalid",
-];
-
 impl FetchError {
-    /// A short, stable label for metrics (one of [`FETCH_RESULTS`]).
-    pub fn kind(&self) -> &'static str {
+    /// The `result` label of the failed fetch.
+    pub fn kind(&self) -> FetchResult {
         match self {
-            FetchError::Secret(_) => "secret",
-            FetchError::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => "rate_limited",
-            FetchError::Status { status, .. } if status.is_client_error() => "rejected",
-            FetchError::Status { .. } => "server_error",
-            FetchError::Transport(_) => "unreachable",
-            FetchError::Timeout => "timeout",
-            FetchError::Invalid(_) => "invalid",
+            FetchError::Secret(_) => FetchResult::Secret,
+            FetchError::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => FetchResult::RateLimited,
+            FetchError::Status { status, .. } if status.is_client_error() => FetchResult::Rejected,
+            FetchError::Status { .. } => FetchResult::ServerError,
+            FetchError::Transport(_) => FetchResult::Unreachable,
+            FetchError::Timeout => FetchResult::Timeout,
+            FetchError::Invalid(_) => FetchResult::Invalid,
         }
     }
 

@@ -6,7 +6,7 @@ pub mod fetch;
 
 use crate::backoff::Backoff;
 use crate::config::TenantSettings;
-use crate::metrics::Metrics;
+use crate::metrics::{FetchMeters, FetchResult};
 use crate::upstream::UpstreamClient;
 use http::HeaderValue;
 use std::fmt;
@@ -27,10 +27,16 @@ const JITTER_FRACTION: f64 = 0.05;
 /// ...and never more than this, so replicas spread out without refreshing far too early.
 const JITTER_MAX_SECS: u64 = 30;
 
+/// A token is injected only while at least this much of its life remains (a quarter of
+/// its life for tokens shorter than four times this), so that it cannot expire on its way.
+const USE_MARGIN_MS: u64 = 1000;
+
 /// An access token ready to inject. Its `Debug` never shows the value.
 pub struct Token {
     header: HeaderValue,
     pub expires_at: Instant,
+    /// Last moment the token is injected; see [`USE_MARGIN_MS`].
+    use_by: Instant,
     pub generation: u64,
 }
 
@@ -40,8 +46,24 @@ impl Token {
         &self.header
     }
 
+    /// The last moment the token is injected.
+    pub fn use_by(&self) -> Instant {
+        self.use_by
+    }
+
+    /// Whether the token may be injected into a request sent at `now`.
     pub fn is_usable(&self, now: Instant) -> bool {
-        now < self.expires_at
+        now < self.use_by
+    }
+
+    fn new(header: HeaderValue, expires_at: Instant, lifetime: Duration, generation: u64) -> Token {
+        let margin = Duration::from_millis(USE_MARGIN_MS).min(lifetime / 4);
+        Token {
+            header,
+            expires_at,
+            use_by: expires_at - margin,
+            generation,
+        }
     }
 }
 
@@ -83,7 +105,7 @@ pub struct TokenUnavailable;
 struct Shared {
     tenant: Arc<TenantSettings>,
     client: UpstreamClient,
-    metrics: Arc<Metrics>,
+    fetches: FetchMeters,
     state: watch::Sender<TokenState>,
     /// Wakes the fetcher when a request found no usable token or a token was invalidated.
     kick: Notify,
@@ -107,8 +129,9 @@ pub struct TokenManager {
 }
 
 impl TokenManager {
-    /// Starts the fetcher at once; the first token is fetched in the background.
-    pub fn start(tenant: Arc<TenantSettings>, client: UpstreamClient, metrics: Arc<Metrics>) -> TokenManager {
+    /// Starts the fetcher at once; the first token is fetched in the background. `client`
+    /// is a handle to the tenant's own upstream client.
+    pub fn start(tenant: Arc<TenantSettings>, client: UpstreamClient, fetches: FetchMeters) -> TokenManager {
         let (state, _) = watch::channel(TokenState {
             token: None,
             phase: Phase::Fetching,
@@ -116,7 +139,7 @@ impl TokenManager {
         let shared = Arc::new(Shared {
             tenant,
             client,
-            metrics,
+            fetches,
             state,
             kick: Notify::new(),
             generation: AtomicU64::new(0),
@@ -126,15 +149,6 @@ impl TokenManager {
             shared,
             _task: Arc::new(AbortOnDrop(task.abort_handle())),
         }
-    }
-
-    pub fn tenant(&self) -> &Arc<TenantSettings> {
-        &self.shared.tenant
-    }
-
-    /// The tenant's shared upstream client.
-    pub fn client(&self) -> &UpstreamClient {
-        &self.shared.client
     }
 
     /// A snapshot of the published state.
@@ -160,6 +174,20 @@ impl TokenManager {
             _ => None,
         };
         token.ok_or(TokenUnavailable)
+    }
+
+    /// Waits, however long it takes, until a usable token is published.
+    pub async fn wait_usable(&self) -> Arc<Token> {
+        let mut rx = self.shared.state.subscribe();
+        loop {
+            let Ok(state) = rx.wait_for(|s| s.usable(Instant::now()).is_some()).await else {
+                // The fetcher is gone: no token will ever come.
+                return std::future::pending().await;
+            };
+            if let Some(token) = state.usable(Instant::now()) {
+                return token.clone();
+            }
+        }
     }
 
     /// Drops `token` after Zuora refused it, unless a newer one replaced it already: however
@@ -226,16 +254,12 @@ async fn refresh_loop(shared: Arc<Shared>) {
                 let mut header = HeaderValue::try_from(format!("Bearer {}", fetched.access_token.expose()))
                     .expect("fetch checked the token is visible ASCII");
                 header.set_sensitive(true);
-                let token = Arc::new(Token {
-                    header,
-                    expires_at,
-                    generation,
-                });
+                let token = Arc::new(Token::new(header, expires_at, fetched.lifetime, generation));
                 shared.state.send_modify(|s| {
                     s.token = Some(token);
                     s.phase = Phase::Idle;
                 });
-                shared.metrics.token_fetched(&tenant, "ok");
+                shared.fetches.count(FetchResult::Ok);
                 tracing::info!(
                     tenant = %tenant,
                     generation,
@@ -252,7 +276,7 @@ async fn refresh_loop(shared: Arc<Shared>) {
                 };
                 let retry_at = Instant::now() + wait;
                 let reason = error.to_string();
-                shared.metrics.token_fetched(&tenant, error.kind());
+                shared.fetches.count(error.kind());
                 let still_valid = shared.state.borrow().usable(Instant::now()).is_some();
                 tracing::warn!(
                     tenant = %tenant,
@@ -297,12 +321,27 @@ mod tests {
     }
 
     #[test]
+    fn a_token_is_not_injected_in_its_last_moments() {
+        let s = Duration::from_secs;
+        let now = Instant::now();
+        let hour = Token::new(HeaderValue::from_static("Bearer a"), now + s(3600), s(3600), 1);
+        assert!(hour.is_usable(now + s(3598)));
+        assert!(!hour.is_usable(now + s(3599)), "less than 1 s left");
+        assert!(!hour.is_usable(now + s(3600)));
+        // A one-second token keeps its last quarter.
+        let short = Token::new(HeaderValue::from_static("Bearer b"), now + s(1), s(1), 2);
+        assert!(short.is_usable(now + Duration::from_millis(700)));
+        assert!(!short.is_usable(now + Duration::from_millis(750)));
+    }
+
+    #[test]
     fn token_debug_hides_the_value() {
-        let t = Token {
-            header: HeaderValue::from_static("Bearer abc123"),
-            expires_at: Instant::now(),
-            generation: 1,
-        };
+        let t = Token::new(
+            HeaderValue::from_static("Bearer abc123"),
+            Instant::now(),
+            Duration::from_secs(1),
+            1,
+        );
         assert!(!format!("{t:?}").contains("abc123"));
     }
 }

@@ -13,8 +13,8 @@ use hyper_util::rt::TokioExecutor;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
-use zuora_auth_proxy::config::Config;
 use zuora_auth_proxy::mock::{MockBuilder, MockZuora, CLIENT_ID, CLIENT_SECRET};
+use zuora_auth_proxy::Config;
 use zuora_auth_proxy::Running;
 
 pub const JOB: &str = "3a3e85c4-96e7-486b-ae02-827120104301";
@@ -208,11 +208,11 @@ impl Harness {
             self.mock.wait_token_calls(1, Duration::from_secs(10)).await,
             "no token fetch"
         );
-        let tenant = &self.proxy.proxy().runtime().tenants["default"];
-        tokio::time::timeout(Duration::from_secs(10), tenant.tokens.get())
+        self.proxy
+            .probe()
+            .wait_for_token("default", Duration::from_secs(10))
             .await
-            .expect("token in time")
-            .expect("token");
+            .expect("token in time");
     }
 }
 
@@ -297,9 +297,9 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
-/// The tenant's token manager, to await or inspect the proxy's token directly.
-pub fn tokens(h: &Harness) -> zuora_auth_proxy::token::TokenManager {
-    h.proxy.proxy().runtime().tenants["default"].tokens.clone()
+/// The default tenant's usable token, as the proxy shows it.
+pub fn token(h: &Harness) -> Option<zuora_auth_proxy::TokenView> {
+    h.proxy.probe().token("default")
 }
 
 /// A loopback address nothing listens on: bound to find a free port, then released.
@@ -380,5 +380,37 @@ impl hyper::body::Body for Chunked {
         _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         std::task::Poll::Ready(self.0.pop_front().map(|chunk| Ok(hyper::body::Frame::data(chunk))))
+    }
+}
+
+/// How long [`eventually`] waits by default; `TEST_PATIENCE_SECS` stretches it on a slow
+/// machine.
+pub fn patience() -> Duration {
+    let secs = std::env::var("TEST_PATIENCE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    Duration::from_secs(secs)
+}
+
+/// Waits until `probe` returns `Some`, looking again every few milliseconds, for at most
+/// [`patience`]; panics naming `what`. For conditions that have no notification to await
+/// (a gauge, a phase), not as a sleep between steps.
+pub async fn eventually<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    eventually_within(what, patience(), probe).await
+}
+
+/// [`eventually`] with its own patience.
+pub async fn eventually_within<T>(what: &str, patience: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {patience:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }

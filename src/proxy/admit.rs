@@ -1,0 +1,90 @@
+//! Admission: is this request one the proxy forwards at all, and under which rule? Framing,
+//! allowlist, track id, rule, tenant. Nothing here waits.
+
+use super::record::Record;
+use crate::error::ProxyError;
+use crate::headers::ZUORA_TRACK_ID;
+use crate::routes::{self, ClientIdentity, Resolution, Route, Rule};
+use crate::server::AmbiguousFraming;
+use crate::snapshot::Snapshot;
+use crate::tenant::Tenant;
+use crate::track_id;
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue};
+use std::sync::Arc;
+
+/// A request the proxy will forward, and what its rule decided.
+pub(super) struct Admitted<'s> {
+    pub route: &'s Arc<Route>,
+    pub rule: &'s Arc<Rule>,
+    pub tenant: &'s Tenant,
+    pub track_id: HeaderValue,
+}
+
+pub(super) fn admit<'s>(
+    snapshot: &'s Snapshot,
+    parts: &Parts,
+    record: &mut Record<'s>,
+) -> Result<Admitted<'s>, ProxyError> {
+    // Both Content-Length and Transfer-Encoding: the classic request-smuggling shape. hyper
+    // drops Content-Length, so the listener marks such heads; the proxy refuses them
+    // rather than guess what the sender meant.
+    if parts.extensions.get::<AmbiguousFraming>().is_some() {
+        return Err(ProxyError::AmbiguousFraming);
+    }
+    // A valid caller track id is echoed on every answer, refusals included; an invalid one
+    // is refused once the route is known.
+    let caller_track_id = caller_track_id(&parts.headers);
+    if let Ok(Some(id)) = &caller_track_id {
+        record.track_id = Some(id.clone());
+    }
+    let live = &snapshot.config.live;
+    let route = allowed_route(&live.routes, parts, record)?;
+    let caller_track_id = caller_track_id?;
+    let caller = parts.extensions.get::<ClientIdentity>();
+    let rule = routes::select(&live.rules, &route.name, &parts.headers, caller).ok_or(ProxyError::NoMatchingRule)?;
+    record.rule = Some(rule);
+    let track_id = caller_track_id.unwrap_or_else(|| track_id::generate(rule.track_id_prefix.as_deref()));
+    record.track_id = Some(track_id.clone());
+    let tenant = snapshot
+        .tenants
+        .get(&rule.tenant)
+        .expect("validation ties every rule to a tenant");
+    record.tenant = Some(tenant);
+    Ok(Admitted {
+        route,
+        rule,
+        tenant,
+        track_id,
+    })
+}
+
+/// The route on the allowlist that this method and raw path match.
+fn allowed_route<'s>(
+    routes: &'s [Arc<Route>],
+    parts: &Parts,
+    record: &mut Record<'s>,
+) -> Result<&'s Arc<Route>, ProxyError> {
+    match routes::resolve(routes, &parts.method, parts.uri.path()) {
+        Resolution::Allowed(route) => {
+            record.route = Some(route);
+            Ok(route)
+        }
+        Resolution::BadParam { route, name, reason } => {
+            record.route = Some(route);
+            Err(ProxyError::InvalidPathParameter { name, reason })
+        }
+        Resolution::MethodNotAllowed { allow } => Err(ProxyError::MethodNotAllowed { allow }),
+        Resolution::NotFound => Err(ProxyError::RouteNotFound),
+    }
+}
+
+/// The caller's `Zuora-Track-Id`: absent, or present once and valid.
+fn caller_track_id(headers: &HeaderMap) -> Result<Option<HeaderValue>, ProxyError> {
+    let mut values = headers.get_all(&ZUORA_TRACK_ID).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(v), None) if track_id::is_valid(v.as_bytes()) => Ok(Some(v.clone())),
+        _ => Err(ProxyError::InvalidTrackId),
+    }
+}

@@ -1,0 +1,113 @@
+//! The forwarding service, in phases read top to bottom: [`admit`] (framing, route, rule,
+//! track id), [`prepare`] (body, URI, permit, token), [`attempt`] (send, 401 replay,
+//! retries), [`respond`] (headers, echo, guards). Each phase returns its own error; the
+//! request's deadline is applied in one place ([`Deadline::bound`]). [`Proxy::handle`] never
+//! fails: every error becomes a response in [`crate::error`], and every request leaves one
+//! [`record::Record`].
+
+mod admit;
+mod attempt;
+mod prepare;
+mod record;
+mod respond;
+
+use crate::body::ResponseBody;
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use record::Record;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The proxy: the snapshot in force, swapped atomically on reload, and the metrics.
+pub struct Proxy {
+    snapshot: ArcSwap<Snapshot>,
+    metrics: Arc<Metrics>,
+    draining: AtomicBool,
+}
+
+impl Proxy {
+    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Proxy {
+        Proxy {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn swap_snapshot(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Answers one caller request. Never fails: every refusal is a response.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+        let snapshot = self.snapshot.load_full();
+        let mut record = Record::new(&snapshot, &request);
+        let response = match forward(&snapshot, request, &mut record).await {
+            Ok(response) => response,
+            Err(error) => record.refuse(error),
+        };
+        record.finish(response.status(), &self.metrics);
+        response
+    }
+}
+
+/// The request path; `?` turns any phase's error into the caller's answer.
+async fn forward<'s>(
+    snapshot: &'s Snapshot,
+    request: Request<Incoming>,
+    record: &mut Record<'s>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let limits = &snapshot.config.live.requests;
+    let deadline = Deadline(Instant::now() + limits.request_timeout);
+    let (parts, body) = request.into_parts();
+    let admitted = admit::admit(snapshot, &parts, record)?;
+    let prepared = prepare::prepare(&admitted, parts, body, limits.max_body_bytes, deadline).await?;
+    let answer = attempt::attempt(&admitted, prepared, deadline, record).await?;
+    Ok(respond::respond(answer, &admitted, record))
+}
+
+/// When the whole request must have its answer's head.
+#[derive(Debug, Clone, Copy)]
+struct Deadline(Instant);
+
+impl Deadline {
+    /// Runs one wait of the request path, bounded by the deadline and by the wait's own
+    /// `limit`; running out of time is `on_timeout`, the error that names what was awaited.
+    async fn bound<T>(
+        self,
+        limit: Option<Duration>,
+        wait: impl Future<Output = Result<T, ProxyError>>,
+        on_timeout: ProxyError,
+    ) -> Result<T, ProxyError> {
+        let at = limit.map_or(self.0, |limit| self.0.min(Instant::now() + limit));
+        tokio::time::timeout_at(at, wait).await.unwrap_or(Err(on_timeout))
+    }
+
+    /// Whether a wait of `wait` would still end before the deadline.
+    fn allows(self, wait: Duration) -> bool {
+        wait < self.0.saturating_duration_since(Instant::now())
+    }
+}

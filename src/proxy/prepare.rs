@@ -1,0 +1,203 @@
+//! Preparation: everything an upstream attempt needs, each wait bounded by the deadline
+//! and named for what it waited on: the body (buffered when small enough to replay), the
+//! upstream URI, a concurrency slot, a token, the rewritten headers.
+
+use super::admit::Admitted;
+use super::Deadline;
+use crate::body::{UpstreamBody, REPLAY_BUFFER_BYTES};
+use crate::error::ProxyError;
+use crate::headers::{self, Injected};
+use crate::tenant::Tenant;
+use crate::token::Token;
+use crate::upstream::error_chain;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, HeaderMap, Method, Uri};
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Incoming};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use std::sync::Arc;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+/// What the attempts need.
+pub(super) struct Prepared {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub body: OutgoingBody,
+    pub max_body: u64,
+    pub token: Arc<Token>,
+    /// Held until the caller has Zuora's whole answer.
+    pub guards: Guards,
+}
+
+/// The tenant's concurrency slot and the in-flight count.
+pub(super) struct Guards {
+    _slot: OwnedSemaphorePermit,
+    _in_flight: GaugeGuard,
+}
+
+pub(super) async fn prepare(
+    admitted: &Admitted<'_>,
+    parts: Parts,
+    body: Incoming,
+    max_body: u64,
+    deadline: Deadline,
+) -> Result<Prepared, ProxyError> {
+    let tenant = admitted.tenant;
+    let body = OutgoingBody::read(body, &parts.headers, max_body);
+    let body = deadline.bound(None, body, ProxyError::BodyRead).await?;
+    let uri = tenant.uri_for(parts.uri.path_and_query()).map_err(|error| {
+        tracing::error!(tenant = %tenant.name(), %error, "request not forwarded");
+        ProxyError::Internal
+    })?;
+    let queue_timeout = Some(tenant.settings.queue_timeout);
+    let slot = deadline
+        .bound(queue_timeout, acquire_slot(tenant), ProxyError::Overloaded)
+        .await?;
+    let guards = Guards {
+        _slot: slot,
+        _in_flight: GaugeGuard::enter(&tenant.meters.in_flight),
+    };
+    let token = deadline
+        .bound(None, token(tenant), ProxyError::TokenUnavailable)
+        .await?;
+    let mut headers = parts.headers;
+    headers::rewrite_request(
+        &mut headers,
+        &Injected {
+            authorization: token.header(),
+            track_id: &admitted.track_id,
+            entity_ids: admitted.rule.entity_header.as_ref(),
+            org_ids: admitted.rule.org_header.as_ref(),
+        },
+    );
+    Ok(Prepared {
+        method: parts.method,
+        uri,
+        headers,
+        body,
+        max_body,
+        token,
+        guards,
+    })
+}
+
+/// The tenant's current token, or the next one within its `token_wait`.
+pub(super) async fn token(tenant: &Tenant) -> Result<Arc<Token>, ProxyError> {
+    tenant.tokens.get().await.map_err(|_| ProxyError::TokenUnavailable)
+}
+
+/// A concurrency slot for `tenant`, granted in arrival order. A caller that goes away while
+/// queued leaves the queue (its future is dropped); the caller bounds the wait.
+async fn acquire_slot(tenant: &Tenant) -> Result<OwnedSemaphorePermit, ProxyError> {
+    if let Ok(permit) = tenant.slots.clone().try_acquire_owned() {
+        return Ok(permit);
+    }
+    let _queued = QueueWait::enter(&tenant.meters.queue_length, &tenant.meters.queue_wait);
+    tenant
+        .slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ProxyError::Overloaded)
+}
+
+/// The request body as it will go to Zuora.
+pub(super) enum OutgoingBody {
+    /// Small enough to hold, so it can be sent again after a 401.
+    Buffered(Bytes),
+    /// Streamed through under the size cap; not replayable.
+    Streamed(Limited<Incoming>),
+}
+
+impl OutgoingBody {
+    async fn read(body: Incoming, headers: &HeaderMap, max: u64) -> Result<OutgoingBody, ProxyError> {
+        if body.is_end_stream() {
+            return Ok(OutgoingBody::Buffered(Bytes::new()));
+        }
+        // hyper has already refused a malformed or conflicting Content-Length.
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let limit = usize::try_from(max).unwrap_or(usize::MAX);
+        match declared {
+            Some(n) if n > max => Err(ProxyError::BodyTooLarge { limit: max }),
+            Some(n) if n <= REPLAY_BUFFER_BYTES => {
+                let collected = Limited::new(body, limit)
+                    .collect()
+                    .await
+                    .map_err(|e| body_error(&*e, max))?;
+                Ok(OutgoingBody::Buffered(collected.to_bytes()))
+            }
+            _ => Ok(OutgoingBody::Streamed(Limited::new(body, limit))),
+        }
+    }
+
+    /// The bytes to send again, if the body was buffered.
+    pub fn replayable(&self) -> Option<Bytes> {
+        match self {
+            OutgoingBody::Buffered(bytes) => Some(bytes.clone()),
+            OutgoingBody::Streamed(_) => None,
+        }
+    }
+
+    pub fn into_upstream(self) -> UpstreamBody {
+        match self {
+            OutgoingBody::Buffered(bytes) => Either::Left(Full::new(bytes)),
+            OutgoingBody::Streamed(body) => Either::Right(body),
+        }
+    }
+}
+
+/// A body that failed: over the cap, or not readable.
+pub(super) fn body_error(error: &(dyn std::error::Error + 'static), max: u64) -> ProxyError {
+    if error_chain(error).any(|e| e.is::<LengthLimitError>()) {
+        ProxyError::BodyTooLarge { limit: max }
+    } else {
+        ProxyError::BodyRead
+    }
+}
+
+/// Adds one to a gauge for as long as it lives (requests in flight).
+struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    fn enter(gauge: &Gauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A request in the queue: counted while it waits, its wait observed however it ends
+/// (granted, timed out, or the caller gone).
+struct QueueWait {
+    _queued: GaugeGuard,
+    since: Instant,
+    wait: Histogram,
+}
+
+impl QueueWait {
+    fn enter(length: &Gauge, wait: &Histogram) -> QueueWait {
+        QueueWait {
+            _queued: GaugeGuard::enter(length),
+            since: Instant::now(),
+            wait: wait.clone(),
+        }
+    }
+}
+
+impl Drop for QueueWait {
+    fn drop(&mut self) {
+        self.wait.observe(self.since.elapsed().as_secs_f64());
+    }
+}

@@ -1,0 +1,22 @@
+//! The answer toward the caller: Zuora's status, headers (hop-by-hop removed) and streamed
+//! body, with the track id echoed and the slot held until the body's last byte.
+
+use super::admit::Admitted;
+use super::attempt::Answer;
+use super::record::Record;
+use crate::body::{GuardedBody, ResponseBody};
+use crate::headers::{self, ZUORA_TRACK_ID};
+use http::Response;
+use http_body_util::Either;
+
+pub(super) fn respond(answer: Answer, admitted: &Admitted<'_>, record: &mut Record<'_>) -> Response<ResponseBody> {
+    let Answer { mut response, guards } = answer;
+    record.upstream_answered(response.status(), response.headers());
+    headers::strip_hop_by_hop(response.headers_mut());
+    if !response.headers().contains_key(&ZUORA_TRACK_ID) {
+        response
+            .headers_mut()
+            .insert(ZUORA_TRACK_ID.clone(), admitted.track_id.clone());
+    }
+    response.map(|body| Either::Left(GuardedBody::new(body, guards)))
+}

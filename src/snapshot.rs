@@ -1,0 +1,63 @@
+//! The configuration in force with what it needs at run time: its tenants and its routes'
+//! metric handles. Swapped whole on reload; a request keeps the snapshot it started with.
+
+use crate::config::Config;
+use crate::metrics::{Metrics, RouteMeters, NO_ROUTE};
+use crate::tenant::Tenant;
+use crate::upstream::UpstreamError;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub tenants: HashMap<String, Tenant>,
+    routes: HashMap<String, RouteMeters>,
+    no_route: RouteMeters,
+}
+
+impl Snapshot {
+    /// Builds the tenants of `config`. A tenant whose settings did not change since
+    /// `previous` keeps its client and its token.
+    pub fn build(
+        config: Config,
+        metrics: &Arc<Metrics>,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, UpstreamError> {
+        let mut tenants = HashMap::new();
+        for (name, settings) in &config.live.tenants {
+            let kept = previous
+                .and_then(|p| p.tenants.get(name))
+                .filter(|t| *t.settings == **settings);
+            let tenant = match kept {
+                Some(tenant) => tenant.carry_over(metrics),
+                None => Tenant::start(settings, metrics)?,
+            };
+            tenants.insert(name.clone(), tenant);
+        }
+        let routes = config
+            .live
+            .routes
+            .iter()
+            .map(|route| (route.name.clone(), metrics.route(&route.name)))
+            .collect();
+        Ok(Snapshot {
+            config: Arc::new(config),
+            tenants,
+            routes,
+            no_route: metrics.unrouted(NO_ROUTE),
+        })
+    }
+
+    /// The handles of a route by name, or of "no route".
+    pub fn route_meters(&self, route: Option<&str>) -> &RouteMeters {
+        route.and_then(|r| self.routes.get(r)).unwrap_or(&self.no_route)
+    }
+
+    /// Tenants some rule can route to: the ones readiness waits for.
+    pub fn routable_tenants(&self) -> impl Iterator<Item = &Tenant> {
+        let mut names: Vec<&str> = self.config.live.rules.iter().map(|r| r.tenant.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names.into_iter().filter_map(|n| self.tenants.get(n))
+    }
+}

@@ -1,0 +1,93 @@
+//! One Zuora tenant ready to serve: its settings, its upstream client (shared by API and
+//! token calls), its token manager, its concurrency slots and its metric handles.
+
+use crate::config::TenantSettings;
+use crate::metrics::{Metrics, TenantMeters};
+use crate::token::TokenManager;
+use crate::upstream::{self, UpstreamClient, UpstreamError};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+pub struct Tenant {
+    pub settings: Arc<TenantSettings>,
+    /// The one client toward this tenant's hosts; the token manager holds a handle to it.
+    pub client: UpstreamClient,
+    pub tokens: TokenManager,
+    /// Slots for requests in flight (`max_concurrency`), granted in arrival order.
+    pub slots: Arc<Semaphore>,
+    pub meters: TenantMeters,
+    authority: Authority,
+    /// The base URL's path without its trailing slash ("" for Zuora's hosts).
+    base_path: String,
+}
+
+/// Why a caller's path could not become an upstream URI (it was a valid request target, so
+/// this means a broken base URL, not a bad request).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the upstream URI: {0}")]
+pub struct UriError(String);
+
+impl Tenant {
+    /// A tenant built from scratch: a new client, a new token manager (which starts
+    /// fetching at once), a full set of slots.
+    pub fn start(settings: &Arc<TenantSettings>, metrics: &Arc<Metrics>) -> Result<Tenant, UpstreamError> {
+        let client = upstream::build(settings)?;
+        let tokens = TokenManager::start(settings.clone(), client.clone(), metrics.token_fetches(&settings.name));
+        let slots = Arc::new(Semaphore::new(settings.max_concurrency));
+        Ok(Tenant::assemble(settings, client, tokens, slots, metrics))
+    }
+
+    /// The same tenant under a new configuration whose settings for it did not change: it
+    /// keeps its client, its token and its slots.
+    pub fn carry_over(&self, metrics: &Arc<Metrics>) -> Tenant {
+        Tenant::assemble(
+            &self.settings,
+            self.client.clone(),
+            self.tokens.clone(),
+            self.slots.clone(),
+            metrics,
+        )
+    }
+
+    fn assemble(
+        settings: &Arc<TenantSettings>,
+        client: UpstreamClient,
+        tokens: TokenManager,
+        slots: Arc<Semaphore>,
+        metrics: &Metrics,
+    ) -> Tenant {
+        let base = &settings.base_url;
+        let authority = Authority::try_from(&base[url::Position::BeforeHost..url::Position::AfterPort])
+            .expect("validated base_url has a host");
+        Tenant {
+            settings: settings.clone(),
+            client,
+            tokens,
+            slots,
+            meters: metrics.tenant(&settings.name),
+            authority,
+            base_path: base.path().trim_end_matches('/').to_string(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// The upstream URI: always the tenant's scheme and host, the caller's path and query.
+    pub fn uri_for(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, UriError> {
+        let pq = path_and_query.map_or("/", PathAndQuery::as_str);
+        let pq = if self.base_path.is_empty() {
+            PathAndQuery::try_from(pq)
+        } else {
+            PathAndQuery::try_from(format!("{}{pq}", self.base_path))
+        };
+        Uri::builder()
+            .scheme(Scheme::HTTPS)
+            .authority(self.authority.clone())
+            .path_and_query(pq.map_err(|e| UriError(e.to_string()))?)
+            .build()
+            .map_err(|e| UriError(e.to_string()))
+    }
+}
