@@ -1,0 +1,149 @@
+//! Validation of the sections bound at start and of readiness: `[server]`, `[server.tls]`,
+//! `[log]`, `[admin]`.
+
+use super::Issues;
+use crate::config::raw::{Field, RawAdmin, RawLog, RawServer, RawServerTls};
+use crate::config::*;
+
+/// hyper's HTTP/1 parser cannot work with a smaller read buffer.
+const MIN_HEADER_BYTES: u64 = 8192;
+
+pub(super) fn server(issues: &mut Issues, s: &RawServer) -> (ListenerSettings, RequestLimits) {
+    let placeholder: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let listen = issues
+        .field("server.listen", &s.listen)
+        .map_or(DEFAULT_LISTEN, String::as_str);
+    let listen = issues.socket_addr("server.listen", listen).unwrap_or(placeholder);
+    let max_body_bytes = issues.number("server.max_body_bytes", &s.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    let max_header_bytes = issues.number("server.max_header_bytes", &s.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
+    if max_header_bytes < MIN_HEADER_BYTES {
+        issues.push(
+            "server.max_header_bytes",
+            format!("must be at least {MIN_HEADER_BYTES} (the HTTP parser's smallest buffer)"),
+        );
+    }
+    let requests = RequestLimits {
+        request_timeout: issues.duration(
+            "server.request_timeout",
+            &s.request_timeout,
+            DEFAULT_REQUEST_TIMEOUT_SECS,
+        ),
+        max_body_bytes,
+    };
+    let listener = ListenerSettings {
+        listen,
+        shutdown_grace: issues.duration("server.shutdown_grace", &s.shutdown_grace, DEFAULT_SHUTDOWN_GRACE_SECS),
+        header_read_timeout: issues.duration(
+            "server.header_read_timeout",
+            &s.header_read_timeout,
+            DEFAULT_HEADER_READ_TIMEOUT_SECS,
+        ),
+        max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
+        idle_timeout: issues.duration("server.idle_timeout", &s.idle_timeout, DEFAULT_IDLE_TIMEOUT_SECS),
+        max_connections: match issues.number("server.max_connections", &s.max_connections, DEFAULT_MAX_CONNECTIONS) {
+            0 => {
+                issues.push("server.max_connections", "must be at least 1");
+                1
+            }
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        },
+        tls: issues.field("server.tls", &s.tls).and_then(|t| server_tls(issues, t)),
+    };
+    for (key, d) in [
+        ("server.request_timeout", requests.request_timeout),
+        ("server.header_read_timeout", listener.header_read_timeout),
+        ("server.idle_timeout", listener.idle_timeout),
+    ] {
+        if d.is_zero() {
+            issues.push(key, "must be greater than zero");
+        }
+    }
+    (listener, requests)
+}
+
+fn server_tls(issues: &mut Issues, t: &RawServerTls) -> Option<TlsSettings> {
+    let before = issues.errors();
+    let mut file = |key: &str, value: &Field<String>, required: bool| -> Option<PathBuf> {
+        let absent = matches!(value, Field::Absent);
+        match issues.field(key, value) {
+            None if required && absent => {
+                issues.push(key, "required when [server.tls] is set");
+                None
+            }
+            None => None,
+            Some(path) if !Path::new(path).is_file() => {
+                issues.push(key, format!("no such file {path}"));
+                None
+            }
+            Some(path) => Some(PathBuf::from(path)),
+        }
+    };
+    let cert_file = file("server.tls.cert_file", &t.cert_file, true);
+    let key_file = file("server.tls.key_file", &t.key_file, true);
+    let client_ca_file = file("server.tls.client_ca_file", &t.client_ca_file, false);
+    let handshake_timeout = issues.duration(
+        "server.tls.handshake_timeout",
+        &t.handshake_timeout,
+        DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS,
+    );
+    if issues.errors() != before {
+        return None;
+    }
+    Some(TlsSettings {
+        cert_file: cert_file?,
+        key_file: key_file?,
+        client_ca_file,
+        handshake_timeout,
+    })
+}
+
+pub(super) fn log(issues: &mut Issues, l: &RawLog) -> LogSettings {
+    let format = match issues.field("log.format", &l.format).map_or("json", String::as_str) {
+        "json" => LogFormat::Json,
+        "text" => LogFormat::Text,
+        other => {
+            issues.push(
+                "log.format",
+                format!("unknown format {other:?}; use \"json\" or \"text\""),
+            );
+            LogFormat::Json
+        }
+    };
+    let level = issues.field("log.level", &l.level).map_or("info", String::as_str);
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(level) {
+        issues.push("log.level", format!("invalid filter {level:?}: {e}"));
+    }
+    LogSettings {
+        format,
+        level: level.to_string(),
+    }
+}
+
+/// The admin listener and the readiness bar.
+pub(super) fn admin(issues: &mut Issues, a: &RawAdmin) -> (Option<SocketAddr>, Duration) {
+    let admin_listen = match issues
+        .field("admin.listen", &a.listen)
+        .map_or(DEFAULT_ADMIN_LISTEN, String::as_str)
+    {
+        text if text.trim().is_empty() => None,
+        text => issues.socket_addr("admin.listen", text.trim()),
+    };
+    let ready_min_ttl = issues.duration("admin.ready_min_ttl", &a.ready_min_ttl, DEFAULT_READY_MIN_TTL_SECS);
+    (admin_listen, ready_min_ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::{keys, GOOD};
+    use crate::config::*;
+
+    #[test]
+    fn tls_needs_cert_and_key() {
+        let err = Config::from_toml(&GOOD.replace("[tenants.default]", "[server.tls]\n[tenants.default]")).unwrap_err();
+        let keys = keys(&err);
+        assert!(
+            keys.contains(&"server.tls.cert_file") && keys.contains(&"server.tls.key_file"),
+            "{keys:?}"
+        );
+    }
+}

@@ -1,0 +1,146 @@
+//! Validation of `[tenants.<name>]`: where each Zuora tenant lives and the OAuth client that
+//! speaks for it.
+
+use super::Issues;
+use crate::config::raw::{Field, RawTenant};
+use crate::config::*;
+use crate::token::secret::Secret;
+
+pub(super) fn tenants(
+    issues: &mut Issues,
+    raw: &Field<BTreeMap<String, Field<RawTenant>>>,
+) -> BTreeMap<String, Arc<TenantSettings>> {
+    let mut tenants = BTreeMap::new();
+    let written = issues.field("tenants", raw);
+    if written.is_none_or(BTreeMap::is_empty) && !matches!(raw, Field::Invalid(_)) {
+        issues.push("tenants", "at least one tenant is required");
+    }
+    for (name, t) in written.into_iter().flatten() {
+        if let Some(tenant) = issues
+            .field(&format!("tenants.{name}"), t)
+            .and_then(|t| tenant(issues, name, t))
+        {
+            tenants.insert(name.clone(), Arc::new(tenant));
+        }
+    }
+    tenants
+}
+
+fn check_name(issues: &mut Issues, name: &str) {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        issues.push(
+            format!("tenants.{name}"),
+            "tenant names use letters, digits, '-' and '_'",
+        );
+    }
+}
+
+fn tenant(issues: &mut Issues, name: &str, t: &RawTenant) -> Option<TenantSettings> {
+    let key = |field: &str| format!("tenants.{name}.{field}");
+    let before = issues.errors();
+    check_name(issues, name);
+    let base_url = issues
+        .present(&key("base_url"), &t.base_url)
+        .and_then(|text| issues.https_url(&key("base_url"), text));
+    let token_url = match (issues.field(&key("token_url"), &t.token_url), &base_url) {
+        (Some(text), _) => issues.https_url(&key("token_url"), text),
+        (None, Some(base)) => {
+            let mut url = base.clone();
+            let path = format!("{}/oauth/token", base.path().trim_end_matches('/'));
+            url.set_path(&path);
+            Some(url)
+        }
+        (None, None) => None,
+    };
+    let client_id = issues.required(&key("client_id"), &t.client_id).unwrap_or_default();
+    let client_secret = client_secret(issues, name, t);
+    let ca_file = issues.field(&key("ca_file"), &t.ca_file).map(PathBuf::from);
+    if let Some(path) = &ca_file {
+        if !path.is_file() {
+            issues.push(key("ca_file"), format!("no such file {}", path.display()));
+        }
+    }
+    let refresh_margin = issues.duration(&key("refresh_margin"), &t.refresh_margin, DEFAULT_REFRESH_MARGIN_SECS);
+    let token_wait = issues.duration(&key("token_wait"), &t.token_wait, DEFAULT_TOKEN_WAIT_SECS);
+    let connect_timeout = issues.duration(
+        &key("connect_timeout"),
+        &t.connect_timeout,
+        DEFAULT_CONNECT_TIMEOUT_SECS,
+    );
+    if connect_timeout.is_zero() {
+        issues.push(key("connect_timeout"), "must be greater than zero");
+    }
+    let max_concurrency = match issues.number(&key("max_concurrency"), &t.max_concurrency, DEFAULT_MAX_CONCURRENCY) {
+        0 => {
+            issues.push(key("max_concurrency"), "must be at least 1");
+            1
+        }
+        n => usize::try_from(n).unwrap_or(usize::MAX),
+    };
+    let queue_timeout = issues.duration(&key("queue_timeout"), &t.queue_timeout, DEFAULT_QUEUE_TIMEOUT_SECS);
+    let proxy_url = match issues.field(&key("proxy_url"), &t.proxy_url).map(|p| p.0.trim()) {
+        None | Some("") => None,
+        Some(text) => match Url::parse(text) {
+            Ok(url) if url.scheme() == "http" && url.host_str().is_some() => Some(ProxyUrl(url)),
+            Ok(_) => {
+                issues.push(
+                    key("proxy_url"),
+                    "must be http://[user:password@]host:port (the tunnel to Zuora is TLS end to end)",
+                );
+                None
+            }
+            Err(e) => {
+                issues.push(key("proxy_url"), e.to_string());
+                None
+            }
+        },
+    };
+    if issues.errors() != before {
+        return None;
+    }
+    Some(TenantSettings {
+        name: name.to_string(),
+        base_url: base_url?,
+        token_url: token_url?,
+        client_id,
+        client_secret: client_secret?,
+        ca_file,
+        refresh_margin,
+        token_wait,
+        connect_timeout,
+        max_concurrency,
+        queue_timeout,
+        proxy_url,
+    })
+}
+
+fn client_secret(issues: &mut Issues, name: &str, t: &RawTenant) -> Option<SecretSource> {
+    let key = |field: &str| format!("tenants.{name}.{field}");
+    let inline = issues.field(&key("client_secret"), &t.client_secret);
+    let file = issues.field(&key("client_secret_file"), &t.client_secret_file);
+    match (inline, file) {
+        (Some(_), Some(_)) => {
+            issues.push(
+                key("client_secret"),
+                "set client_secret or client_secret_file, not both",
+            );
+            None
+        }
+        (None, None) => {
+            if matches!(t.client_secret, Field::Absent) && matches!(t.client_secret_file, Field::Absent) {
+                issues.push(key("client_secret_file"), "required (or client_secret)");
+            }
+            None
+        }
+        (Some(s), None) if s.0.trim().is_empty() => {
+            issues.push(key("client_secret"), "is empty");
+            None
+        }
+        (Some(s), None) => Some(SecretSource::Inline(Secret::new(s.0.trim()))),
+        (None, Some(path)) if path.trim().is_empty() => {
+            issues.push(key("client_secret_file"), "is empty");
+            None
+        }
+        (None, Some(path)) => Some(SecretSource::File(PathBuf::from(path))),
+    }
+}
