@@ -7,6 +7,10 @@ use crate::config::*;
 
 /// hyper's HTTP/1 parser cannot work with a smaller read buffer.
 const MIN_HEADER_BYTES: u64 = 8192;
+/// Levels a bare `log.level` directive may name (any case).
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+const LEVEL_FORMS: &str = "write a level (off, error, warn, info, debug, trace) or target=level directives, \
+     comma-separated, e.g. \"warn,access=info\"";
 
 pub(super) fn server(issues: &mut Issues, s: &RawServer) -> (ListenerSettings, RequestLimits) {
     let placeholder: SocketAddr = ([127, 0, 0, 1], 0).into();
@@ -110,12 +114,39 @@ pub(super) fn log(issues: &mut Issues, l: &RawLog) -> LogSettings {
         }
     };
     let level = issues.field("log.level", &l.level).map_or("info", String::as_str);
-    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(level) {
-        issues.push("log.level", format!("invalid filter {level:?}: {e}"));
-    }
+    check_log_level(issues, level);
     LogSettings {
         format,
         level: level.to_string(),
+    }
+}
+
+/// A tracing filter reads a bare word as a target, so `verbose` would log nothing at all:
+/// a bare directive must be a level, and so must whatever follows `=`.
+fn check_log_level(issues: &mut Issues, filter: &str) {
+    let directives: Vec<&str> = filter.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
+    if directives.is_empty() {
+        issues.push("log.level", format!("is empty: {LEVEL_FORMS}"));
+        return;
+    }
+    for directive in directives {
+        // `target[span{field=value}]` has an `=` inside braces: that is no level.
+        let level = match directive.rsplit_once('=') {
+            Some((_, level)) if !level.contains([']', '}']) => level.trim(),
+            _ => directive,
+        };
+        if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+            let what = if level == directive {
+                format!("{level:?} is not a level")
+            } else {
+                format!("{level:?} in {directive:?} is not a level")
+            };
+            issues.push("log.level", format!("{what}: {LEVEL_FORMS}"));
+            return;
+        }
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(filter) {
+        issues.push("log.level", format!("invalid filter {filter:?}: {e}"));
     }
 }
 
@@ -136,6 +167,35 @@ pub(super) fn admin(issues: &mut Issues, a: &RawAdmin) -> (Option<SocketAddr>, D
 mod tests {
     use crate::config::tests::{keys, GOOD};
     use crate::config::*;
+
+    fn with(section: &str) -> String {
+        format!("{GOOD}\n{section}\n")
+    }
+
+    fn message_at(text: &str, key: &str) -> Option<String> {
+        let err = Config::from_toml(text).err()?;
+        err.issues.into_iter().find(|i| i.key == key).map(|i| i.message)
+    }
+
+    #[test]
+    fn a_bare_log_directive_must_be_a_level() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "warn,access=info",
+            "zuora_auth_proxy=Debug,hyper=off",
+            "trace",
+        ] {
+            let c = Config::from_toml(&with(&format!("[log]\nlevel = {ok:?}"))).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert_eq!(c.fixed.log.level, ok);
+        }
+        for bad in ["verbose", "info,verbose", "access=loud", "", " , ", "target[span{a=1}]"] {
+            let message = message_at(&with(&format!("[log]\nlevel = {bad:?}")), "log.level")
+                .unwrap_or_else(|| panic!("{bad:?} was accepted"));
+            assert!(message.contains("target=level"), "{bad:?}: {message}");
+        }
+    }
 
     #[test]
     fn tls_needs_cert_and_key() {
