@@ -85,7 +85,8 @@ fn route(issues: &mut Issues, i: usize, r: &RawRoute) -> Option<Route> {
     })
 }
 
-/// Written in any case, forwarded upper-cased.
+/// Written in any case, forwarded upper-cased. `http` accepts exactly the RFC 9110 token
+/// characters; the test below pins that, since a method is written into every request line.
 fn method(issues: &mut Issues, key: &str, written: &str) -> Option<Method> {
     match Method::from_bytes(written.to_ascii_uppercase().as_bytes()) {
         Ok(Method::CONNECT) | Ok(Method::TRACE) => {
@@ -94,8 +95,55 @@ fn method(issues: &mut Issues, key: &str, written: &str) -> Option<Method> {
         }
         Ok(method) => Some(method),
         Err(_) => {
-            issues.push(key, format!("invalid method {written:?}"));
+            issues.push(
+                key,
+                format!(
+                    "invalid method {written:?}: a method is a token (RFC 9110): letters, digits and ! # $ % & ' * + - . ^ _ ` | ~"
+                ),
+            );
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::GOOD;
+    use crate::config::*;
+
+    fn with_method(method: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(&GOOD.replace("method = \"POST\"", &format!("method = {method:?}")))
+    }
+
+    #[test]
+    fn a_method_must_be_a_token_and_is_upper_cased() {
+        for (written, want) in [
+            ("POST", "POST"),
+            ("post", "POST"),
+            ("m-search", "M-SEARCH"),
+            ("X_Y.Z~1!", "X_Y.Z~1!"),
+        ] {
+            let c = with_method(written).unwrap_or_else(|e| panic!("{written:?}: {e}"));
+            assert_eq!(c.live.routes[0].method.as_str(), want);
+        }
+        for bad in [
+            "",
+            " POST",
+            "PO ST",
+            "GET\r\nX: y",
+            "P(O)ST",
+            "GET/1",
+            "PÖST",
+            "a,b",
+            "{x}",
+            "\"GET\"",
+            "GET;",
+        ] {
+            let err = with_method(bad).err().unwrap_or_else(|| panic!("{bad:?} was accepted"));
+            let issue = err.issues.iter().find(|i| i.key == "routes.0.method").unwrap();
+            assert!(issue.message.contains("token"), "{bad:?}: {issue}");
+        }
+        let err = with_method("connect").unwrap_err();
+        assert!(err.issues[0].message.contains("never forwarded"), "{err}");
     }
 }
