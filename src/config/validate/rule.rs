@@ -41,10 +41,17 @@ impl<'a> Known<'a> {
 pub(super) fn rules(issues: &mut Issues, raw: &Field<Vec<Field<RawRule>>>, known: &Known<'_>) -> Vec<Arc<Rule>> {
     let mut rules: Vec<Arc<Rule>> = Vec::new();
     let written = issues.field("rules", raw);
+    let mut names: Vec<&str> = Vec::new();
     for (i, r) in written.into_iter().flatten().enumerate() {
         let Some(r) = issues.field(&format!("rules.{i}"), r) else {
             continue;
         };
+        if let Some(name) = r.name.get().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+            if names.contains(&name) {
+                issues.push(format!("rules.{i}.name"), format!("duplicate rule name {name:?}"));
+            }
+            names.push(name);
+        }
         if let Some(rule) = rule(issues, i, r, known) {
             rules.push(Arc::new(rule));
         }
@@ -162,6 +169,8 @@ mod tests {
     use crate::config::tests::GOOD;
     use crate::config::*;
 
+    const RULE: &str = "[[rules]]\nname = \"billing\"\ntenant = \"default\"\n";
+
     #[test]
     fn several_tenants_need_rules() {
         let text = GOOD.replace(
@@ -170,5 +179,19 @@ mod tests {
         );
         let err = Config::from_toml(&text).unwrap_err();
         assert_eq!(err.issues[0].key, "rules");
+    }
+
+    #[test]
+    fn rule_names_are_unique() {
+        let c = Config::from_toml(&format!("{GOOD}\n{RULE}")).unwrap();
+        assert_eq!(c.live.rules.len(), 1);
+        let err =
+            Config::from_toml(&format!("{GOOD}\n{RULE}{RULE}{}", RULE.replace("billing", " billing "))).unwrap_err();
+        let dups: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(dups, ["rules.1.name", "rules.2.name"], "{err}");
+        assert!(
+            err.issues[0].message.contains("duplicate rule name \"billing\""),
+            "{err}"
+        );
     }
 }
