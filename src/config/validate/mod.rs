@@ -152,7 +152,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let raw_log = issues.field("log", &raw.log).unwrap_or(&no_log);
     let log = server::log(&mut issues, raw_log);
     let raw_admin = issues.field("admin", &raw.admin).unwrap_or(&no_admin);
-    let (admin_listen, ready_min_ttl) = server::admin(&mut issues, raw_admin);
+    let (admin_listen, ready_min_ttl) = server::admin(&mut issues, raw_admin, listener.listen);
 
     let tenants = tenant::tenants(&mut issues, &raw.tenants);
     let routes = route::routes(&mut issues, &raw.routes);

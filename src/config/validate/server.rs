@@ -150,8 +150,8 @@ fn check_log_level(issues: &mut Issues, filter: &str) {
     }
 }
 
-/// The admin listener and the readiness bar.
-pub(super) fn admin(issues: &mut Issues, a: &RawAdmin) -> (Option<SocketAddr>, Duration) {
+/// The admin listener and the readiness bar; `listen` is the caller-facing address.
+pub(super) fn admin(issues: &mut Issues, a: &RawAdmin, listen: SocketAddr) -> (Option<SocketAddr>, Duration) {
     let admin_listen = match issues
         .field("admin.listen", &a.listen)
         .map_or(DEFAULT_ADMIN_LISTEN, String::as_str)
@@ -159,8 +159,22 @@ pub(super) fn admin(issues: &mut Issues, a: &RawAdmin) -> (Option<SocketAddr>, D
         text if text.trim().is_empty() => None,
         text => issues.socket_addr("admin.listen", text.trim()),
     };
+    if admin_listen.is_some_and(|admin| same_socket(admin, listen)) {
+        issues.push(
+            "admin.listen",
+            format!("is the address of server.listen ({listen}); give the admin listener its own port"),
+        );
+    }
     let ready_min_ttl = issues.duration("admin.ready_min_ttl", &a.ready_min_ttl, DEFAULT_READY_MIN_TTL_SECS);
     (admin_listen, ready_min_ttl)
+}
+
+/// Two listeners that could not both bind: the same port (other than 0, which picks a free
+/// one each time) on the same address, or on the wildcard address of the same family.
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
 }
 
 #[cfg(test)]
@@ -195,6 +209,19 @@ mod tests {
                 .unwrap_or_else(|| panic!("{bad:?} was accepted"));
             assert!(message.contains("target=level"), "{bad:?}: {message}");
         }
+    }
+
+    #[test]
+    fn the_admin_listener_needs_its_own_address() {
+        let same = GOOD.replace("127.0.0.1:0", "127.0.0.1:8080") + "\n[admin]\nlisten = \"127.0.0.1:8080\"\n";
+        assert!(message_at(&same, "admin.listen").unwrap().contains("server.listen"));
+        let wildcard = GOOD.replace("127.0.0.1:0", "127.0.0.1:8080") + "\n[admin]\nlisten = \"0.0.0.0:8080\"\n";
+        assert!(message_at(&wildcard, "admin.listen").is_some());
+        // Port 0 on both: each listener gets its own free port.
+        let c = Config::from_toml(&with("[admin]\nlisten = \"127.0.0.1:0\"")).unwrap();
+        assert_eq!(c.fixed.admin_listen, Some(c.fixed.listener.listen));
+        let other_port = GOOD.replace("127.0.0.1:0", "127.0.0.1:8080") + "\n[admin]\nlisten = \"127.0.0.1:8081\"\n";
+        Config::from_toml(&other_port).unwrap();
     }
 
     #[test]
