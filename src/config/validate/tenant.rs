@@ -30,7 +30,19 @@ fn check_name(issues: &mut Issues, name: &str) {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         issues.push(
             format!("tenants.{name}"),
-            "tenant names use letters, digits, '-' and '_'",
+            "tenant names use lower-case letters, digits, '-' and '_'",
+        );
+    } else if name.chars().any(|c| c.is_ascii_uppercase()) {
+        issues.push(
+            format!("tenants.{name}"),
+            format!(
+                "tenant names are lower case: environment overrides address tenants in lower case \
+                 (ZUORA_PROXY__TENANTS__{}__CLIENT_ID sets tenants.{}), so none could reach this one; \
+                 call it {:?}",
+                name.to_ascii_uppercase(),
+                name.to_ascii_lowercase(),
+                name.to_ascii_lowercase()
+            ),
         );
     }
 }
@@ -142,5 +154,36 @@ fn client_secret(issues: &mut Issues, name: &str, t: &RawTenant) -> Option<Secre
             None
         }
         (None, Some(path)) => Some(SecretSource::File(PathBuf::from(path))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::{keys, GOOD};
+    use crate::config::*;
+
+    #[test]
+    fn a_tenant_name_in_upper_case_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, GOOD.replace("[tenants.default]", "[tenants.EU]")).unwrap();
+        let env = [(
+            "ZUORA_PROXY__TENANTS__EU__CLIENT_ID".to_string(),
+            "id-from-env".to_string(),
+        )];
+        let err = Config::load_with_env(&path, env).unwrap_err();
+        let upper = err
+            .issues
+            .iter()
+            .find(|i| i.key == "tenants.EU")
+            .unwrap_or_else(|| panic!("{err}"));
+        assert!(upper.message.contains("lower case"), "{}", upper.message);
+        assert!(
+            upper.message.contains("ZUORA_PROXY__TENANTS__EU__CLIENT_ID"),
+            "{}",
+            upper.message
+        );
+        // Without the file's tenant the variable would have made a tenant of its own.
+        assert!(keys(&err).contains(&"tenants.eu.base_url"), "{err}");
     }
 }
