@@ -51,6 +51,9 @@ pub struct Config {
     pub fixed: FixedSettings,
     /// Swapped by a reload for new requests; in-flight requests keep the one they started with.
     pub live: LiveSettings,
+    /// Problems that do not stop the proxy but will hurt (a secret file not mounted yet, a
+    /// readiness bar above a refresh margin), for `check-config` and the logs to show.
+    pub warnings: Vec<ConfigIssue>,
 }
 
 /// The start-time part of the configuration.

@@ -32,10 +32,11 @@ fn join(parent: String, child: &str) -> String {
     }
 }
 
-/// Problems found so far, each of which refuses the configuration.
+/// Problems found so far: errors refuse the configuration, warnings only inform.
 #[derive(Default)]
 struct Issues {
     errors: Vec<ConfigIssue>,
+    warnings: Vec<ConfigIssue>,
 }
 
 fn issue(key: impl Into<String>, message: impl Into<String>) -> ConfigIssue {
@@ -48,6 +49,10 @@ fn issue(key: impl Into<String>, message: impl Into<String>) -> ConfigIssue {
 impl Issues {
     fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.errors.push(issue(key, message));
+    }
+
+    fn warn(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(issue(key, message));
     }
 
     /// Errors so far, so a section can tell whether it added any.
@@ -175,6 +180,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             routes,
             rules,
         },
+        warnings: issues.warnings,
     })
 }
 
@@ -197,6 +203,7 @@ mod tests {
         assert_eq!(c.live.rules.len(), 1);
         assert_eq!(c.live.rules[0].tenant, "default");
         assert_eq!(c.fixed.admin_listen, Some(DEFAULT_ADMIN_LISTEN.parse().unwrap()));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]

@@ -153,8 +153,33 @@ fn client_secret(issues: &mut Issues, name: &str, t: &RawTenant) -> Option<Secre
             issues.push(key("client_secret_file"), "is empty");
             None
         }
-        (None, Some(path)) => Some(SecretSource::File(PathBuf::from(path))),
+        (None, Some(path)) => {
+            let path = PathBuf::from(path);
+            secret_file_warning(issues, &key("client_secret_file"), &path);
+            Some(SecretSource::File(path))
+        }
     }
+}
+
+/// The file is read at every token fetch, and a mounted secret (Kubernetes) may appear a
+/// little after start: a file that cannot be read now is worth a warning, not a refusal.
+fn secret_file_warning(issues: &mut Issues, key: &str, path: &Path) {
+    let problem = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_string(),
+        Err(e) => format!("cannot be read ({e})"),
+        Ok(meta) if !meta.is_file() => "is not a file".to_string(),
+        Ok(_) => match std::fs::File::open(path) {
+            Ok(_) => return,
+            Err(e) => format!("cannot be read ({e})"),
+        },
+    };
+    issues.warn(
+        key,
+        format!(
+            "{} {problem}: token fetches fail until it can be read (a mounted secret may appear after start)",
+            path.display()
+        ),
+    );
 }
 
 #[cfg(test)]
@@ -185,5 +210,35 @@ mod tests {
         );
         // Without the file's tenant the variable would have made a tenant of its own.
         assert!(keys(&err).contains(&"tenants.eu.base_url"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_file_that_cannot_be_read_yet_is_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("not-yet-mounted");
+        let with_file = |path: &Path| {
+            GOOD.replace(
+                "client_secret = \"s3cr3t\"",
+                &format!("client_secret_file = {:?}", path.display().to_string()),
+            )
+        };
+        for path in [missing.as_path(), dir.path()] {
+            let c = Config::from_toml(&with_file(path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+            assert_eq!(c.warnings[0].key, "tenants.default.client_secret_file");
+            assert!(
+                c.warnings[0].message.contains(&path.display().to_string()),
+                "{}",
+                c.warnings[0]
+            );
+            assert_eq!(
+                c.live.tenants["default"].client_secret,
+                SecretSource::File(path.to_path_buf())
+            );
+        }
+        let present = dir.path().join("secret");
+        std::fs::write(&present, "s3cr3t\n").unwrap();
+        let c = Config::from_toml(&with_file(&present)).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 }
