@@ -163,6 +163,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let routes = route::routes(&mut issues, &raw.routes);
     let known = rule::Known::of(&raw, raw_server);
     let rules = rule::rules(&mut issues, &raw.rules, &known);
+    server::readiness(&mut issues, ready_min_ttl, &tenants, &rules);
 
     if !issues.errors.is_empty() {
         return Err(ConfigError { issues: issues.errors });

@@ -4,9 +4,12 @@
 use super::Issues;
 use crate::config::raw::{Field, RawAdmin, RawLog, RawServer, RawServerTls};
 use crate::config::*;
+use crate::routes::Rule;
 
 /// hyper's HTTP/1 parser cannot work with a smaller read buffer.
 const MIN_HEADER_BYTES: u64 = 8192;
+/// Zuora's tokens live one hour: none can stay valid for longer than this.
+const TOKEN_LIFETIME_SECS: u64 = 3600;
 /// Levels a bare `log.level` directive may name (any case).
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 const LEVEL_FORMS: &str = "write a level (off, error, warn, info, debug, trace) or target=level directives, \
@@ -166,6 +169,14 @@ pub(super) fn admin(issues: &mut Issues, a: &RawAdmin, listen: SocketAddr) -> (O
         );
     }
     let ready_min_ttl = issues.duration("admin.ready_min_ttl", &a.ready_min_ttl, DEFAULT_READY_MIN_TTL_SECS);
+    if ready_min_ttl >= Duration::from_secs(TOKEN_LIFETIME_SECS) {
+        issues.push(
+            "admin.ready_min_ttl",
+            format!(
+                "must be under {TOKEN_LIFETIME_SECS}s: Zuora's tokens live one hour, so the proxy could never be ready"
+            ),
+        );
+    }
     (admin_listen, ready_min_ttl)
 }
 
@@ -175,6 +186,28 @@ fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() != 0
         && a.port() == b.port()
         && (a.ip() == b.ip() || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+}
+
+/// A token is refreshed `refresh_margin` before it expires: a readiness bar above that margin
+/// would turn `/readyz` 503 for a while before every refresh.
+pub(super) fn readiness(
+    issues: &mut Issues,
+    ready_min_ttl: Duration,
+    tenants: &BTreeMap<String, Arc<TenantSettings>>,
+    rules: &[Arc<Rule>],
+) {
+    for (name, tenant) in tenants {
+        if ready_min_ttl > tenant.refresh_margin && rules.iter().any(|r| &r.tenant == name) {
+            issues.warn(
+                "admin.ready_min_ttl",
+                format!(
+                    "{}s is longer than tenants.{name}.refresh_margin ({}s): /readyz would turn 503 before every token refresh",
+                    ready_min_ttl.as_secs_f64(),
+                    tenant.refresh_margin.as_secs_f64()
+                ),
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -222,6 +255,34 @@ mod tests {
         assert_eq!(c.fixed.admin_listen, Some(c.fixed.listener.listen));
         let other_port = GOOD.replace("127.0.0.1:0", "127.0.0.1:8080") + "\n[admin]\nlisten = \"127.0.0.1:8081\"\n";
         Config::from_toml(&other_port).unwrap();
+    }
+
+    #[test]
+    fn a_readiness_bar_of_a_token_lifetime_is_refused() {
+        assert!(message_at(&with("[admin]\nready_min_ttl = \"1h\""), "admin.ready_min_ttl").is_some());
+        assert!(message_at(&with("[admin]\nready_min_ttl = \"3599s\""), "admin.ready_min_ttl").is_none());
+    }
+
+    #[test]
+    fn a_readiness_bar_above_the_refresh_margin_is_a_warning() {
+        let c = Config::from_toml(&with("[admin]\nready_min_ttl = \"301s\"")).unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert_eq!(c.warnings[0].key, "admin.ready_min_ttl");
+        assert!(
+            c.warnings[0].message.contains("tenants.default.refresh_margin"),
+            "{}",
+            c.warnings[0]
+        );
+        let c = Config::from_toml(&with("[admin]\nready_min_ttl = \"300s\"")).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        // A tenant no rule routes to is not waited for, so it cannot hold readiness back.
+        let text = GOOD.replace(
+            "[[routes]]",
+            "[tenants.idle]\nbase_url = \"https://rest.eu.zuora.com\"\nclient_id = \"i\"\nclient_secret = \"s\"\n\
+             refresh_margin = \"10s\"\n[[rules]]\nname = \"r\"\ntenant = \"default\"\n[[routes]]",
+        );
+        let c = Config::from_toml(&text).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]
