@@ -3,6 +3,7 @@
 //! reporting every bad key by its full name.
 
 pub mod raw;
+mod restart;
 mod validate;
 
 use crate::routes::{Route, Rule};
