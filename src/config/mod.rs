@@ -3,6 +3,7 @@
 //! reporting every bad key by its full name.
 
 pub mod raw;
+mod restart;
 mod validate;
 
 use crate::routes::{Route, Rule};
@@ -51,6 +52,9 @@ pub struct Config {
     pub fixed: FixedSettings,
     /// Swapped by a reload for new requests; in-flight requests keep the one they started with.
     pub live: LiveSettings,
+    /// Problems that do not stop the proxy but will hurt (a secret file not mounted yet, a
+    /// readiness bar above a refresh margin), for `check-config` and the logs to show.
+    pub warnings: Vec<ConfigIssue>,
 }
 
 /// The start-time part of the configuration.
@@ -244,7 +248,8 @@ impl Config {
 
 impl RawConfig {
     /// Layers the file and the environment into the raw structure, with the unknown keys
-    /// found on the way (each an issue). A value of the wrong type is an error at once.
+    /// found on the way (each an issue). A value of the wrong type stays in its field for
+    /// validation to report; only a file that is not TOML at all fails here.
     fn from_source<S>(
         file: S,
         env: impl IntoIterator<Item = (String, String)>,
@@ -359,5 +364,118 @@ impl Config {
                 "track_id_prefix": r.track_id_prefix,
             })).collect::<Vec<_>>(),
         })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    /// A valid file: one tenant, one route, no rules.
+    pub(crate) const GOOD: &str = r#"
+        [server]
+        listen = "127.0.0.1:0"
+        [tenants.default]
+        base_url = "https://rest.test.zuora.com"
+        client_id = "id"
+        client_secret = "s3cr3t"
+        [[routes]]
+        name = "abort-bulk-job"
+        method = "POST"
+        path = "/bulk-data/bulk-jobs/{id:uuid}/aborts"
+    "#;
+
+    pub(crate) fn keys(err: &ConfigError) -> Vec<&str> {
+        err.issues.iter().map(|i| i.key.as_str()).collect()
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_full_names() {
+        let text = format!("{GOOD}\n[admin]\nlisten = \"\"\nlisen = \"x\"\n[tenants.default.extra]\na = 1\n");
+        let err = Config::from_toml(&text).unwrap_err();
+        let keys = keys(&err);
+        assert!(keys.contains(&"admin.lisen"), "{keys:?}");
+        assert!(keys.contains(&"tenants.default.extra"), "{keys:?}");
+        let text = format!("{GOOD}\n[[rules]]\nname = \"r\"\ntenant = \"default\"\nentity = []\n");
+        let err = Config::from_toml(&text).unwrap_err();
+        assert_eq!(err.issues[0].key, "rules.0.entity");
+    }
+
+    #[test]
+    fn environment_overrides_file_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, GOOD).unwrap();
+        let env = [
+            (
+                "ZUORA_PROXY__TENANTS__DEFAULT__CLIENT_ID".to_string(),
+                "0123".to_string(),
+            ),
+            (
+                "ZUORA_PROXY__TENANTS__DEFAULT__CLIENT_SECRET".to_string(),
+                "1e3".to_string(),
+            ),
+            ("ZUORA_PROXY__SERVER__MAX_BODY_BYTES".to_string(), "4096".to_string()),
+            (
+                "ZUORA_PROXY__TENANTS__DEFAULT__MAX_CONCURRENCY".to_string(),
+                "7".to_string(),
+            ),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c = Config::load_with_env(&path, env).unwrap();
+        // Secrets and ids that look like numbers stay exactly as written.
+        assert_eq!(c.live.tenants["default"].client_id, "0123");
+        assert_eq!(
+            c.live.tenants["default"].client_secret,
+            SecretSource::Inline(Secret::new("1e3"))
+        );
+        // Environment values are strings; numeric and boolean keys read them.
+        assert_eq!(c.live.requests.max_body_bytes, 4096);
+        assert_eq!(c.live.tenants["default"].max_concurrency, 7);
+        let bad = [("ZUORA_PROXY__SERVER__LISTN".to_string(), "x".to_string())];
+        let err = Config::load_with_env(&path, bad).unwrap_err();
+        assert_eq!(err.issues[0].key, "server.listn");
+        let bad = [
+            ("ZUORA_PROXY__SERVER__MAX_BODY_BYTES".to_string(), "big".to_string()),
+            ("ZUORA_PROXY__SERVER__IDLE_TIMEOUT".to_string(), "soon".to_string()),
+        ];
+        let err = Config::load_with_env(&path, bad).unwrap_err();
+        assert_eq!(keys(&err), ["server.max_body_bytes", "server.idle_timeout"], "{err}");
+    }
+
+    #[test]
+    fn booleans_and_numbers_are_read_from_text_as_the_environment_gives_them() {
+        let text = GOOD.replace(
+            "method = \"POST\"",
+            "method = \"POST\"\nidempotent = \"true\"\nretry_attempts = \"2\"\nretry_on = [\"503\"]",
+        );
+        let c = Config::from_toml(&text).unwrap();
+        assert!(c.live.routes[0].retry.idempotent);
+        assert_eq!(c.live.routes[0].retry.attempts, 2);
+    }
+
+    #[test]
+    fn redacted_output_has_no_secret() {
+        let c = Config::from_toml(GOOD).unwrap();
+        let json = c.to_redacted_json().to_string();
+        assert!(!json.contains("s3cr3t"), "{json}");
+        assert!(json.contains("<redacted>"));
+    }
+
+    #[test]
+    fn the_raw_configuration_does_not_show_secrets_in_debug() {
+        let text = GOOD.replace(
+            "client_id = \"id\"",
+            "client_id = \"id\"\nproxy_url = \"http://u:pw0rd@proxy:3128\"",
+        );
+        let config = config::Config::builder()
+            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+            .build()
+            .unwrap();
+        let raw: RawConfig = config.try_deserialize().unwrap();
+        let debug = format!("{raw:?}");
+        assert!(debug.contains("rest.test.zuora.com"), "{debug}");
+        assert!(!debug.contains("s3cr3t") && !debug.contains("pw0rd"), "{debug}");
     }
 }

@@ -1,145 +1,193 @@
 //! The configuration as written: a serde mirror of the TOML file and its environment
-//! overrides, before any validation. Every field is optional here so that validation can
-//! apply defaults and report every problem at once, each by its full key.
+//! overrides, before any validation. Every field is a [`Field`], so that a missing value gets
+//! its default and a value of the wrong type is reported by its full key together with every
+//! other problem, instead of aborting the load at the first one.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
+use std::fmt;
+
+/// One key as written: absent, a value, or the reason it could not be read as `T`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Field<T> {
+    #[default]
+    Absent,
+    Set(T),
+    /// The value has the wrong type, e.g. `max_body_bytes = "big"`; the text says why.
+    Invalid(String),
+}
+
+impl<T> Field<T> {
+    /// The value when it was set and readable; validation reports the other cases.
+    pub fn get(&self) -> Option<&T> {
+        match self {
+            Field::Set(value) => Some(value),
+            Field::Absent | Field::Invalid(_) => None,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Field<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // The layered configuration is an in-memory tree: a failed value has already been taken
+        // out of its parent, so the parent carries on with the next key. The message never
+        // shows a string that was read successfully, so an inline secret cannot appear in it.
+        Ok(match T::deserialize(deserializer) {
+            Ok(value) => Field::Set(value),
+            Err(e) => Field::Invalid(e.to_string()),
+        })
+    }
+}
+
+/// A string that may hold a credential (an inline secret, a proxy URL with a password):
+/// `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Redacted(pub String);
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
 
 /// The whole file.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, expecting = "a table of sections")]
 pub struct RawConfig {
     /// The caller-facing listener.
-    #[serde(default)]
-    pub server: RawServer,
+    pub server: Field<RawServer>,
     /// Log output.
-    #[serde(default)]
-    pub log: RawLog,
+    pub log: Field<RawLog>,
     /// The admin listener (health, readiness, metrics).
-    #[serde(default)]
-    pub admin: RawAdmin,
+    pub admin: Field<RawAdmin>,
     /// Zuora tenants by name: base URL plus OAuth client.
-    #[serde(default)]
-    pub tenants: BTreeMap<String, RawTenant>,
+    pub tenants: Field<BTreeMap<String, Field<RawTenant>>>,
     /// The allowlist of method + path templates that may be forwarded.
-    #[serde(default)]
-    pub routes: Vec<RawRoute>,
+    pub routes: Field<Vec<Field<RawRoute>>>,
     /// Routing rules, first match wins: they choose tenant, entity/org headers, track-id prefix.
-    #[serde(default)]
-    pub rules: Vec<RawRule>,
+    pub rules: Field<Vec<Field<RawRule>>>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, expecting = "a table ([server])")]
 pub struct RawServer {
     /// Socket address for plain-HTTP callers, e.g. `127.0.0.1:8080`.
-    pub listen: Option<String>,
+    pub listen: Field<String>,
     /// Deadline for a whole request: token wait plus upstream until response headers.
-    pub request_timeout: Option<String>,
+    pub request_timeout: Field<String>,
     /// Largest request body accepted, in bytes.
-    pub max_body_bytes: Option<u64>,
+    pub max_body_bytes: Field<u64>,
     /// How long in-flight requests may run after SIGTERM before the process exits anyway.
-    pub shutdown_grace: Option<String>,
+    pub shutdown_grace: Field<String>,
     /// A client must send its whole request head within this time.
-    pub header_read_timeout: Option<String>,
+    pub header_read_timeout: Field<String>,
     /// Largest request head (request line plus headers) accepted, in bytes.
-    pub max_header_bytes: Option<u64>,
+    pub max_header_bytes: Field<u64>,
     /// A keep-alive connection with no request in flight is closed after this long.
-    pub idle_timeout: Option<String>,
+    pub idle_timeout: Field<String>,
     /// Connections served at once; more wait in the accept backlog.
-    pub max_connections: Option<u64>,
+    pub max_connections: Field<u64>,
     /// Serve HTTPS (and optionally require client certificates) instead of plain HTTP.
-    pub tls: Option<RawServerTls>,
+    pub tls: Field<RawServerTls>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, expecting = "a table ([server.tls])")]
 pub struct RawServerTls {
     /// PEM certificate chain presented to callers; re-read when it changes.
-    pub cert_file: Option<String>,
+    pub cert_file: Field<String>,
     /// PEM private key of that certificate.
-    pub key_file: Option<String>,
+    pub key_file: Field<String>,
     /// PEM CA certificates: when set, every caller must present a certificate signed by one.
-    pub client_ca_file: Option<String>,
+    pub client_ca_file: Field<String>,
     /// A caller must finish the TLS handshake within this time.
-    pub handshake_timeout: Option<String>,
+    pub handshake_timeout: Field<String>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, expecting = "a table ([log])")]
 pub struct RawLog {
     /// `json` or `text`.
-    pub format: Option<String>,
-    /// A tracing filter such as `info` or `zuora_auth_proxy=debug`; `RUST_LOG` wins when set.
-    pub level: Option<String>,
+    pub format: Field<String>,
+    /// A level (`info`) or `target=level` directives (`warn,access=info`); `RUST_LOG` wins when set.
+    pub level: Field<String>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, expecting = "a table ([admin])")]
 pub struct RawAdmin {
     /// Socket address of the admin listener; empty disables it.
-    pub listen: Option<String>,
+    pub listen: Field<String>,
     /// `/readyz` needs every routable tenant to hold a token valid at least this long.
-    pub ready_min_ttl: Option<String>,
+    pub ready_min_ttl: Field<String>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, expecting = "a table ([tenants.<name>])")]
 pub struct RawTenant {
     /// Zuora REST base URL, e.g. `https://rest.test.zuora.com`.
-    pub base_url: Option<String>,
+    pub base_url: Field<String>,
     /// OAuth token endpoint; default `base_url` + `/oauth/token`.
-    pub token_url: Option<String>,
+    pub token_url: Field<String>,
     /// OAuth client id.
-    pub client_id: Option<String>,
+    pub client_id: Field<String>,
     /// OAuth client secret inline (prefer `client_secret_file`).
-    pub client_secret: Option<String>,
+    pub client_secret: Field<Redacted>,
     /// File holding the OAuth client secret; surrounding whitespace is trimmed.
-    pub client_secret_file: Option<String>,
+    pub client_secret_file: Field<String>,
     /// PEM file of extra trust roots, added to the built-in ones.
-    pub ca_file: Option<String>,
+    pub ca_file: Field<String>,
     /// Refresh the token this long before it expires.
-    pub refresh_margin: Option<String>,
+    pub refresh_margin: Field<String>,
     /// How long a request may wait for a token when none is valid.
-    pub token_wait: Option<String>,
+    pub token_wait: Field<String>,
     /// TCP connect timeout toward Zuora.
-    pub connect_timeout: Option<String>,
+    pub connect_timeout: Field<String>,
     /// Requests in flight to this tenant at once (Zuora's default concurrency limit is 40).
-    pub max_concurrency: Option<u64>,
+    pub max_concurrency: Field<u64>,
     /// How long a request may queue for a concurrency slot before a 503 `overloaded`.
-    pub queue_timeout: Option<String>,
+    pub queue_timeout: Field<String>,
     /// `http://[user:password@]host:port` of a corporate proxy to tunnel through (CONNECT).
     /// Default: the `HTTPS_PROXY` / `NO_PROXY` environment.
-    pub proxy_url: Option<String>,
+    pub proxy_url: Field<Redacted>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, expecting = "a table ([[routes]])")]
 pub struct RawRoute {
     /// Name used in rules, logs and metrics.
-    pub name: Option<String>,
+    pub name: Field<String>,
     /// HTTP method, e.g. `POST`.
-    pub method: Option<String>,
+    pub method: Field<String>,
     /// Path template with `{name}` or `{name:uuid}` placeholders.
-    pub path: Option<String>,
+    pub path: Field<String>,
     /// Retries after the first attempt (default 0).
-    pub retry_attempts: Option<u32>,
+    pub retry_attempts: Field<u32>,
     /// What to retry on: any of "429", "502", "503", "504", "connect".
-    pub retry_on: Option<Vec<String>>,
+    pub retry_on: Field<Vec<String>>,
     /// The call is safe to repeat even though its method is not idempotent.
-    pub idempotent: Option<bool>,
+    pub idempotent: Field<bool>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, expecting = "a table ([[rules]])")]
 pub struct RawRule {
     /// Name used in logs.
-    pub name: Option<String>,
+    pub name: Field<String>,
     /// Route names this rule applies to; absent means every route.
-    pub routes: Option<Vec<String>>,
+    pub routes: Field<Vec<String>>,
     /// Request headers that must all be present with exactly these values.
-    pub when_headers: Option<BTreeMap<String, String>>,
+    pub when_headers: Field<BTreeMap<String, String>>,
     /// The caller's client certificate (TLS listener with client_ca_file) must have this
     /// common name, or this whole subject in RFC 4514 form (`CN=billing,O=Acme`).
-    pub when_client_cert_subject: Option<String>,
+    pub when_client_cert_subject: Field<String>,
     /// Tenant the request is sent to.
-    pub tenant: Option<String>,
+    pub tenant: Field<String>,
     /// Sent as `Zuora-Entity-Ids`.
-    pub entity_ids: Option<Vec<String>>,
+    pub entity_ids: Field<Vec<String>>,
     /// Sent comma-joined as `Zuora-Org-Ids`.
-    pub org_ids: Option<Vec<String>>,
+    pub org_ids: Field<Vec<String>>,
     /// Generated track ids look like `<prefix>-<32 hex>`.
-    pub track_id_prefix: Option<String>,
+    pub track_id_prefix: Field<String>,
 }

@@ -1,0 +1,149 @@
+//! Validation of `[[routes]]`: the allowlist of methods and path templates.
+
+use super::Issues;
+use crate::config::raw::{Field, RawRoute};
+use crate::routes::{PathTemplate, RetryPolicy, Route};
+use http::{Method, StatusCode};
+use std::sync::Arc;
+
+/// More retries than this only multiply load on a struggling Zuora.
+const MAX_RETRY_ATTEMPTS: u32 = 5;
+
+pub(super) fn routes(issues: &mut Issues, raw: &Field<Vec<Field<RawRoute>>>) -> Vec<Arc<Route>> {
+    let mut routes: Vec<Arc<Route>> = Vec::new();
+    let written = issues.field("routes", raw);
+    if written.is_none_or(Vec::is_empty) && !matches!(raw, Field::Invalid(_)) {
+        issues.push(
+            "routes",
+            "at least one route is required: nothing else is ever forwarded",
+        );
+    }
+    for (i, r) in written.into_iter().flatten().enumerate() {
+        if let Some(route) = issues
+            .field(&format!("routes.{i}"), r)
+            .and_then(|r| route(issues, i, r))
+        {
+            if routes.iter().any(|other| other.name == route.name) {
+                issues.push(
+                    format!("routes.{i}.name"),
+                    format!("duplicate route name {:?}", route.name),
+                );
+            }
+            routes.push(Arc::new(route));
+        }
+    }
+    routes
+}
+
+fn route(issues: &mut Issues, i: usize, r: &RawRoute) -> Option<Route> {
+    let key = |field: &str| format!("routes.{i}.{field}");
+    let name = issues.required(&key("name"), &r.name);
+    let method = issues
+        .present(&key("method"), &r.method)
+        .and_then(|m| method(issues, &key("method"), m));
+    let template = issues.present(&key("path"), &r.path).and_then(|p| {
+        PathTemplate::parse(p)
+            .map_err(|e| issues.push(key("path"), format!("{p:?}: {e}")))
+            .ok()
+    });
+    let mut retry = RetryPolicy {
+        attempts: issues.number(&key("retry_attempts"), &r.retry_attempts, 0),
+        idempotent: issues.number(&key("idempotent"), &r.idempotent, false),
+        ..RetryPolicy::default()
+    };
+    for (j, on) in issues
+        .field(&key("retry_on"), &r.retry_on)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        match on.trim() {
+            "connect" => retry.on_connect = true,
+            code @ ("429" | "502" | "503" | "504") => retry
+                .on_status
+                .push(StatusCode::from_bytes(code.as_bytes()).expect("listed codes")),
+            other => issues.push(
+                format!("routes.{i}.retry_on.{j}"),
+                format!("{other:?} is not one of \"429\", \"502\", \"503\", \"504\", \"connect\""),
+            ),
+        }
+    }
+    if retry.attempts > MAX_RETRY_ATTEMPTS {
+        issues.push(key("retry_attempts"), format!("at most {MAX_RETRY_ATTEMPTS}"));
+    }
+    if retry.attempts > 0 && retry.on_status.is_empty() && !retry.on_connect {
+        issues.push(
+            key("retry_on"),
+            "retry_attempts is set but retry_on names nothing to retry",
+        );
+    }
+    Some(Route {
+        name: name?,
+        method: method?,
+        template: template?,
+        retry,
+    })
+}
+
+/// Written in any case, forwarded upper-cased. `http` accepts exactly the RFC 9110 token
+/// characters; the test below pins that, since a method is written into every request line.
+fn method(issues: &mut Issues, key: &str, written: &str) -> Option<Method> {
+    match Method::from_bytes(written.to_ascii_uppercase().as_bytes()) {
+        Ok(Method::CONNECT) | Ok(Method::TRACE) => {
+            issues.push(key, "CONNECT and TRACE are never forwarded");
+            None
+        }
+        Ok(method) => Some(method),
+        Err(_) => {
+            issues.push(
+                key,
+                format!(
+                    "invalid method {written:?}: a method is a token (RFC 9110): letters, digits and ! # $ % & ' * + - . ^ _ ` | ~"
+                ),
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::GOOD;
+    use crate::config::*;
+
+    fn with_method(method: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(&GOOD.replace("method = \"POST\"", &format!("method = {method:?}")))
+    }
+
+    #[test]
+    fn a_method_must_be_a_token_and_is_upper_cased() {
+        for (written, want) in [
+            ("POST", "POST"),
+            ("post", "POST"),
+            ("m-search", "M-SEARCH"),
+            ("X_Y.Z~1!", "X_Y.Z~1!"),
+        ] {
+            let c = with_method(written).unwrap_or_else(|e| panic!("{written:?}: {e}"));
+            assert_eq!(c.live.routes[0].method.as_str(), want);
+        }
+        for bad in [
+            "",
+            " POST",
+            "PO ST",
+            "GET\r\nX: y",
+            "P(O)ST",
+            "GET/1",
+            "PÖST",
+            "a,b",
+            "{x}",
+            "\"GET\"",
+            "GET;",
+        ] {
+            let err = with_method(bad).err().unwrap_or_else(|| panic!("{bad:?} was accepted"));
+            let issue = err.issues.iter().find(|i| i.key == "routes.0.method").unwrap();
+            assert!(issue.message.contains("token"), "{bad:?}: {issue}");
+        }
+        let err = with_method("connect").unwrap_err();
+        assert!(err.issues[0].message.contains("never forwarded"), "{err}");
+    }
+}
