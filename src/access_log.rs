@@ -19,7 +19,11 @@ pub struct AccessRecord<'a> {
     pub path: &'a str,
     pub status: u16,
     pub upstream_status: Option<u16>,
+    /// To the answer's head.
     pub duration_ms: f64,
+    /// To the answer's last byte (or the moment it was cut).
+    pub total_ms: f64,
+    pub response_bytes: u64,
     pub upstream_ms: Option<f64>,
     pub token_retry: bool,
     pub retries: u32,
@@ -53,6 +57,8 @@ pub fn emit(r: &AccessRecord<'_>) {
         status = r.status,
         upstream_status = r.upstream_status,
         duration_ms = r.duration_ms,
+        total_ms = r.total_ms,
+        response_bytes = r.response_bytes,
         upstream_ms = r.upstream_ms,
         token_retry = r.token_retry,
         retries = r.retries,
@@ -86,7 +92,11 @@ fn to_json(r: &AccessRecord<'_>, now: SystemTime) -> String {
     if let Some(s) = r.upstream_status {
         let _ = write!(out, ",\"upstream_status\":{s}");
     }
-    let _ = write!(out, ",\"duration_ms\":{}", r.duration_ms);
+    let _ = write!(
+        out,
+        ",\"duration_ms\":{},\"total_ms\":{},\"response_bytes\":{}",
+        r.duration_ms, r.total_ms, r.response_bytes
+    );
     if let Some(ms) = r.upstream_ms {
         let _ = write!(out, ",\"upstream_ms\":{ms}");
     }
@@ -154,6 +164,8 @@ mod tests {
             status: 200,
             upstream_status: Some(200),
             duration_ms: 1.25,
+            total_ms: 2.5,
+            response_bytes: 41,
             upstream_ms: Some(0.5),
             token_retry: true,
             retries: 2,
@@ -182,6 +194,8 @@ mod tests {
         assert_eq!(v["duration_ms"], 1.25);
         assert_eq!(v["upstream_ms"], 0.5);
         assert_eq!(v["token_retry"], true);
+        assert_eq!(v["total_ms"], 2.5);
+        assert_eq!(v["response_bytes"], 41);
         assert_eq!(v["retries"], 2);
         assert_eq!(v["zuora_request_id"], "zr-1");
         assert_eq!(v["ratelimit_limit"], "12500");

@@ -1,28 +1,156 @@
 //! Body types on both sides of the proxy. Small request bodies are buffered so that they can
-//! be replayed after a 401; anything larger streams through with its size capped. Zuora's
-//! answer streams back holding the tenant's concurrency slot until its last byte.
+//! be replayed after a 401; anything larger streams through with its size capped. Every
+//! answer's body is a [`WatchedBody`]: whoever watches it (the request's access record)
+//! learns how many bytes went out and how the body ended, and a stalled upstream body is cut
+//! after its read timeout.
 
 use bytes::Bytes;
 use http_body_util::{Either, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Sleep;
 
 /// What the caller receives: Zuora's streamed body, or a body the proxy wrote.
-pub type ResponseBody = Either<GuardedBody<Incoming>, Full<Bytes>>;
+pub type ResponseBody = WatchedBody<Either<Incoming, Full<Bytes>>>;
 
 /// What Zuora receives: a buffered (replayable) body, or the caller's stream under a cap.
 pub type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Bodies at most this large are buffered, so a request can be replayed.
 pub const REPLAY_BUFFER_BYTES: u64 = 64 * 1024;
 
+/// A body the proxy wrote itself, with nobody watching it.
 pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
-    Either::Right(Full::new(bytes.into()))
+    WatchedBody {
+        inner: Either::Right(Full::new(bytes.into())),
+        watch: None,
+        idle: None,
+    }
 }
 
-/// A body holding `guard` (a concurrency slot, an in-flight count, a connection's busy mark)
-/// until the body ends or is dropped.
+/// How a watched body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// Every byte was handed on.
+    Complete,
+    /// The source failed (for Zuora's body: the connection broke before its end).
+    Failed,
+    /// No byte arrived within the read timeout; the body was cut.
+    TimedOut,
+    /// Dropped before its end: the caller went away.
+    Abandoned,
+}
+
+/// Told about a body's bytes and, once, its end.
+pub trait Watch: Send + Sync {
+    fn data(&mut self, bytes: usize);
+    fn end(&mut self, how: BodyEnd);
+}
+
+/// A body that tells its [`Watch`] what became of it, and that fails with
+/// [`BodyReadTimeout`] when its source sends nothing for `idle`.
+pub struct WatchedBody<B: Body> {
+    inner: B,
+    watch: Option<Box<dyn Watch>>,
+    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+}
+
+/// The source of a body sent nothing within its read timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no body data within {0:?}")]
+pub struct BodyReadTimeout(Duration);
+
+impl<B: Body> WatchedBody<B> {
+    /// `inner` watched by `watch`; with `idle`, each read must bring data within it.
+    pub fn new(inner: B, watch: Box<dyn Watch>, idle: Option<Duration>) -> WatchedBody<B> {
+        WatchedBody {
+            inner,
+            watch: Some(watch),
+            idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+        }
+    }
+
+    fn end(&mut self, how: BodyEnd) {
+        if let Some(mut watch) = self.watch.take() {
+            watch.end(how);
+        }
+    }
+}
+
+impl<B> Body for WatchedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match polled {
+            Poll::Pending => {
+                if let Some((limit, sleep)) = &mut self.idle {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        let limit = *limit;
+                        self.end(BodyEnd::TimedOut);
+                        return Poll::Ready(Some(Err(BodyReadTimeout(limit).into())));
+                    }
+                }
+                Poll::Pending
+            }
+            Poll::Ready(None) => {
+                self.end(BodyEnd::Complete);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(error))) => {
+                self.end(BodyEnd::Failed);
+                Poll::Ready(Some(Err(error.into())))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, Bytes::len);
+                if let Some(watch) = &mut self.watch {
+                    watch.data(len);
+                }
+                if let Some((limit, sleep)) = &mut self.idle {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + *limit);
+                }
+                // hyper stops polling a body that says it has ended: end it here, before
+                // the last bytes go out.
+                if self.inner.is_end_stream() {
+                    self.end(BodyEnd::Complete);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: Body> Drop for WatchedBody<B> {
+    fn drop(&mut self) {
+        // Nothing left to poll: an empty body is complete; anything else was cut short.
+        let how = if self.inner.is_end_stream() {
+            BodyEnd::Complete
+        } else {
+            BodyEnd::Abandoned
+        };
+        self.end(how);
+    }
+}
+
+/// A body holding `guard` (a connection's busy mark) until the body ends or is dropped.
 pub struct GuardedBody<B> {
     inner: B,
     guard: Option<Box<dyn Send + Sync>>,
@@ -56,5 +184,72 @@ impl<B: Body + Unpin> Body for GuardedBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<(usize, Vec<BodyEnd>)>>);
+
+    impl Watch for Seen {
+        fn data(&mut self, bytes: usize) {
+            self.0.lock().unwrap().0 += bytes;
+        }
+        fn end(&mut self, how: BodyEnd) {
+            self.0.lock().unwrap().1.push(how);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_sent_whole_ends_complete_once() {
+        let seen = Seen::default();
+        let body = WatchedBody::new(Full::new(Bytes::from_static(b"hello")), Box::new(seen.clone()), None);
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"hello");
+        assert_eq!(*seen.0.lock().unwrap(), (5, vec![BodyEnd::Complete]));
+    }
+
+    /// A body fed through a channel: pending until something is sent.
+    struct Chan(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl Body for Chan {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_early_is_abandoned() {
+        let seen = Seen::default();
+        let (_tx, rx) = tokio::sync::mpsc::channel(1);
+        drop(WatchedBody::new(Chan(rx), Box::new(seen.clone()), None));
+        assert_eq!(seen.0.lock().unwrap().1, vec![BodyEnd::Abandoned]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_is_cut_after_its_read_timeout() {
+        let seen = Seen::default();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(Bytes::from_static(b"ab")).await.unwrap();
+        let mut body = WatchedBody::new(Chan(rx), Box::new(seen.clone()), Some(Duration::from_secs(30)));
+        assert!(body.frame().await.unwrap().is_ok());
+        let started = tokio::time::Instant::now();
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert!(error.is::<BodyReadTimeout>(), "{error}");
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        drop(body);
+        drop(tx);
+        assert_eq!(*seen.0.lock().unwrap(), (2, vec![BodyEnd::TimedOut]));
     }
 }

@@ -1,11 +1,10 @@
 //! Every answer the proxy makes itself: one enum of refusals and failures, mapped to a status,
 //! a stable code and a JSON body in exactly one place.
 
-use crate::body::ResponseBody;
 use crate::headers::{PROXY_ERROR, ZUORA_TRACK_ID};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Response, StatusCode};
-use http_body_util::{Either, Full};
+use http_body_util::Full;
 
 /// Why the proxy answered instead of Zuora.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +57,10 @@ pub const CODES: [&str; 14] = [
     "internal_error",
 ];
 
+/// Codes of what went wrong after the answer's head was sent (or when nobody was left to
+/// answer): they appear in the access line and `proxy_errors_total`, never in a body.
+pub const AFTER_HEAD_CODES: [&str; 3] = ["caller_gone", "upstream_body_incomplete", "upstream_body_timeout"];
+
 impl ProxyError {
     /// The stable code, also the value of `x-zuora-proxy-error` and a metrics label.
     pub fn code(&self) -> &'static str {
@@ -97,13 +100,13 @@ impl ProxyError {
     }
 
     /// The response the caller gets, echoing the request's track id.
-    pub fn into_response(self, track_id: &HeaderValue) -> Response<ResponseBody> {
+    pub fn into_response(self, track_id: &HeaderValue) -> Response<Full<Bytes>> {
         let body = serde_json::json!({
             "error": self.code(),
             "message": self.to_string(),
             "track_id": track_id.to_str().unwrap_or_default(),
         });
-        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

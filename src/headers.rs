@@ -4,8 +4,8 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 pub static ZUORA_TRACK_ID: HeaderName = HeaderName::from_static("zuora-track-id");
-pub static ZUORA_ENTITY_IDS: HeaderName = HeaderName::from_static("zuora-entity-ids");
-pub static ZUORA_ORG_IDS: HeaderName = HeaderName::from_static("zuora-org-ids");
+pub const ZUORA_ENTITY_IDS: HeaderName = HeaderName::from_static("zuora-entity-ids");
+pub const ZUORA_ORG_IDS: HeaderName = HeaderName::from_static("zuora-org-ids");
 pub static ZUORA_REQUEST_ID: HeaderName = HeaderName::from_static("zuora-request-id");
 pub static PROXY_ERROR: HeaderName = HeaderName::from_static("x-zuora-proxy-error");
 
@@ -58,18 +58,30 @@ fn remove_matching(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool
 }
 
 /// Headers the caller may not set: credentials and tenancy are the proxy's to decide, the
-/// host is the tenant's, forwarding headers would leak internal addresses, and `Expect`
-/// is answered by this hop.
-const CALLER_MAY_NOT_SET: [HeaderName; 8] = [
+/// host is the tenant's, forwarding headers would leak internal addresses, `Expect` is
+/// answered by this hop, and the method/URL overrides could make a backend that honours
+/// them run another call than the one the allowlist admitted. Every `X-Forwarded-*` header
+/// goes too (see [`is_caller_forbidden`]).
+const CALLER_MAY_NOT_SET: [HeaderName; 13] = [
     header::AUTHORIZATION,
     header::HOST,
     header::EXPECT,
     header::FORWARDED,
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-proto"),
     HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-original-method"),
+    ZUORA_ENTITY_IDS,
+    ZUORA_ORG_IDS,
 ];
+
+/// Whether a caller's header is dropped before the request goes to Zuora.
+fn is_caller_forbidden(name: &HeaderName) -> bool {
+    is_hop_by_hop(name) || CALLER_MAY_NOT_SET.contains(name) || name.as_str().starts_with("x-forwarded-")
+}
 
 /// What the proxy decides for one upstream request.
 pub struct Injected<'a> {
@@ -89,9 +101,7 @@ pub fn set_authorization(headers: &mut HeaderMap, value: &HeaderValue) {
 /// Turns the caller's headers into the upstream request's headers, in place.
 pub fn rewrite_request(headers: &mut HeaderMap, injected: &Injected<'_>) {
     remove_connection_named(headers);
-    remove_matching(headers, |name| {
-        is_hop_by_hop(name) || CALLER_MAY_NOT_SET.contains(name) || name == ZUORA_ENTITY_IDS || name == ZUORA_ORG_IDS
-    });
+    remove_matching(headers, is_caller_forbidden);
     set_authorization(headers, injected.authorization);
     headers.insert(ZUORA_TRACK_ID.clone(), injected.track_id.clone());
     if let Some(v) = injected.entity_ids {
@@ -193,6 +203,17 @@ mod tests {
             ("zuora-entity-ids", "caller-entity"),
             ("zuora-org-ids", "caller-org"),
             ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-client-cert", "Hash=abc"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("forwarded", "for=10.0.0.1"),
+            ("x-http-method-override", "DELETE"),
+            ("x-http-method", "DELETE"),
+            ("x-method-override", "DELETE"),
+            ("x-original-url", "/v1/accounts/A-1"),
+            ("x-rewrite-url", "/v1/accounts/A-1"),
+            ("x-real-ip", "10.0.0.1"),
+            ("x-forwardedness", "kept: not a forwarding header"),
             ("zuora-track-id", "caller-track"),
             ("idempotency-key", "k1"),
             ("connection", "keep-alive"),
@@ -211,7 +232,13 @@ mod tests {
         );
         assert_eq!(
             names(&h),
-            vec!["authorization", "idempotency-key", "zuora-entity-ids", "zuora-track-id"]
+            vec![
+                "authorization",
+                "idempotency-key",
+                "x-forwardedness",
+                "zuora-entity-ids",
+                "zuora-track-id"
+            ]
         );
         assert_eq!(h["authorization"], "Bearer tok");
         assert!(h["authorization"].is_sensitive());

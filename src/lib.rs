@@ -228,8 +228,20 @@ impl Running {
     /// Swaps in a new configuration for new requests. Tenants whose settings did not change
     /// keep their tokens; in-flight requests finish under the configuration they started with.
     /// Listen addresses are not rebound.
-    pub fn reload(&self, config: Config) -> Result<(), StartError> {
+    pub fn reload(&self, mut config: Config) -> Result<(), StartError> {
         let previous = self.proxy.snapshot();
+        let keys = previous.config.restart_needed(&config);
+        if !keys.is_empty() {
+            tracing::warn!(
+                keys = %keys.join(", "),
+                "these keys need a restart to change; the running values stay"
+            );
+        }
+        // Listeners, their limits and the log were set up at start: they stay as they are.
+        config.fixed = previous.config.fixed.clone();
+        for warning in &config.warnings {
+            tracing::warn!(key = %warning.key, message = %warning.message, "configuration warning");
+        }
         let snapshot = Snapshot::build(config, self.proxy.metrics(), Some(&previous))?;
         for gone in previous
             .tenants

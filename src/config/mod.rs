@@ -29,6 +29,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+pub const DEFAULT_UPSTREAM_BODY_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 20;
 pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
@@ -94,6 +95,8 @@ pub struct ListenerSettings {
 pub struct RequestLimits {
     pub request_timeout: Duration,
     pub max_body_bytes: u64,
+    /// Zuora's answer body must bring data at least this often; else it is cut.
+    pub upstream_body_timeout: Duration,
 }
 
 /// Settings of the caller-facing TLS listener.
@@ -323,6 +326,7 @@ impl Config {
             "server": {
                 "listen": self.fixed.listener.listen.to_string(),
                 "request_timeout": secs(self.live.requests.request_timeout),
+                "upstream_body_timeout": secs(self.live.requests.upstream_body_timeout),
                 "max_body_bytes": self.live.requests.max_body_bytes,
                 "shutdown_grace": secs(self.fixed.listener.shutdown_grace),
                 "header_read_timeout": secs(self.fixed.listener.header_read_timeout),

@@ -78,6 +78,8 @@ pub struct RawServer {
     pub request_timeout: Field<String>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: Field<u64>,
+    /// Longest pause between two reads of Zuora's answer body before it is cut.
+    pub upstream_body_timeout: Field<String>,
     /// How long in-flight requests may run after SIGTERM before the process exits anyway.
     pub shutdown_grace: Field<String>,
     /// A client must send its whole request head within this time.

@@ -24,7 +24,7 @@ pub(super) struct Admitted<'s> {
 pub(super) fn admit<'s>(
     snapshot: &'s Snapshot,
     parts: &Parts,
-    record: &mut Record<'s>,
+    record: &mut Record,
 ) -> Result<Admitted<'s>, ProxyError> {
     // Both Content-Length and Transfer-Encoding: the classic request-smuggling shape. hyper
     // drops Content-Length, so the listener marks such heads; the proxy refuses them
@@ -43,14 +43,14 @@ pub(super) fn admit<'s>(
     let caller_track_id = caller_track_id?;
     let caller = parts.extensions.get::<ClientIdentity>();
     let rule = routes::select(&live.rules, &route.name, &parts.headers, caller).ok_or(ProxyError::NoMatchingRule)?;
-    record.rule = Some(rule);
+    record.rule = Some(rule.clone());
     let track_id = caller_track_id.unwrap_or_else(|| track_id::generate(rule.track_id_prefix.as_deref()));
     record.track_id = Some(track_id.clone());
     let tenant = snapshot
         .tenants
         .get(&rule.tenant)
         .expect("validation ties every rule to a tenant");
-    record.tenant = Some(tenant);
+    record.tenant = Some(tenant.settings.clone());
     Ok(Admitted {
         route,
         rule,
@@ -63,15 +63,15 @@ pub(super) fn admit<'s>(
 fn allowed_route<'s>(
     routes: &'s [Arc<Route>],
     parts: &Parts,
-    record: &mut Record<'s>,
+    record: &mut Record,
 ) -> Result<&'s Arc<Route>, ProxyError> {
     match routes::resolve(routes, &parts.method, parts.uri.path()) {
         Resolution::Allowed(route) => {
-            record.route = Some(route);
+            record.route = Some(route.clone());
             Ok(route)
         }
         Resolution::BadParam { route, name, reason } => {
-            record.route = Some(route);
+            record.route = Some(route.clone());
             Err(ProxyError::InvalidPathParameter { name, reason })
         }
         Resolution::MethodNotAllowed { allow } => Err(ProxyError::MethodNotAllowed { allow }),

@@ -2,7 +2,7 @@
 //! the route allows, waiting as Zuora asks (or backing off), never past the deadline.
 
 use super::admit::Admitted;
-use super::prepare::{self, body_error, Guards, Prepared};
+use super::prepare::{self, body_error, Prepared};
 use super::record::Record;
 use super::Deadline;
 use crate::backoff::{self, Backoff};
@@ -24,12 +24,6 @@ const RETRY_BACKOFF_BASE_MS: u64 = 100;
 /// Longest wait between retries when Zuora gives no hint.
 const RETRY_BACKOFF_MAX_MS: u64 = 5_000;
 
-/// Zuora's answer, with what must live as long as its body.
-pub(super) struct Answer {
-    pub response: Response<Incoming>,
-    pub guards: Guards,
-}
-
 /// What to do after an attempt.
 enum Next {
     Done,
@@ -45,8 +39,8 @@ pub(super) async fn attempt(
     admitted: &Admitted<'_>,
     prepared: Prepared,
     deadline: Deadline,
-    record: &mut Record<'_>,
-) -> Result<Answer, ProxyError> {
+    record: &mut Record,
+) -> Result<Response<Incoming>, ProxyError> {
     let Prepared {
         method,
         uri,
@@ -98,10 +92,8 @@ pub(super) async fn attempt(
     let upstream_time = started.elapsed();
     record.upstream_time = Some(upstream_time);
     tenant.meters.upstream_duration.observe(upstream_time.as_secs_f64());
-    Ok(Answer {
-        response: result?,
-        guards,
-    })
+    record.guards = Some(guards);
+    result
 }
 
 /// The headers and body of the next attempt: the first one takes the caller's body, a
@@ -123,7 +115,7 @@ fn next_attempt(
 fn next(
     result: &Result<Response<Incoming>, ProxyError>,
     replayable: bool,
-    record: &Record<'_>,
+    record: &Record,
     retry: Option<&Route>,
     backoff: &mut Backoff,
     deadline: Deadline,

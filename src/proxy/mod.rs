@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use arc_swap::ArcSwap;
 use http::{Request, Response};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use record::Record;
 use std::future::Future;
@@ -64,22 +65,26 @@ impl Proxy {
     /// Answers one caller request. Never fails: every refusal is a response.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
         let snapshot = self.snapshot.load_full();
-        let mut record = Record::new(&snapshot, &request);
-        let response = match forward(&snapshot, request, &mut record).await {
-            Ok(response) => response,
-            Err(error) => record.refuse(error),
-        };
-        record.finish(response.status(), &self.metrics);
-        response
+        let mut record = Record::new(snapshot.clone(), self.metrics.clone(), &request);
+        match forward(&snapshot, request, &mut record).await {
+            Ok(response) => {
+                let idle = Some(snapshot.config.live.requests.upstream_body_timeout);
+                record.answer(response.map(Either::Left), idle)
+            }
+            Err(error) => {
+                let response = record.refuse(error);
+                record.answer(response.map(Either::Right), None)
+            }
+        }
     }
 }
 
 /// The request path; `?` turns any phase's error into the caller's answer.
-async fn forward<'s>(
-    snapshot: &'s Snapshot,
+async fn forward(
+    snapshot: &Snapshot,
     request: Request<Incoming>,
-    record: &mut Record<'s>,
-) -> Result<Response<ResponseBody>, ProxyError> {
+    record: &mut Record,
+) -> Result<Response<Incoming>, ProxyError> {
     let limits = &snapshot.config.live.requests;
     let deadline = Deadline(Instant::now() + limits.request_timeout);
     let (parts, body) = request.into_parts();

@@ -2,15 +2,16 @@
 //! body, with the track id echoed and the slot held until the body's last byte.
 
 use super::admit::Admitted;
-use super::attempt::Answer;
 use super::record::Record;
-use crate::body::{GuardedBody, ResponseBody};
 use crate::headers::{self, ZUORA_TRACK_ID};
 use http::Response;
-use http_body_util::Either;
+use hyper::body::Incoming;
 
-pub(super) fn respond(answer: Answer, admitted: &Admitted<'_>, record: &mut Record<'_>) -> Response<ResponseBody> {
-    let Answer { mut response, guards } = answer;
+pub(super) fn respond(
+    mut response: Response<Incoming>,
+    admitted: &Admitted<'_>,
+    record: &mut Record,
+) -> Response<Incoming> {
     record.upstream_answered(response.status(), response.headers());
     headers::strip_hop_by_hop(response.headers_mut());
     if !response.headers().contains_key(&ZUORA_TRACK_ID) {
@@ -18,5 +19,5 @@ pub(super) fn respond(answer: Answer, admitted: &Admitted<'_>, record: &mut Reco
             .headers_mut()
             .insert(ZUORA_TRACK_ID.clone(), admitted.track_id.clone());
     }
-    response.map(|body| Either::Left(GuardedBody::new(body, guards)))
+    response
 }

@@ -36,6 +36,11 @@ pub(super) fn server(issues: &mut Issues, s: &RawServer) -> (ListenerSettings, R
             DEFAULT_REQUEST_TIMEOUT_SECS,
         ),
         max_body_bytes,
+        upstream_body_timeout: issues.duration(
+            "server.upstream_body_timeout",
+            &s.upstream_body_timeout,
+            DEFAULT_UPSTREAM_BODY_TIMEOUT_SECS,
+        ),
     };
     let listener = ListenerSettings {
         listen,
@@ -58,6 +63,7 @@ pub(super) fn server(issues: &mut Issues, s: &RawServer) -> (ListenerSettings, R
     };
     for (key, d) in [
         ("server.request_timeout", requests.request_timeout),
+        ("server.upstream_body_timeout", requests.upstream_body_timeout),
         ("server.header_read_timeout", listener.header_read_timeout),
         ("server.idle_timeout", listener.idle_timeout),
     ] {
