@@ -222,8 +222,9 @@ impl Drop for LogGuard {
     }
 }
 
-/// Installs the global subscriber and starts the flusher thread. Call once, before anything
-/// logs. `None` if a subscriber was already installed (tests, demo).
+/// Installs the global subscriber (with JSON, a panic hook that logs panics as JSON lines too)
+/// and starts the flusher thread. Call once, before anything logs or can fail. `None` if a
+/// subscriber was already installed (tests, demo).
 pub fn init(settings: &LogSettings) -> Option<LogGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(SinkMaker);
@@ -237,12 +238,37 @@ pub fn init(settings: &LogSettings) -> Option<LogGuard> {
         LogFormat::Text => builder.with_ansi(io::stderr().is_terminal()).try_init(),
     };
     installed.ok()?;
-    JSON_LINES.store(settings.format == LogFormat::Json, Ordering::Relaxed);
+    if settings.format == LogFormat::Json {
+        JSON_LINES.store(true, Ordering::Relaxed);
+        std::panic::set_hook(Box::new(log_panic));
+    }
     if let Err(error) = Sink::spawn_flusher(global(), Duration::from_millis(FLUSH_INTERVAL_MS)) {
         global().write_directly();
         tracing::warn!(%error, "cannot start the log flusher thread; log lines are written as they come");
     }
     Some(LogGuard(()))
+}
+
+/// A panic as a log line, so that a JSON log stays JSON (the default hook prints plain text).
+/// The line is flushed with the rest: by the `LogGuard` when the panic unwinds `main`, by the
+/// flusher otherwise.
+fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    let location = info.location().map(ToString::to_string).unwrap_or_default();
+    let thread = std::thread::current();
+    let thread = thread.name().unwrap_or("(unnamed)");
+    // Honours RUST_BACKTRACE, as the default hook does.
+    let backtrace = std::backtrace::Backtrace::capture();
+    if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+        tracing::error!(panic = message, %location, thread, %backtrace, "panicked");
+    } else {
+        tracing::error!(panic = message, %location, thread, "panicked");
+    }
 }
 
 #[cfg(test)]
