@@ -87,6 +87,7 @@ fn readiness(proxy: &Proxy) -> Response<ResponseBody> {
 
 /// Sets the gauges that are read off the tokens rather than counted as things happen.
 pub fn refresh_gauges(proxy: &Proxy) {
+    proxy.metrics().set_log_lines_dropped(crate::telemetry::dropped_lines());
     let snapshot = proxy.snapshot();
     let now = Instant::now();
     for tenant in snapshot.tenants.values() {

@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 /// The job id of the sample abort.
 pub const SAMPLE_JOB_ID: &str = "3a3e85c4-96e7-486b-ae02-827120104301";
 
+/// The demo's temporary directory (under `$TMPDIR`) is named this, then random characters.
+pub const DIR_PREFIX: &str = "zuora-auth-proxy-demo-";
+
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error("mock Zuora: {0}")]
@@ -67,7 +70,9 @@ track_id_prefix = "demo"
 }
 
 /// Runs the demo. With `once`, sends one sample abort, prints the answer and returns whether
-/// it was a 200; otherwise prints a curl line and serves until `stop` resolves.
+/// it was a 200 (`stop` cuts it short: `false`); otherwise prints a curl line and serves until
+/// `stop` resolves, then drains. The demo's files live in a temporary directory that is
+/// removed however this ends: return, error, or the future dropped.
 pub async fn run(
     once: bool,
     listen: SocketAddr,
@@ -75,13 +80,17 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<bool, DemoError> {
     let mock = MockZuora::builder().start().await.map_err(DemoError::Mock)?;
-    let dir = std::env::temp_dir().join(format!("zuora-auth-proxy-demo-{}", std::process::id()));
-    let files = |source| DemoError::Files {
-        dir: dir.clone(),
+    let dir = tempfile::Builder::new()
+        .prefix(DIR_PREFIX)
+        .tempdir()
+        .map_err(|source| DemoError::Files {
+            dir: std::env::temp_dir(),
+            source,
+        })?;
+    let ca_file = mock.write_ca(dir.path()).map_err(|source| DemoError::Files {
+        dir: dir.path().to_owned(),
         source,
-    };
-    std::fs::create_dir_all(&dir).map_err(files)?;
-    let ca_file = mock.write_ca(&dir).map_err(files)?;
+    })?;
     let listen = if once {
         SocketAddr::from(([127, 0, 0, 1], 0))
     } else {
@@ -93,26 +102,31 @@ pub async fn run(
     let running = crate::start(config).await?;
     let url = format!("http://{}/bulk-data/bulk-jobs/{SAMPLE_JOB_ID}/aborts", running.addr);
     let outcome = if once {
-        let result = sample_request(&url).await;
+        let result = tokio::select! {
+            result = sample_request(&url) => result,
+            () = stop => Ok(false),
+        };
         running.begin_shutdown();
         running.wait().await;
         result
     } else {
         println!(
-            "mock Zuora (TLS) at {} ; proxy at http://{}",
+            "mock Zuora (TLS) at {} (CA: {}) ; proxy at http://{}",
             mock.base_url(),
+            ca_file.display(),
             running.addr
         );
         if let Some(admin) = running.admin_addr {
             println!("admin: http://{admin}/healthz  http://{admin}/readyz  http://{admin}/metrics");
         }
-        println!("try:\n  curl -i -X POST {url}\nCtrl-C stops.");
+        println!("try:\n  curl -i -X POST {url}\nCtrl-C (or SIGTERM) stops.");
         stop.await;
         running.begin_shutdown();
         running.wait().await;
         Ok(true)
     };
-    let _ = std::fs::remove_dir_all(&dir);
+    // Removing the files is best effort; a failure here is no reason to fail the demo.
+    let _ = dir.close();
     outcome
 }
 

@@ -43,7 +43,7 @@ mod track_id;
 mod upstream;
 
 pub use config::{Config, ConfigError, ConfigIssue, CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH};
-pub use demo::run as run_demo;
+pub use demo::{run as run_demo, DIR_PREFIX as DEMO_DIR_PREFIX, SAMPLE_JOB_ID as DEMO_JOB_ID};
 pub use telemetry::{init as init_logging, LogGuard};
 pub use token::Phase as TokenPhase;
 

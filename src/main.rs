@@ -5,7 +5,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use zuora_auth_proxy::{Config, DEFAULT_CONFIG_PATH};
 
 #[derive(Parser)]
@@ -51,70 +51,96 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let command = cli.command.unwrap_or_else(|| {
         let config = std::env::var_os(zuora_auth_proxy::CONFIG_PATH_ENV)
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
         Command::Run(ConfigArg { config })
     });
-    runtime.block_on(async move {
-        match command {
-            Command::CheckConfig(arg) => match Config::load(&arg.config) {
-                Ok(config) => {
-                    // A closed pipe (`| head`) is not an error worth a panic.
-                    let text = serde_json::to_string_pretty(&config.to_redacted_json()).unwrap_or_default();
-                    let _ = writeln!(std::io::stdout().lock(), "{text}");
-                    eprintln!("{}: configuration is valid", arg.config.display());
-                    ExitCode::SUCCESS
-                }
+    match command {
+        Command::CheckConfig(arg) => check_config(&arg.config),
+        Command::Run(arg) => {
+            // Until the configuration loads, the log format is unknown: plain text.
+            let config = match Config::load(&arg.config) {
+                Ok(config) => config,
                 Err(e) => {
                     eprintln!("{}: {e}", arg.config.display());
-                    ExitCode::from(EXIT_CONFIG)
+                    return ExitCode::from(EXIT_CONFIG);
                 }
-            },
-            Command::Run(arg) => serve(arg.config).await,
-            Command::Demo { once, listen, admin } => {
-                match zuora_auth_proxy::run_demo(once, listen, &admin, ctrl_c()).await {
-                    Ok(true) => ExitCode::SUCCESS,
-                    Ok(false) => ExitCode::FAILURE,
-                    Err(e) => {
-                        eprintln!("demo failed: {e}");
-                        ExitCode::FAILURE
-                    }
+            };
+            // From here on every failure is a log line in the configured format.
+            let _log_guard = zuora_auth_proxy::init_logging(&config.fixed.log);
+            for warning in &config.warnings {
+                tracing::warn!(key = %warning.key, message = %warning.message, "configuration warning");
+            }
+            match async_runtime() {
+                Ok(runtime) => runtime.block_on(serve(config, arg.config)),
+                Err(error) => {
+                    tracing::error!(%error, "cannot start the async runtime");
+                    ExitCode::FAILURE
                 }
             }
         }
-    })
+        Command::Demo { once, listen, admin } => match async_runtime() {
+            Ok(runtime) => runtime.block_on(demo(once, listen, &admin)),
+            Err(e) => {
+                eprintln!("cannot start the async runtime: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
 }
 
-async fn ctrl_c() {
-    let _ = tokio::signal::ctrl_c().await;
+fn async_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }
 
-async fn serve(path: PathBuf) -> ExitCode {
-    let config = match Config::load(&path) {
-        Ok(config) => config,
+fn check_config(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let text = serde_json::to_string_pretty(&config.to_redacted_json()).unwrap_or_default();
+            let _ = writeln!(std::io::stdout().lock(), "{text}");
+            for warning in &config.warnings {
+                eprintln!("{}: warning: {warning}", path.display());
+            }
+            eprintln!("{}: configuration is valid", path.display());
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("{}: {e}", path.display());
-            return ExitCode::from(EXIT_CONFIG);
+            ExitCode::from(EXIT_CONFIG)
         }
-    };
-    let _log_guard = zuora_auth_proxy::init_logging(&config.fixed.log);
-    let (mut term, mut int, mut hup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
-        _ => {
-            eprintln!("cannot install signal handlers");
+    }
+}
+
+/// SIGTERM and SIGINT: the first asks for a drain, a second one for an exit at once.
+struct StopSignals {
+    term: Signal,
+    int: Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+async fn serve(config: Config, path: PathBuf) -> ExitCode {
+    let (mut stop, mut hup) = match (StopSignals::install(), signal(SignalKind::hangup())) {
+        (Ok(stop), Ok(hup)) => (stop, hup),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::error!(%error, "cannot install signal handlers");
             return ExitCode::FAILURE;
         }
     };
@@ -127,17 +153,50 @@ async fn serve(path: PathBuf) -> ExitCode {
     };
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            () = stop.next() => break,
             _ = hup.recv() => reload(&running, &path),
         }
     }
     running.begin_shutdown();
-    let drained = running.wait();
     tokio::select! {
-        _ = drained => ExitCode::SUCCESS,
-        _ = term.recv() => second_signal(),
-        _ = int.recv() => second_signal(),
+        () = running.wait() => ExitCode::SUCCESS,
+        () = stop.next() => second_signal(),
+    }
+}
+
+/// The demo stops as `run` does: the first SIGTERM/SIGINT drains, a second exits at once.
+/// Either way the demo's future is dropped before returning, which removes its files.
+async fn demo(once: bool, listen: SocketAddr, admin: &str) -> ExitCode {
+    let mut signals = match StopSignals::install() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let demo = zuora_auth_proxy::run_demo(once, listen, admin, async {
+        let _ = stopped.await;
+    });
+    tokio::pin!(demo);
+    let mut stop = Some(stop);
+    loop {
+        tokio::select! {
+            outcome = &mut demo => return match outcome {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("demo failed: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            () = signals.next() => match stop.take() {
+                Some(stop) => {
+                    let _ = stop.send(());
+                }
+                None => return second_signal(),
+            },
+        }
     }
 }
 

@@ -97,6 +97,7 @@ pub struct Metrics {
     queue_length: Family<TenantLabel, Gauge>,
     queue_wait: HistogramFamily<TenantLabel>,
     retries: Family<RouteReason, Counter>,
+    log_lines_dropped: Counter,
 }
 
 /// Registers `metric` under `name` and hands it back.
@@ -174,6 +175,12 @@ impl Metrics {
                 "retries",
                 "Requests sent to Zuora again, by route and reason",
                 Family::default(),
+            ),
+            log_lines_dropped: add(
+                &mut r,
+                "log_lines_dropped",
+                "Log lines dropped because standard error did not keep up",
+                Counter::default(),
             ),
             registry: Registry::default(),
         };
@@ -255,6 +262,14 @@ impl Metrics {
 
     pub fn config_reloaded(&self, result: ReloadResult) {
         self.config_reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Brings the dropped-log-lines counter up to the log writer's own count.
+    pub fn set_log_lines_dropped(&self, total: u64) {
+        let seen = self.log_lines_dropped.get();
+        if total > seen {
+            self.log_lines_dropped.inc_by(total - seen);
+        }
     }
 
     /// Drops the series of a tenant that a reload removed, so they do not linger frozen.

@@ -21,11 +21,10 @@ pub fn is_valid_prefix(prefix: &str) -> bool {
     prefix.len() <= MAX_PREFIX_LEN && is_valid(prefix.as_bytes())
 }
 
-/// `<prefix>-<32 hex>`, or just the hex: 128 random bits, like a v4 UUID's 122. A track
-/// id must be unique, not unguessable, so a fast thread-local generator serves (no syscall
-/// per request).
+/// `<prefix>-<32 hex>`, or just the hex: the hex is a v4 UUID (122 random bits, version and
+/// variant set), so tools that parse UUIDs accept it. A track id must be unique, not
+/// unguessable, so a fast thread-local generator serves (no syscall per request).
 pub fn generate(prefix: Option<&str>) -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; MAX_LEN];
     let mut len = 0;
     if let Some(p) = prefix {
@@ -33,10 +32,8 @@ pub fn generate(prefix: Option<&str>) -> HeaderValue {
         buf[p.len()] = b'-';
         len = p.len() + 1;
     }
-    let random = fastrand::u128(..);
-    for i in 0..RANDOM_LEN {
-        buf[len + i] = HEX[((random >> (4 * (RANDOM_LEN - 1 - i))) & 0xf) as usize];
-    }
+    let uuid = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+    uuid.simple().encode_lower(&mut buf[len..len + RANDOM_LEN]);
     HeaderValue::from_bytes(&buf[..len + RANDOM_LEN]).expect("generated track ids are visible ASCII")
 }
 
@@ -89,6 +86,26 @@ mod tests {
         assert!(is_valid(generate(Some(&longest)).as_bytes()));
         assert!(!is_valid_prefix(&format!("{longest}p")));
         assert!(!is_valid_prefix("a:b"));
+    }
+
+    #[test]
+    fn generated_ids_are_v4_uuids() {
+        let mut first_digits = std::collections::HashSet::new();
+        for i in 0..10_000 {
+            let prefix = (i % 2 == 0).then_some("acme");
+            let id = generate(prefix);
+            let hex = &id.as_bytes()[prefix.map_or(0, |p| p.len() + 1)..];
+            assert_eq!(hex.len(), RANDOM_LEN);
+            // 13th digit: the version nibble; 17th: the variant bits `10`.
+            assert_eq!(hex[12], b'4', "{id:?}");
+            assert!(b"89ab".contains(&hex[16]), "{id:?}");
+            let parsed = uuid::Uuid::try_parse_ascii(hex).expect("a UUID in simple form");
+            assert_eq!(parsed.get_version(), Some(uuid::Version::Random));
+            assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122);
+            first_digits.insert(hex[0]);
+        }
+        // The other digits stay random.
+        assert_eq!(first_digits.len(), 16);
     }
 
     proptest! {

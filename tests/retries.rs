@@ -237,9 +237,30 @@ async fn retry_after_is_waited_and_the_retry_can_succeed() {
 }
 
 #[tokio::test]
-async fn rate_limit_reset_is_the_hint_when_retry_after_is_absent() {
-    // The mock always sends `RateLimit-Reset: 60`: past a 10 s deadline, so no retry at all
-    // (backoff would have retried within a fraction of a second).
+async fn rate_limit_reset_is_the_hint_of_a_429_without_retry_after() {
+    // The mock always sends `RateLimit-Reset: 60`: on a 429 that is the wait, past a 10 s
+    // deadline, so no retry at all (backoff would have retried within a fraction of a second).
+    let h = retrying().await;
+    h.mock.set_api_mode(ApiMode::Status {
+        status: 429,
+        retry_after_secs: None,
+    });
+    let started = Instant::now();
+    let answer = get(&h.url(&summary_path())).await;
+    assert_eq!(answer.status, 429);
+    assert_eq!(answer.header("ratelimit-reset"), Some("60"));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(h.mock.received().len(), 1);
+}
+
+#[tokio::test]
+async fn a_503_is_retried_with_backoff_whatever_ratelimit_reset_says() {
+    // Zuora sends `RateLimit-Reset` on every answer (here 60 s, with requests remaining): it
+    // is the rate window's reset, not a hint for a 503, so the retries back off instead.
     let h = retrying().await;
     h.mock.set_api_mode(ApiMode::Status {
         status: 503,
@@ -249,12 +270,12 @@ async fn rate_limit_reset_is_the_hint_when_retry_after_is_absent() {
     let answer = get(&h.url(&summary_path())).await;
     assert_eq!(answer.status, 503);
     assert_eq!(answer.header("ratelimit-reset"), Some("60"));
+    assert_eq!(h.mock.received().len(), 3, "the first attempt and two retries");
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "waited {:?}",
         started.elapsed()
     );
-    assert_eq!(h.mock.received().len(), 1);
 }
 
 #[tokio::test]

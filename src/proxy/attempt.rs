@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 /// First retry waits 50-100 ms, doubling per retry.
@@ -132,7 +132,10 @@ fn next(
     let Some(reason) = retry_reason(result).filter(|r| route.retry.retries_on(*r)) else {
         return Next::Done;
     };
-    let hint = result.as_ref().ok().and_then(|r| backoff::retry_hint(r.headers()));
+    let hint = result
+        .as_ref()
+        .ok()
+        .and_then(|r| backoff::server_hint(r.status(), r.headers(), SystemTime::now()));
     let wait = hint.unwrap_or_else(|| backoff.next(fastrand::f64()));
     // A wait that would outlast the request's deadline is no retry at all (and a huge
     // Retry-After must not overflow the clock).

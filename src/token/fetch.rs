@@ -213,7 +213,7 @@ async fn send(client: &UpstreamClient, request: oauth2::HttpRequest) -> Result<o
     if parts.status != StatusCode::OK {
         return Err(HttpFailure(FetchError::Status {
             status: parts.status,
-            retry_after: crate::backoff::retry_hint(&parts.headers),
+            retry_after: crate::backoff::server_hint(parts.status, &parts.headers, std::time::SystemTime::now()),
         }));
     }
     let body = Limited::new(body, MAX_TOKEN_RESPONSE_BYTES)
