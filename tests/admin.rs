@@ -358,6 +358,9 @@ async fn caller_input_never_becomes_a_label_value() {
         "upstream_failed",
         "upstream_timeout",
         "internal_error",
+        "caller_gone",
+        "upstream_body_incomplete",
+        "upstream_body_timeout",
     ];
     let results = [
         "ok",

@@ -20,9 +20,9 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 /// First retry waits 50-100 ms, doubling per retry.
-const RETRY_BACKOFF_BASE_MS: u64 = 100;
+const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// Longest wait between retries when Zuora gives no hint.
-const RETRY_BACKOFF_MAX_MS: u64 = 5_000;
+const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(5_000);
 
 /// What to do after an attempt.
 enum Next {
@@ -41,59 +41,58 @@ pub(super) async fn attempt(
     deadline: Deadline,
     record: &mut Record,
 ) -> Result<Response<Incoming>, ProxyError> {
-    let Prepared {
-        method,
-        uri,
-        mut headers,
-        body,
-        max_body,
-        mut token,
-        guards,
-    } = prepared;
+    let mut p = prepared;
     let tenant = admitted.tenant;
-    let may_retry = admitted.route.retry.allows(&method, &headers);
+    let retry = admitted
+        .route
+        .retry
+        .allows(&p.method, &p.headers)
+        .then_some(admitted.route.as_ref());
     // Only a buffered body can be sent twice; a streamed one gets exactly one attempt.
-    let replay = body.replayable();
-    let mut first = Some(body.into_upstream());
-    let mut backoff = Backoff::new(
-        Duration::from_millis(RETRY_BACKOFF_BASE_MS),
-        Duration::from_millis(RETRY_BACKOFF_MAX_MS),
-    );
+    let replay = p.body.replayable();
+    let mut first = Some(p.body.into_upstream());
+    let mut backoff = Backoff::new(RETRY_BACKOFF_BASE, RETRY_BACKOFF_MAX);
     let started = Instant::now();
     let result = loop {
-        let (attempt_headers, attempt_body) = next_attempt(&mut first, replay.as_ref(), &mut headers);
-        let sent = send(tenant, &method, &uri, attempt_headers, attempt_body, max_body);
+        let (attempt_headers, attempt_body) = next_attempt(&mut first, replay.as_ref(), &mut p.headers);
+        let sent = send(tenant, &p.method, &p.uri, attempt_headers, attempt_body, p.max_body);
         let result = deadline.bound(None, sent, ProxyError::UpstreamTimeout).await;
         if matches!(&result, Ok(r) if r.status() == StatusCode::UNAUTHORIZED) {
             // Whatever happens to this request, the next ones need another token (only the
             // first request to see this token refused causes a fetch).
-            tenant.tokens.invalidate(&token);
+            tenant.tokens.invalidate(&p.token);
         }
-        let retry = may_retry.then_some(admitted.route.as_ref());
-        match next(&result, replay.is_some(), record, retry, &mut backoff, deadline) {
+        let renew = match next(&result, replay.is_some(), record, retry, &mut backoff, deadline) {
             Next::Done => break result,
-            Next::RenewToken => record.token_retry = true,
-            Next::Retry { wait, reason } => {
-                record.retries += 1;
-                record.retried(reason);
-                drop(result);
-                tokio::time::sleep(wait).await;
-                // The token may have run out while waiting; never send an expired one.
-                if token.is_usable(Instant::now()) {
-                    continue;
-                }
+            Next::RenewToken => {
+                record.token_retry = true;
+                true
             }
+            Next::Retry { wait, reason } => {
+                pause(record, reason, wait, result).await;
+                // The token may have run out while waiting; never send an expired one.
+                !p.token.is_usable(Instant::now())
+            }
+        };
+        if renew {
+            p.token = deadline
+                .bound(None, prepare::token(tenant), ProxyError::TokenUnavailable)
+                .await?;
+            headers::set_authorization(&mut p.headers, p.token.header());
         }
-        token = deadline
-            .bound(None, prepare::token(tenant), ProxyError::TokenUnavailable)
-            .await?;
-        headers::set_authorization(&mut headers, token.header());
     };
-    let upstream_time = started.elapsed();
-    record.upstream_time = Some(upstream_time);
-    tenant.meters.upstream_duration.observe(upstream_time.as_secs_f64());
-    record.guards = Some(guards);
+    record.upstream_time = Some(started.elapsed());
+    tenant.meters.upstream_duration.observe(started.elapsed().as_secs_f64());
+    record.guards = Some(p.guards);
     result
+}
+
+/// Waits before a retry, counting it; the attempt's answer is dropped first.
+async fn pause(record: &mut Record, reason: RetryOn, wait: Duration, answer: impl Sized) {
+    drop(answer);
+    record.retries += 1;
+    record.retried(reason);
+    tokio::time::sleep(wait).await;
 }
 
 /// The headers and body of the next attempt: the first one takes the caller's body, a
