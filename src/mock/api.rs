@@ -1,39 +1,64 @@
-//! The mock's REST API: the token check, the answer modes tests switch between, and the
-//! endpoints (bulk-data jobs) with Zuora's response headers.
+//! The mock's REST API: the token check, the answer modes tests switch between (or script
+//! call by call), and the endpoints (bulk-data jobs) with Zuora's response headers.
 
-use super::{json_response, MockBody, State};
-use crate::body::full;
-use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use super::{json_response, State};
+use bytes::{Bytes, BytesMut};
+use http::request::Parts;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How the API endpoints behave (the token check still applies first).
+/// Zuora's answer when too many requests run at once (also the body of [`ApiMode::Status`]).
+pub(super) const EXCEEDED_LIMIT: &str = r#"{"code":"REQUEST_EXCEEDED_LIMIT","message":"Your total number of concurrent requests have exceeded the limit allowed by the system. Please resubmit your request later."}"#;
+
+/// How the API endpoints answer a request that passed the token check (a request without a
+/// valid token always gets 401). Set for every call with `MockZuora::set_api_mode`, or call
+/// by call with `MockZuora::set_api_script`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ApiMode {
     Normal,
     /// Wait this long before answering normally.
     Delay(Duration),
-    /// Answer this status, with `Retry-After` when given.
+    /// Answer this status with Zuora's `REQUEST_EXCEEDED_LIMIT` body, with `Retry-After`
+    /// when given.
     Status {
         status: u16,
         retry_after_secs: Option<u64>,
     },
     /// Drop the connection without answering.
     Reset,
+    /// A `/v1`-style failure inside a 200: `{"success": false, "processId": ..., "reasons":
+    /// [{"code": code, "message": ...}]}`. Zuora retries codes ending in 50 (lock
+    /// competition), 61 (temporary error) and 70 (concurrency limit).
+    BodyError {
+        code: u64,
+    },
+    /// Any answer: this status, these headers (each replaces the mock's header of that name,
+    /// e.g. `RateLimit-Remaining`; `Content-Type` defaults to JSON) and this body. For a 503
+    /// with `RateLimit-Reset`, a 429 with an HTTP-date `Retry-After`, a 409 for an
+    /// `Idempotency-Key` still in progress...
+    Answer {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
 }
 
-/// One request the mock received.
+/// One API request the mock received (token requests are not recorded here).
 #[derive(Debug, Clone)]
 pub struct Received {
     pub method: Method,
     /// Path and query as received.
     pub target: String,
+    pub version: Version,
     pub headers: HeaderMap,
+    /// The body as far as it arrived.
     pub body: Bytes,
+    /// Whether the whole body arrived (false when the sender went away mid-body).
+    pub body_complete: bool,
 }
 
 /// Why the mock ended a connection instead of answering.
@@ -43,80 +68,146 @@ pub(super) enum Hangup {
     Reset,
 }
 
-pub(super) async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Response<MockBody>, Hangup> {
+pub(super) async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Response<Bytes>, Hangup> {
     let (parts, body) = request.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    state.received.lock().unwrap().push(Received {
+    // The mode is taken before the call is counted, so a test that waits for the count and
+    // then changes the mode never changes it under this call.
+    let mode = authorized(&state, &parts.headers).then(|| state.next_mode());
+    let (body, body_complete) = read_body(body).await;
+    state.record(Received {
         method: parts.method.clone(),
         target: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        version: parts.version,
         headers: parts.headers.clone(),
         body,
+        body_complete,
     });
-    // The mode is read before the call is counted, so a test that waits for the count and
-    // then changes the mode never changes it under this call.
-    let mode = state.settings.lock().unwrap().api_mode.clone();
-    state.api_calls.send_modify(|c| *c += 1);
-    let request_id = uuid::Uuid::new_v4().to_string();
-    let mut response = answer(&state, mode, &parts.method, parts.uri.path(), &parts.headers).await?;
-    let headers = response.headers_mut();
-    headers.insert("zuora-request-id", HeaderValue::try_from(request_id).expect("uuid"));
-    if let Some(track) = parts.headers.get("zuora-track-id") {
-        headers.insert("zuora-track-id", track.clone());
+    let Some(mode) = mode else {
+        return Ok(decorated(unauthorized(), &parts));
+    };
+    let mut response = decorated(answer(&mode, &parts).await?, &parts);
+    if let ApiMode::Answer { headers, .. } = &mode {
+        replace_headers(response.headers_mut(), headers);
     }
-    headers.insert("ratelimit-limit", HeaderValue::from_static("12500"));
-    headers.insert("ratelimit-remaining", HeaderValue::from_static("12499"));
-    headers.insert("ratelimit-reset", HeaderValue::from_static("60"));
-    // Hop-by-hop headers a proxy must not pass on.
-    headers.insert(header::CONNECTION, HeaderValue::from_static("x-mock-hop"));
-    headers.insert("x-mock-hop", HeaderValue::from_static("1"));
-    headers.insert("keep-alive", HeaderValue::from_static("timeout=30"));
     Ok(response)
 }
 
-async fn answer(
-    state: &State,
-    mode: ApiMode,
-    method: &Method,
-    path: &str,
-    headers: &HeaderMap,
-) -> Result<Response<MockBody>, Hangup> {
-    let authorized = headers
+fn authorized(state: &State, headers: &HeaderMap) -> bool {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .and_then(|token| state.issued.lock().unwrap().get(token).copied())
-        .is_some_and(|expires| Instant::now() < expires);
-    if !authorized {
-        let mut r = json_response(StatusCode::UNAUTHORIZED, json!({"message": "Authentication error"}));
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=Zuora API, ZSession realm=Zuora API, Bearer realm=Zuora API"),
-        );
-        return Ok(r);
+        .is_some_and(|expires| Instant::now() < expires)
+}
+
+/// Reads the body to its end, or as far as it comes before the sender goes away.
+async fn read_body(mut body: Incoming) -> (Bytes, bool) {
+    let mut read = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    read.extend_from_slice(data);
+                }
+            }
+            Err(_) => return (read.freeze(), false),
+        }
     }
+    (read.freeze(), true)
+}
+
+fn unauthorized() -> Response<Bytes> {
+    let mut r = json_response(StatusCode::UNAUTHORIZED, json!({"message": "Authentication error"}));
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=Zuora API, ZSession realm=Zuora API, Bearer realm=Zuora API"),
+    );
+    r
+}
+
+async fn answer(mode: &ApiMode, parts: &Parts) -> Result<Response<Bytes>, Hangup> {
     match mode {
         ApiMode::Normal => {}
-        ApiMode::Delay(d) => tokio::time::sleep(d).await,
+        ApiMode::Delay(d) => tokio::time::sleep(*d).await,
         ApiMode::Reset => return Err(Hangup::Reset),
         ApiMode::Status {
             status,
             retry_after_secs,
         } => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut r = json_response(
-                status,
-                json!({"code": "REQUEST_EXCEEDED_LIMIT", "message": "Your total number of concurrent requests have exceeded the limit allowed by the system. Please resubmit your request later."}),
-            );
+            let mut r = json_bytes(status_code(*status), Bytes::from_static(EXCEEDED_LIMIT.as_bytes()));
             if let Some(secs) = retry_after_secs {
-                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*secs));
             }
             return Ok(r);
         }
+        ApiMode::BodyError { code } => return Ok(body_error(*code)),
+        ApiMode::Answer { status, body, .. } => return Ok(json_bytes(status_code(*status), Bytes::from(body.clone()))),
     }
-    Ok(endpoint(method, path))
+    Ok(endpoint(&parts.method, parts.uri.path()))
 }
 
-fn endpoint(method: &Method, path: &str) -> Response<MockBody> {
+fn status_code(status: u16) -> StatusCode {
+    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+fn json_bytes(status: StatusCode, body: Bytes) -> Response<Bytes> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    r
+}
+
+fn body_error(code: u64) -> Response<Bytes> {
+    let message = match code % 100 {
+        50 => "The operation failed because of a lock competition. Please retry later.",
+        61 => "A temporary error occurred. Please retry later.",
+        70 => "Your request exceeded the concurrency limit. Please retry later.",
+        _ => "The operation failed.",
+    };
+    let process_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_uppercase();
+    json_response(
+        StatusCode::OK,
+        json!({"success": false, "processId": process_id, "reasons": [{"code": code, "message": message}]}),
+    )
+}
+
+/// Zuora's headers on every API answer: its request id, the track id echo and the rate
+/// limit; then hop-by-hop headers a proxy must not pass on.
+fn decorated(mut response: Response<Bytes>, request: &Parts) -> Response<Bytes> {
+    let headers = response.headers_mut();
+    let request_id = uuid::Uuid::new_v4().to_string();
+    headers.insert("zuora-request-id", HeaderValue::try_from(request_id).expect("uuid"));
+    if let Some(track) = request.headers.get("zuora-track-id") {
+        headers.insert("zuora-track-id", track.clone());
+    }
+    headers.insert("ratelimit-limit", HeaderValue::from_static("12500"));
+    headers.insert("ratelimit-remaining", HeaderValue::from_static("12499"));
+    headers.insert("ratelimit-reset", HeaderValue::from_static("60"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("x-mock-hop"));
+    headers.insert("x-mock-hop", HeaderValue::from_static("1"));
+    headers.insert("keep-alive", HeaderValue::from_static("timeout=30"));
+    response
+}
+
+/// A test's headers replace the mock's of the same names; a name given twice is sent twice.
+fn replace_headers(headers: &mut HeaderMap, given: &[(String, String)]) {
+    let parsed: Vec<(HeaderName, HeaderValue)> = given
+        .iter()
+        .filter_map(|(name, value)| Some((name.parse().ok()?, value.parse().ok()?)))
+        .collect();
+    for (name, _) in &parsed {
+        headers.remove(name);
+    }
+    for (name, value) in parsed {
+        headers.append(name, value);
+    }
+}
+
+fn endpoint(method: &Method, path: &str) -> Response<Bytes> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
         (&Method::POST, ["bulk-data", "bulk-jobs", id, "aborts"]) => {
@@ -128,7 +219,7 @@ fn endpoint(method: &Method, path: &str) -> Response<MockBody> {
         ),
         (&Method::GET, ["bulk-data", "bulk-jobs", _, "downloads"]) => {
             // Opaque bytes standing for a gzipped file: a proxy must pass them on untouched.
-            let mut r = Response::new(full(download_bytes()));
+            let mut r = Response::new(Bytes::from(download_bytes()));
             r.headers_mut()
                 .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
             r.headers_mut().insert(
@@ -142,9 +233,14 @@ fn endpoint(method: &Method, path: &str) -> Response<MockBody> {
     }
 }
 
-/// The bytes the mock's `downloads` endpoint sends, for comparing with what a caller got.
-pub fn download_bytes() -> Vec<u8> {
-    (0..200_000u32)
+/// `len` bytes of the pattern the `downloads` endpoint sends (and the raw answers' bodies).
+pub fn pattern_bytes(len: usize) -> Vec<u8> {
+    (0..len as u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect()
+}
+
+/// The bytes the mock's `downloads` endpoint sends, for comparing with what a caller got.
+pub fn download_bytes() -> Vec<u8> {
+    pattern_bytes(200_000)
 }

@@ -4,19 +4,22 @@
 
 mod api;
 pub mod pki;
+#[cfg(test)]
+mod tests;
 mod token;
 
-pub use api::{download_bytes, ApiMode, Received};
+pub use api::{download_bytes, pattern_bytes, ApiMode, Received};
 pub use token::{ExpiresIn, TokenMode};
 
 use crate::body::{full, ResponseBody};
+use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use pki::TestCa;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -39,6 +42,8 @@ struct Settings {
     expires_in: ExpiresIn,
     token_mode: TokenMode,
     api_mode: ApiMode,
+    /// Modes for the next API calls, one each, before `api_mode` applies again.
+    api_script: VecDeque<ApiMode>,
 }
 
 struct State {
@@ -99,6 +104,7 @@ impl MockBuilder {
                 expires_in: self.expires_in,
                 token_mode: self.token_mode,
                 api_mode: ApiMode::Normal,
+                api_script: VecDeque::new(),
             }),
             token_calls: watch::channel(0).0,
             api_calls: watch::channel(0).0,
@@ -191,6 +197,14 @@ impl MockZuora {
         self.state.settings.lock().unwrap().api_mode = mode;
     }
 
+    /// The next API calls that pass the token check get these modes, one each in order;
+    /// after them the mode of [`MockZuora::set_api_mode`] applies again (`Normal` unless
+    /// changed). Replaces any script not yet used up. A script of one 503 models "503 once,
+    /// then 200".
+    pub fn set_api_script(&self, modes: Vec<ApiMode>) {
+        self.state.settings.lock().unwrap().api_script = modes.into();
+    }
+
     pub fn set_client_secret(&self, secret: &str) {
         self.state.settings.lock().unwrap().client_secret = secret.into();
     }
@@ -203,6 +217,22 @@ impl MockZuora {
     /// Every API request received (token requests excluded), oldest first.
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
+    }
+}
+
+impl State {
+    /// The mode for the API call now being answered: the script's next one, else the set mode.
+    fn next_mode(&self) -> ApiMode {
+        let mut settings = self.settings.lock().unwrap();
+        match settings.api_script.pop_front() {
+            Some(mode) => mode,
+            None => settings.api_mode.clone(),
+        }
+    }
+
+    fn record(&self, received: Received) {
+        self.received.lock().unwrap().push(received);
+        self.api_calls.send_modify(|c| *c += 1);
     }
 }
 
@@ -232,14 +262,16 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<St
 }
 
 async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Response<MockBody>, api::Hangup> {
-    if request.uri().path() == "/oauth/token" {
-        return Ok(token::endpoint(&state, request).await);
-    }
-    api::handle(state, request).await
+    let response = if request.uri().path() == "/oauth/token" {
+        token::endpoint(&state, request).await
+    } else {
+        api::handle(state, request).await?
+    };
+    Ok(response.map(full))
 }
 
-fn json_response(status: StatusCode, body: serde_json::Value) -> Response<MockBody> {
-    let mut response = Response::new(full(body.to_string()));
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from(body.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -1,8 +1,9 @@
 //! The mock's OAuth 2.0 token endpoint (`POST /oauth/token`, client credentials in the form
 //! body), issuing tokens the API endpoints then accept until they expire or are revoked.
 
-use super::{json_response, MockBody, State};
-use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use super::{json_response, State};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::json;
@@ -43,7 +44,7 @@ pub enum TokenMode {
     Delay(Duration),
 }
 
-pub(super) async fn endpoint(state: &State, request: Request<Incoming>) -> http::Response<MockBody> {
+pub(super) async fn endpoint(state: &State, request: Request<Incoming>) -> Response<Bytes> {
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let mode = state.settings.lock().unwrap().token_mode.clone();
@@ -65,7 +66,7 @@ pub(super) async fn endpoint(state: &State, request: Request<Incoming>) -> http:
     issue(state, &parts.method, &parts.headers, &body)
 }
 
-fn issue(state: &State, method: &Method, headers: &HeaderMap, body: &[u8]) -> http::Response<MockBody> {
+fn issue(state: &State, method: &Method, headers: &HeaderMap, body: &[u8]) -> Response<Bytes> {
     let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
     let form_type = headers
         .get(header::CONTENT_TYPE)

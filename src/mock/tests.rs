@@ -1,0 +1,257 @@
+//! The mock over real TLS, seen through a raw client that shows exactly what goes on the wire.
+
+use super::*;
+use http::Version;
+use rustls::pki_types::ServerName;
+use serde_json::json;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+const PATIENCE: Duration = Duration::from_secs(5);
+const JOB: &str = "3a3e85c4-96e7-486b-ae02-827120104301";
+
+async fn connect(mock: &MockZuora) -> TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(mock.ca().cert_der()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(crate::upstream::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(mock.addr()).await.unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap()
+}
+
+/// Reads until the mock closes the connection (a missing close_notify counts as closed).
+async fn read_to_close(stream: &mut TlsStream<TcpStream>) -> Vec<u8> {
+    let mut read = Vec::new();
+    let until_close = async {
+        let mut chunk = [0u8; 16384];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, until_close)
+        .await
+        .expect("the mock closed the connection");
+    read
+}
+
+/// Sends `request` on a fresh connection and returns all the mock sent until it closed.
+async fn exchange(mock: &MockZuora, request: &[u8]) -> Vec<u8> {
+    let mut stream = connect(mock).await;
+    stream.write_all(request).await.unwrap();
+    read_to_close(&mut stream).await
+}
+
+/// A request with `Connection: close`, so that a normal answer ends the connection too.
+fn request(method: &str, path: &str, token: &str, headers: &[(&str, &str)], body: &str) -> Vec<u8> {
+    let mut text = format!(
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {token}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str("\r\n");
+    text.push_str(body);
+    text.into_bytes()
+}
+
+fn abort(token: &str) -> Vec<u8> {
+    request("POST", &format!("/bulk-data/bulk-jobs/{JOB}/aborts"), token, &[], "")
+}
+
+async fn token(mock: &MockZuora) -> String {
+    let form = format!("grant_type=client_credentials&client_id={CLIENT_ID}&client_secret={CLIENT_SECRET}");
+    let answer = Answer::parse(&exchange(mock, &token_request(&form)).await);
+    assert_eq!(answer.status(), 200, "{}", answer.head);
+    answer.json()["access_token"].as_str().unwrap().to_string()
+}
+
+fn token_request(form: &str) -> Vec<u8> {
+    format!(
+        "POST /oauth/token HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{form}",
+        form.len()
+    )
+    .into_bytes()
+}
+
+/// An answer as sent: the head as text, and every byte after it.
+struct Answer {
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn parse(wire: &[u8]) -> Answer {
+        let end = wire
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(wire)));
+        Answer {
+            head: String::from_utf8_lossy(&wire[..end]).into_owned(),
+            body: wire[end + 4..].to_vec(),
+        }
+    }
+
+    fn status_line(&self) -> &str {
+        self.head.lines().next().unwrap_or_default()
+    }
+
+    fn status(&self) -> u16 {
+        self.status_line().split(' ').nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Every value of the header `name`, in order.
+    fn headers(&self, name: &str) -> Vec<&str> {
+        self.head
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_once(':'))
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+            .collect()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers(name).first().copied()
+    }
+
+    /// The body as JSON, dechunked when the answer is chunked.
+    fn json(&self) -> serde_json::Value {
+        let body = if self.header("transfer-encoding") == Some("chunked") {
+            dechunk(&self.body).0
+        } else {
+            self.body.clone()
+        };
+        serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&body)))
+    }
+}
+
+/// The data of a chunked body, and whether its last chunk came.
+fn dechunk(mut wire: &[u8]) -> (Vec<u8>, bool) {
+    let mut data = Vec::new();
+    while let Some(line_end) = wire.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(std::str::from_utf8(&wire[..line_end]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return (data, true);
+        }
+        let start = line_end + 2;
+        data.extend_from_slice(&wire[start..(start + size).min(wire.len())]);
+        wire = &wire[(start + size + 2).min(wire.len())..];
+    }
+    (data, false)
+}
+
+#[tokio::test]
+async fn a_script_answers_call_by_call_then_the_set_mode_applies_again() {
+    let mock = MockZuora::builder().start().await.unwrap();
+    let token = token(&mock).await;
+    mock.set_api_script(vec![
+        ApiMode::Status {
+            status: 503,
+            retry_after_secs: None,
+        },
+        ApiMode::BodyError { code: 53_100_050 },
+    ]);
+    let first = Answer::parse(&exchange(&mock, &abort(&token)).await);
+    assert_eq!(first.status(), 503);
+    assert_eq!(first.json()["code"], "REQUEST_EXCEEDED_LIMIT");
+    let second = Answer::parse(&exchange(&mock, &abort(&token)).await);
+    assert_eq!(second.status(), 200, "a body error travels in a 200");
+    let error = second.json();
+    assert_eq!(error["success"], false);
+    assert_eq!(error["reasons"][0]["code"], 53_100_050);
+    assert!(
+        error["reasons"][0]["message"].as_str().unwrap().contains("lock"),
+        "{error}"
+    );
+    assert_eq!(error["processId"].as_str().unwrap().len(), 16);
+    let third = Answer::parse(&exchange(&mock, &abort(&token)).await);
+    assert_eq!(third.json(), json!({"id": JOB, "status": "Aborted"}));
+}
+
+#[tokio::test]
+async fn a_request_without_a_valid_token_does_not_use_up_the_script() {
+    let mock = MockZuora::builder().start().await.unwrap();
+    mock.set_api_script(vec![ApiMode::BodyError { code: 53_100_061 }]);
+    let refused = Answer::parse(&exchange(&mock, &abort("not-a-token")).await);
+    assert_eq!(refused.status(), 401);
+    assert!(refused
+        .header("www-authenticate")
+        .unwrap()
+        .contains("Bearer realm=Zuora API"));
+    let token = token(&mock).await;
+    let scripted = Answer::parse(&exchange(&mock, &abort(&token)).await);
+    assert_eq!(scripted.json()["reasons"][0]["code"], 53_100_061);
+    assert_eq!(mock.api_calls(), 2, "both calls are counted");
+}
+
+#[tokio::test]
+async fn an_answer_replaces_the_mocks_headers_of_the_same_name() {
+    let mock = MockZuora::builder().start().await.unwrap();
+    let token = token(&mock).await;
+    mock.set_api_mode(ApiMode::Answer {
+        status: 503,
+        headers: vec![
+            ("RateLimit-Reset".into(), "42".into()),
+            ("RateLimit-Remaining".into(), "100".into()),
+        ],
+        body: r#"{"message":"Service Unavailable"}"#.into(),
+    });
+    let answer = Answer::parse(&exchange(&mock, &abort(&token)).await);
+    assert_eq!(answer.status(), 503);
+    assert_eq!(answer.headers("ratelimit-reset"), ["42"]);
+    assert_eq!(answer.headers("ratelimit-remaining"), ["100"]);
+    assert_eq!(answer.headers("ratelimit-limit"), ["12500"], "headers not given stay");
+    assert!(answer.header("content-type").unwrap().starts_with("application/json"));
+    assert_eq!(answer.json()["message"], "Service Unavailable");
+
+    mock.set_api_mode(ApiMode::Answer {
+        status: 409,
+        headers: vec![("Content-Type".into(), "text/plain".into())],
+        body: "in progress".into(),
+    });
+    let answer = Answer::parse(&exchange(&mock, &abort(&token)).await);
+    assert_eq!(answer.status(), 409);
+    assert_eq!(answer.headers("content-type"), ["text/plain"]);
+    assert_eq!(answer.body, b"in progress");
+}
+
+#[tokio::test]
+async fn received_records_the_version_and_whether_the_body_came_whole() {
+    let mock = MockZuora::builder().start().await.unwrap();
+    let token = token(&mock).await;
+    let echo = format!("/bulk-data/bulk-jobs/{JOB}/echo");
+    let whole = Answer::parse(&exchange(&mock, &request("POST", &echo, &token, &[], "0123456789")).await);
+    assert_eq!(whole.status(), 200);
+    let http10 = format!("POST {echo} HTTP/1.0\r\nauthorization: Bearer {token}\r\ncontent-length: 2\r\n\r\nok");
+    let old = Answer::parse(&exchange(&mock, http10.as_bytes()).await);
+    assert_eq!(old.status(), 200);
+
+    // Half a body, then the sender goes away.
+    let mut stream = connect(&mock).await;
+    let head =
+        format!("POST {echo} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: 100\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(b"0123456789").await.unwrap();
+    stream.shutdown().await.unwrap();
+    assert!(mock.wait_api_calls(3, PATIENCE).await);
+
+    let received = mock.received();
+    assert_eq!(received[0].version, Version::HTTP_11);
+    assert!(received[0].body_complete);
+    assert_eq!(received[0].body, "0123456789");
+    assert_eq!(received[1].version, Version::HTTP_10);
+    assert!(received[1].body_complete);
+    assert!(!received[2].body_complete);
+    assert_eq!(received[2].body, "0123456789", "the part that came is kept");
+}
