@@ -1,18 +1,22 @@
 //! The mock's REST API: the token check, the answer modes tests switch between (or script
 //! call by call), and the endpoints (bulk-data jobs) with Zuora's response headers.
 
+use super::raw::{self, SharedIo};
 use super::{json_response, State};
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Zuora's answer when too many requests run at once (also the body of [`ApiMode::Status`]).
 pub(super) const EXCEEDED_LIMIT: &str = r#"{"code":"REQUEST_EXCEEDED_LIMIT","message":"Your total number of concurrent requests have exceeded the limit allowed by the system. Please resubmit your request later."}"#;
+
+/// Zuora's challenge on a 401.
+pub(super) const CHALLENGE: &str = "Basic realm=Zuora API, ZSession realm=Zuora API, Bearer realm=Zuora API";
 
 /// How the API endpoints answer a request that passed the token check (a request without a
 /// valid token always gets 401). Set for every call with `MockZuora::set_api_mode`, or call
@@ -45,6 +49,40 @@ pub enum ApiMode {
         headers: Vec<(String, String)>,
         body: String,
     },
+    // Raw answers, written straight onto the TLS stream; the connection is closed after each.
+    // Unless said otherwise they carry the status, headers and body the endpoint gives
+    // normally (200 on the mock's endpoints).
+    /// `Content-Length` (half the body's length) and `Transfer-Encoding: chunked` at once, the
+    /// body chunked.
+    BothLengths,
+    /// `Transfer-Encoding` set to this coding list, e.g. `"gzip, chunked"`. `gzip` in the list
+    /// is applied (as an uncompressed gzip member), other codings are only named; a list
+    /// ending in `chunked` is chunked, any other is ended by the close.
+    TransferCoding(String),
+    /// An unsolicited interim answer: `101 Switching Protocols` (with `Upgrade`) followed by a
+    /// WebSocket frame; any other code (102, 103...) is followed by the normal answer.
+    Informational(u16),
+    /// This status (413, 401...) as soon as the head has arrived, before reading a byte of the
+    /// body, then a close; it bites when the request has a large body still on its way.
+    EarlyAnswer {
+        status: u16,
+    },
+    /// The normal answer with the status line `HTTP/1.0 200 OK` and a `Content-Length`.
+    Http10,
+    /// `Content-Length: declared` and the first `after_bytes` of the body, then silence on the
+    /// open connection until [`MockZuora::release_stalls`](super::MockZuora::release_stalls)
+    /// (the rest is then sent) or the mock is dropped. The body is [`pattern_bytes`].
+    StallBody {
+        after_bytes: usize,
+        declared: usize,
+    },
+    /// `Content-Length: declared`, `sent` bytes of [`pattern_bytes`], then a close.
+    Truncated {
+        declared: usize,
+        sent: usize,
+    },
+    /// The normal body chunked without its last chunk, then a close.
+    TruncatedChunked,
 }
 
 /// One API request the mock received (token requests are not recorded here).
@@ -66,14 +104,25 @@ pub struct Received {
 pub(super) enum Hangup {
     #[error("mock dropped the connection on purpose")]
     Reset,
+    #[error("mock wrote a raw answer and closed the connection")]
+    Raw,
+    #[error("mock could not write its raw answer: {0}")]
+    RawWrite(#[from] std::io::Error),
 }
 
-pub(super) async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Response<Bytes>, Hangup> {
+pub(super) async fn handle(
+    state: Arc<State>,
+    mut io: SharedIo,
+    request: Request<Incoming>,
+) -> Result<Response<Bytes>, Hangup> {
     let (parts, body) = request.into_parts();
     // The mode is taken before the call is counted, so a test that waits for the count and
     // then changes the mode never changes it under this call.
     let mode = authorized(&state, &parts.headers).then(|| state.next_mode());
-    let (body, body_complete) = read_body(body).await;
+    let (body, body_complete) = match mode {
+        Some(ApiMode::EarlyAnswer { .. }) => (Bytes::new(), body.is_end_stream()),
+        _ => read_body(body).await,
+    };
     state.record(Received {
         method: parts.method.clone(),
         target: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
@@ -83,9 +132,16 @@ pub(super) async fn handle(state: Arc<State>, request: Request<Incoming>) -> Res
         body_complete,
     });
     let Some(mode) = mode else {
-        return Ok(decorated(unauthorized(), &parts));
+        return Ok(hop_by_hop(zuora_headers(unauthorized(), &parts)));
     };
-    let mut response = decorated(answer(&mode, &parts).await?, &parts);
+    let normal = zuora_headers(endpoint(&parts.method, parts.uri.path()), &parts);
+    if let Some(plan) = raw::plan(&mode, &normal) {
+        let release = state.release.subscribe();
+        raw::send(&mut io, plan, release).await?;
+        // Hyper must not write after the raw answer: an error ends the connection silently.
+        return Err(Hangup::Raw);
+    }
+    let mut response = hop_by_hop(zuora_headers(answer(&mode, normal).await?, &parts));
     if let ApiMode::Answer { headers, .. } = &mode {
         replace_headers(response.headers_mut(), headers);
     }
@@ -119,14 +175,13 @@ async fn read_body(mut body: Incoming) -> (Bytes, bool) {
 
 fn unauthorized() -> Response<Bytes> {
     let mut r = json_response(StatusCode::UNAUTHORIZED, json!({"message": "Authentication error"}));
-    r.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=Zuora API, ZSession realm=Zuora API, Bearer realm=Zuora API"),
-    );
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
     r
 }
 
-async fn answer(mode: &ApiMode, parts: &Parts) -> Result<Response<Bytes>, Hangup> {
+/// The answer of the modes hyper sends; `normal` is what the endpoint gives.
+async fn answer(mode: &ApiMode, normal: Response<Bytes>) -> Result<Response<Bytes>, Hangup> {
     match mode {
         ApiMode::Normal => {}
         ApiMode::Delay(d) => tokio::time::sleep(*d).await,
@@ -143,8 +198,10 @@ async fn answer(mode: &ApiMode, parts: &Parts) -> Result<Response<Bytes>, Hangup
         }
         ApiMode::BodyError { code } => return Ok(body_error(*code)),
         ApiMode::Answer { status, body, .. } => return Ok(json_bytes(status_code(*status), Bytes::from(body.clone()))),
+        // Raw modes never get here (see `raw::plan`).
+        _ => {}
     }
-    Ok(endpoint(&parts.method, parts.uri.path()))
+    Ok(normal)
 }
 
 fn status_code(status: u16) -> StatusCode {
@@ -175,9 +232,8 @@ fn body_error(code: u64) -> Response<Bytes> {
     )
 }
 
-/// Zuora's headers on every API answer: its request id, the track id echo and the rate
-/// limit; then hop-by-hop headers a proxy must not pass on.
-fn decorated(mut response: Response<Bytes>, request: &Parts) -> Response<Bytes> {
+/// Zuora's headers on every API answer: its request id, the track id echo and the rate limit.
+fn zuora_headers(mut response: Response<Bytes>, request: &Parts) -> Response<Bytes> {
     let headers = response.headers_mut();
     let request_id = uuid::Uuid::new_v4().to_string();
     headers.insert("zuora-request-id", HeaderValue::try_from(request_id).expect("uuid"));
@@ -187,6 +243,12 @@ fn decorated(mut response: Response<Bytes>, request: &Parts) -> Response<Bytes> 
     headers.insert("ratelimit-limit", HeaderValue::from_static("12500"));
     headers.insert("ratelimit-remaining", HeaderValue::from_static("12499"));
     headers.insert("ratelimit-reset", HeaderValue::from_static("60"));
+    response
+}
+
+/// Hop-by-hop headers a proxy must not pass on (raw answers set their own `Connection`).
+fn hop_by_hop(mut response: Response<Bytes>) -> Response<Bytes> {
+    let headers = response.headers_mut();
     headers.insert(header::CONNECTION, HeaderValue::from_static("x-mock-hop"));
     headers.insert("x-mock-hop", HeaderValue::from_static("1"));
     headers.insert("keep-alive", HeaderValue::from_static("timeout=30"));

@@ -4,6 +4,7 @@
 
 mod api;
 pub mod pki;
+mod raw;
 #[cfg(test)]
 mod tests;
 mod token;
@@ -19,6 +20,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use pki::TestCa;
+use raw::SharedIo;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -54,6 +56,8 @@ struct State {
     received: Mutex<Vec<Received>>,
     serial: AtomicU64,
     connections: AtomicUsize,
+    /// Bumped to release the answers stalled by [`ApiMode::StallBody`].
+    release: watch::Sender<u64>,
 }
 
 /// Builder for [`MockZuora`].
@@ -112,6 +116,7 @@ impl MockBuilder {
             received: Mutex::new(Vec::new()),
             serial: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
+            release: watch::channel(0).0,
         });
         let acceptor = TlsAcceptor::from(ca.server_config(&["127.0.0.1", "localhost"]));
         let task = tokio::spawn(accept_loop(listener, acceptor, state.clone()));
@@ -205,6 +210,11 @@ impl MockZuora {
         self.state.settings.lock().unwrap().api_script = modes.into();
     }
 
+    /// Lets every answer stalled by [`ApiMode::StallBody`] now send the rest of its body.
+    pub fn release_stalls(&self) {
+        self.state.release.send_modify(|n| *n += 1);
+    }
+
     pub fn set_client_secret(&self, secret: &str) {
         self.state.settings.lock().unwrap().client_secret = secret.into();
     }
@@ -255,17 +265,23 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<St
         connections.spawn(async move {
             let Ok(tls) = acceptor.accept(stream).await else { return };
             state.connections.fetch_add(1, Ordering::SeqCst);
-            let service = service_fn(move |request| handle(state.clone(), request));
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+            let io = SharedIo::new(tls);
+            let raw_io = io.clone();
+            let service = service_fn(move |request| handle(state.clone(), raw_io.clone(), request));
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(io), service).await;
         });
     }
 }
 
-async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Response<MockBody>, api::Hangup> {
+async fn handle(
+    state: Arc<State>,
+    io: SharedIo,
+    request: Request<Incoming>,
+) -> Result<Response<MockBody>, api::Hangup> {
     let response = if request.uri().path() == "/oauth/token" {
         token::endpoint(&state, request).await
     } else {
-        api::handle(state, request).await?
+        api::handle(state, io, request).await?
     };
     Ok(response.map(full))
 }

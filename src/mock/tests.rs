@@ -44,6 +44,24 @@ async fn read_to_close(stream: &mut TlsStream<TcpStream>) -> Vec<u8> {
     read
 }
 
+/// Reads until at least `n` bytes came.
+async fn read_at_least(stream: &mut TlsStream<TcpStream>, read: &mut Vec<u8>, n: usize) {
+    let mut chunk = [0u8; 16384];
+    while read.len() < n {
+        let got = tokio::time::timeout(PATIENCE, stream.read(&mut chunk))
+            .await
+            .expect("bytes within the patience")
+            .expect("no read error");
+        assert!(
+            got > 0,
+            "closed after {} bytes: {:?}",
+            read.len(),
+            String::from_utf8_lossy(read)
+        );
+        read.extend_from_slice(&chunk[..got]);
+    }
+}
+
 /// Sends `request` on a fresh connection and returns all the mock sent until it closed.
 async fn exchange(mock: &MockZuora, request: &[u8]) -> Vec<u8> {
     let mut stream = connect(mock).await;
@@ -254,4 +272,155 @@ async fn received_records_the_version_and_whether_the_body_came_whole() {
     assert!(received[1].body_complete);
     assert!(!received[2].body_complete);
     assert_eq!(received[2].body, "0123456789", "the part that came is kept");
+}
+
+/// A fresh mock answering in `mode`, the abort sent to it, and every byte it sent back.
+async fn answered_in(mode: ApiMode) -> (MockZuora, Vec<u8>) {
+    let mock = MockZuora::builder().start().await.unwrap();
+    let token = token(&mock).await;
+    mock.set_api_mode(mode);
+    let wire = exchange(&mock, &abort(&token)).await;
+    (mock, wire)
+}
+
+fn aborted() -> serde_json::Value {
+    json!({"id": JOB, "status": "Aborted"})
+}
+
+#[tokio::test]
+async fn both_lengths_declares_half_the_body_and_chunks_all_of_it() {
+    let (_mock, wire) = answered_in(ApiMode::BothLengths).await;
+    let answer = Answer::parse(&wire);
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.header("transfer-encoding"), Some("chunked"));
+    let declared: usize = answer.header("content-length").unwrap().parse().unwrap();
+    let (data, last) = dechunk(&answer.body);
+    assert!(last);
+    assert!(declared < data.len(), "{declared} vs {}", data.len());
+    assert_eq!(answer.json(), aborted());
+    assert!(answer.header("zuora-request-id").is_some(), "Zuora's headers are kept");
+}
+
+#[tokio::test]
+async fn a_coding_list_ending_in_chunked_gzips_then_chunks_the_body() {
+    let (_mock, wire) = answered_in(ApiMode::TransferCoding("gzip, chunked".into())).await;
+    let answer = Answer::parse(&wire);
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers("transfer-encoding"), ["gzip, chunked"]);
+    assert!(answer.header("content-length").is_none());
+    let (member, last) = dechunk(&answer.body);
+    assert!(last);
+    assert_eq!(&member[..2], &[0x1f, 0x8b], "a gzip member");
+    let plain = aborted().to_string();
+    // One stored block: the data sits after the 10-byte header and the 5-byte block header.
+    assert_eq!(&member[15..15 + plain.len()], plain.as_bytes());
+}
+
+#[tokio::test]
+async fn a_102_comes_before_the_normal_answer() {
+    let (_mock, wire) = answered_in(ApiMode::Informational(102)).await;
+    let interim = b"HTTP/1.1 102 Processing\r\n\r\n";
+    assert!(wire.starts_with(interim), "{:?}", String::from_utf8_lossy(&wire));
+    let answer = Answer::parse(&wire[interim.len()..]);
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.json(), aborted());
+}
+
+#[tokio::test]
+async fn an_unsolicited_101_is_followed_by_no_http_at_all() {
+    let (_mock, wire) = answered_in(ApiMode::Informational(101)).await;
+    let answer = Answer::parse(&wire);
+    assert_eq!(answer.status_line(), "HTTP/1.1 101 Switching Protocols");
+    assert_eq!(answer.header("upgrade"), Some("websocket"));
+    assert_eq!(answer.body, b"\x81\x05hello");
+}
+
+#[tokio::test]
+async fn http10_answers_with_a_10_status_line_and_a_length() {
+    let (_mock, wire) = answered_in(ApiMode::Http10).await;
+    let answer = Answer::parse(&wire);
+    assert_eq!(answer.status_line(), "HTTP/1.0 200 OK");
+    let length: usize = answer.header("content-length").unwrap().parse().unwrap();
+    assert_eq!(length, answer.body.len());
+    assert_eq!(answer.json(), aborted());
+}
+
+#[tokio::test]
+async fn truncated_sends_less_than_it_declares_then_closes() {
+    let (_mock, wire) = answered_in(ApiMode::Truncated {
+        declared: 1000,
+        sent: 10,
+    })
+    .await;
+    let answer = Answer::parse(&wire);
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.header("content-length"), Some("1000"));
+    assert_eq!(answer.body, pattern_bytes(10));
+}
+
+#[tokio::test]
+async fn truncated_chunked_never_sends_the_last_chunk() {
+    let (_mock, wire) = answered_in(ApiMode::TruncatedChunked).await;
+    let answer = Answer::parse(&wire);
+    assert_eq!(answer.header("transfer-encoding"), Some("chunked"));
+    let (data, last) = dechunk(&answer.body);
+    assert!(!last);
+    assert_eq!(data, aborted().to_string().as_bytes());
+}
+
+#[tokio::test]
+async fn an_early_answer_comes_before_the_body_is_sent() {
+    let mock = MockZuora::builder().start().await.unwrap();
+    let token = token(&mock).await;
+    mock.set_api_mode(ApiMode::EarlyAnswer { status: 413 });
+    let mut stream = connect(&mock).await;
+    let head = format!(
+        "POST /bulk-data/bulk-jobs/{JOB}/echo HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: 10000000\r\n\r\n"
+    );
+    // Only the head: the answer must come without a byte of the body.
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let answer = Answer::parse(&read_to_close(&mut stream).await);
+    assert_eq!(answer.status(), 413);
+    assert_eq!(answer.header("connection"), Some("close"));
+    let length: usize = answer.header("content-length").unwrap().parse().unwrap();
+    assert_eq!(length, answer.body.len());
+    let received = mock.received();
+    assert_eq!(received.len(), 1);
+    assert!(!received[0].body_complete);
+
+    mock.set_api_mode(ApiMode::EarlyAnswer { status: 401 });
+    let answer = Answer::parse(&exchange(&mock, &abort(&token)).await);
+    assert_eq!(answer.status(), 401);
+    assert!(answer.header("www-authenticate").unwrap().contains("Bearer"));
+    assert!(mock.received()[1].body_complete, "an empty body is whole");
+}
+
+#[tokio::test]
+async fn a_stalled_body_stays_silent_until_released() {
+    let mock = MockZuora::builder().start().await.unwrap();
+    let token = token(&mock).await;
+    mock.set_api_mode(ApiMode::StallBody {
+        after_bytes: 10,
+        declared: 100,
+    });
+    let mut stream = connect(&mock).await;
+    stream.write_all(&abort(&token)).await.unwrap();
+    let mut wire = Vec::new();
+    let head_end = loop {
+        let more = wire.len() + 1;
+        read_at_least(&mut stream, &mut wire, more).await;
+        if let Some(end) = wire.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+    };
+    read_at_least(&mut stream, &mut wire, head_end + 10).await;
+    assert_eq!(wire.len(), head_end + 10, "only the first bytes of the body");
+    let mut more = [0u8; 16];
+    let silent = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut more)).await;
+    assert!(silent.is_err(), "the stalled answer sent more: {silent:?}");
+    mock.release_stalls();
+    wire.extend(read_to_close(&mut stream).await);
+    let answer = Answer::parse(&wire);
+    assert_eq!(answer.header("content-length"), Some("100"));
+    assert_eq!(answer.body, pattern_bytes(100));
 }
