@@ -2,11 +2,12 @@
 //! call by call), and the endpoints (bulk-data jobs) with Zuora's response headers.
 
 use super::raw::{self, SharedIo};
-use super::{json_response, State};
+use super::{json_response, limit, MockBody, State};
+use crate::body::GuardedBody;
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
 use serde_json::json;
 use std::sync::Arc;
@@ -110,17 +111,32 @@ pub(super) enum Hangup {
     RawWrite(#[from] std::io::Error),
 }
 
+/// What the mock makes of a request once its head has arrived.
+enum Verdict {
+    Unauthorized,
+    OverLimit(usize),
+    Answer(ApiMode),
+}
+
 pub(super) async fn handle(
     state: Arc<State>,
     mut io: SharedIo,
     request: Request<Incoming>,
-) -> Result<Response<Bytes>, Hangup> {
+) -> Result<Response<MockBody>, Hangup> {
+    let mut in_flight = state.flight.enter();
     let (parts, body) = request.into_parts();
+    let limits = state.limits();
     // The mode is taken before the call is counted, so a test that waits for the count and
     // then changes the mode never changes it under this call.
-    let mode = authorized(&state, &parts.headers).then(|| state.next_mode());
-    let (body, body_complete) = match mode {
-        Some(ApiMode::EarlyAnswer { .. }) => (Bytes::new(), body.is_end_stream()),
+    let verdict = if !authorized(&state, &parts.headers) {
+        Verdict::Unauthorized
+    } else if !in_flight.admit(limits.concurrency) {
+        Verdict::OverLimit(limits.concurrency.unwrap_or_default())
+    } else {
+        Verdict::Answer(state.next_mode())
+    };
+    let (body, body_complete) = match verdict {
+        Verdict::Answer(ApiMode::EarlyAnswer { .. }) => (Bytes::new(), body.is_end_stream()),
         _ => read_body(body).await,
     };
     state.record(Received {
@@ -131,21 +147,39 @@ pub(super) async fn handle(
         body,
         body_complete,
     });
-    let Some(mode) = mode else {
-        return Ok(hop_by_hop(zuora_headers(unauthorized(), &parts)));
+    let zuora = zuora_headers(&parts);
+    let (mut response, overrides) = match verdict {
+        Verdict::Unauthorized => (unauthorized(), None),
+        Verdict::OverLimit(limit) => (limit::rejection(limit, limits.retry_after_secs), None),
+        Verdict::Answer(mode) => {
+            let normal = endpoint(&parts.method, parts.uri.path());
+            if let Some(plan) = raw::plan(&mode, &normal, &zuora) {
+                let release = state.release.subscribe();
+                raw::send(&mut io, plan, release).await?;
+                // Hyper must not write after the raw answer: an error ends the connection silently.
+                return Err(Hangup::Raw);
+            }
+            let mut response = answer(&mode, normal, limits.latency).await?;
+            if let (Some(limit), true) = (limits.concurrency, parts.uri.path().contains("/v1")) {
+                limit::limit_headers(response.headers_mut(), limit, state.flight.remaining(limit));
+            }
+            let overrides = match mode {
+                ApiMode::Answer { headers, .. } => Some(headers),
+                _ => None,
+            };
+            (response, overrides)
+        }
     };
-    let normal = zuora_headers(endpoint(&parts.method, parts.uri.path()), &parts);
-    if let Some(plan) = raw::plan(&mode, &normal) {
-        let release = state.release.subscribe();
-        raw::send(&mut io, plan, release).await?;
-        // Hyper must not write after the raw answer: an error ends the connection silently.
-        return Err(Hangup::Raw);
+    let headers = response.headers_mut();
+    for (name, value) in &zuora {
+        headers.insert(name, value.clone());
     }
-    let mut response = hop_by_hop(zuora_headers(answer(&mode, normal).await?, &parts));
-    if let ApiMode::Answer { headers, .. } = &mode {
-        replace_headers(response.headers_mut(), headers);
+    hop_by_hop(headers);
+    if let Some(given) = &overrides {
+        replace_headers(headers, given);
     }
-    Ok(response)
+    // The request stays in flight until hyper has taken the last of its body.
+    Ok(response.map(|body| GuardedBody::new(Full::new(body), in_flight)))
 }
 
 fn authorized(state: &State, headers: &HeaderMap) -> bool {
@@ -180,9 +214,10 @@ fn unauthorized() -> Response<Bytes> {
     r
 }
 
-/// The answer of the modes hyper sends; `normal` is what the endpoint gives.
-async fn answer(mode: &ApiMode, normal: Response<Bytes>) -> Result<Response<Bytes>, Hangup> {
+/// The answer of the modes hyper sends; `normal` is what the endpoint gives, after `latency`.
+async fn answer(mode: &ApiMode, normal: Response<Bytes>, latency: Duration) -> Result<Response<Bytes>, Hangup> {
     match mode {
+        ApiMode::Normal if !latency.is_zero() => tokio::time::sleep(latency).await,
         ApiMode::Normal => {}
         ApiMode::Delay(d) => tokio::time::sleep(*d).await,
         ApiMode::Reset => return Err(Hangup::Reset),
@@ -233,8 +268,8 @@ fn body_error(code: u64) -> Response<Bytes> {
 }
 
 /// Zuora's headers on every API answer: its request id, the track id echo and the rate limit.
-fn zuora_headers(mut response: Response<Bytes>, request: &Parts) -> Response<Bytes> {
-    let headers = response.headers_mut();
+fn zuora_headers(request: &Parts) -> HeaderMap {
+    let mut headers = HeaderMap::new();
     let request_id = uuid::Uuid::new_v4().to_string();
     headers.insert("zuora-request-id", HeaderValue::try_from(request_id).expect("uuid"));
     if let Some(track) = request.headers.get("zuora-track-id") {
@@ -243,16 +278,14 @@ fn zuora_headers(mut response: Response<Bytes>, request: &Parts) -> Response<Byt
     headers.insert("ratelimit-limit", HeaderValue::from_static("12500"));
     headers.insert("ratelimit-remaining", HeaderValue::from_static("12499"));
     headers.insert("ratelimit-reset", HeaderValue::from_static("60"));
-    response
+    headers
 }
 
 /// Hop-by-hop headers a proxy must not pass on (raw answers set their own `Connection`).
-fn hop_by_hop(mut response: Response<Bytes>) -> Response<Bytes> {
-    let headers = response.headers_mut();
+fn hop_by_hop(headers: &mut HeaderMap) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("x-mock-hop"));
     headers.insert("x-mock-hop", HeaderValue::from_static("1"));
     headers.insert("keep-alive", HeaderValue::from_static("timeout=30"));
-    response
 }
 
 /// A test's headers replace the mock's of the same names; a name given twice is sent twice.

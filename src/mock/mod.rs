@@ -3,6 +3,7 @@
 //! file holds the builder, the handle tests drive, the shared state and the accept loop.
 
 mod api;
+mod limit;
 pub mod pki;
 mod raw;
 #[cfg(test)]
@@ -12,13 +13,15 @@ mod token;
 pub use api::{download_bytes, pattern_bytes, ApiMode, Received};
 pub use token::{ExpiresIn, TokenMode};
 
-use crate::body::{full, ResponseBody};
+use crate::body::GuardedBody;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use limit::Flight;
 use pki::TestCa;
 use raw::SharedIo;
 use std::collections::{HashMap, VecDeque};
@@ -31,7 +34,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-type MockBody = ResponseBody;
+/// Every answer's body; an API answer's holds its request's place in flight until sent.
+type MockBody = GuardedBody<Full<Bytes>>;
 
 /// Client id the mock accepts unless told otherwise.
 pub const CLIENT_ID: &str = "mock-client-id";
@@ -46,6 +50,18 @@ struct Settings {
     api_mode: ApiMode,
     /// Modes for the next API calls, one each, before `api_mode` applies again.
     api_script: VecDeque<ApiMode>,
+    limits: Limits,
+}
+
+/// The knobs read once per API request.
+#[derive(Debug, Clone, Copy, Default)]
+struct Limits {
+    /// API requests handled at once; more get Zuora's 429.
+    concurrency: Option<usize>,
+    /// `Retry-After` on those 429s.
+    retry_after_secs: Option<u64>,
+    /// Added before every `ApiMode::Normal` answer.
+    latency: Duration,
 }
 
 struct State {
@@ -56,34 +72,62 @@ struct State {
     received: Mutex<Vec<Received>>,
     serial: AtomicU64,
     connections: AtomicUsize,
+    flight: Arc<Flight>,
     /// Bumped to release the answers stalled by [`ApiMode::StallBody`].
     release: watch::Sender<u64>,
 }
 
 /// Builder for [`MockZuora`].
 pub struct MockBuilder {
-    expires_in: ExpiresIn,
-    token_mode: TokenMode,
-    client_id: String,
-    client_secret: String,
+    settings: Settings,
     addr: SocketAddr,
 }
 
 impl MockBuilder {
     pub fn expires_in(mut self, expires_in: ExpiresIn) -> Self {
-        self.expires_in = expires_in;
+        self.settings.expires_in = expires_in;
         self
     }
 
     /// How the token endpoint behaves from the start.
     pub fn token_mode(mut self, mode: TokenMode) -> Self {
-        self.token_mode = mode;
+        self.settings.token_mode = mode;
+        self
+    }
+
+    /// How the API endpoints answer from the start (see [`MockZuora::set_api_mode`]).
+    pub fn api_mode(mut self, mode: ApiMode) -> Self {
+        self.settings.api_mode = mode;
+        self
+    }
+
+    /// The first API calls' modes (see [`MockZuora::set_api_script`]).
+    pub fn api_script(mut self, modes: Vec<ApiMode>) -> Self {
+        self.settings.api_script = modes.into();
+        self
+    }
+
+    /// Zuora's concurrency limit (see [`MockZuora::set_concurrency_limit`]).
+    pub fn concurrency_limit(mut self, limit: usize) -> Self {
+        self.settings.limits.concurrency = Some(limit);
+        self
+    }
+
+    /// `Retry-After` on the concurrency limit's 429s (see [`MockZuora::set_concurrency_retry_after`]).
+    pub fn concurrency_retry_after(mut self, secs: u64) -> Self {
+        self.settings.limits.retry_after_secs = Some(secs);
+        self
+    }
+
+    /// The time every normal API answer takes (see [`MockZuora::set_latency`]).
+    pub fn latency(mut self, latency: Duration) -> Self {
+        self.settings.limits.latency = latency;
         self
     }
 
     pub fn credentials(mut self, client_id: &str, client_secret: &str) -> Self {
-        self.client_id = client_id.into();
-        self.client_secret = client_secret.into();
+        self.settings.client_id = client_id.into();
+        self.settings.client_secret = client_secret.into();
         self
     }
 
@@ -102,20 +146,14 @@ impl MockBuilder {
         let listener = TcpListener::bind(self.addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
-            settings: Mutex::new(Settings {
-                client_id: self.client_id,
-                client_secret: self.client_secret,
-                expires_in: self.expires_in,
-                token_mode: self.token_mode,
-                api_mode: ApiMode::Normal,
-                api_script: VecDeque::new(),
-            }),
+            settings: Mutex::new(self.settings),
             token_calls: watch::channel(0).0,
             api_calls: watch::channel(0).0,
             issued: Mutex::new(HashMap::new()),
             received: Mutex::new(Vec::new()),
             serial: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
+            flight: Arc::new(Flight::new()),
             release: watch::channel(0).0,
         });
         let acceptor = TlsAcceptor::from(ca.server_config(&["127.0.0.1", "localhost"]));
@@ -142,10 +180,15 @@ impl Drop for MockZuora {
 impl MockZuora {
     pub fn builder() -> MockBuilder {
         MockBuilder {
-            expires_in: ExpiresIn::Int(3599),
-            token_mode: TokenMode::Normal,
-            client_id: CLIENT_ID.into(),
-            client_secret: CLIENT_SECRET.into(),
+            settings: Settings {
+                client_id: CLIENT_ID.into(),
+                client_secret: CLIENT_SECRET.into(),
+                expires_in: ExpiresIn::Int(3599),
+                token_mode: TokenMode::Normal,
+                api_mode: ApiMode::Normal,
+                api_script: VecDeque::new(),
+                limits: Limits::default(),
+            },
             addr: ([127, 0, 0, 1], 0).into(),
         }
     }
@@ -210,6 +253,50 @@ impl MockZuora {
         self.state.settings.lock().unwrap().api_script = modes.into();
     }
 
+    /// Zuora's concurrency limit: an API request that arrives while `limit` others are being
+    /// handled gets 429 with Zuora's `REQUEST_EXCEEDED_LIMIT` body and its headers
+    /// (`Concurrency-Limit-Type: Default`, `Concurrency-Limit-Limit`,
+    /// `Concurrency-Limit-Remaining: 0`, `RateLimit-*`, and `Retry-After` when set). Answers
+    /// under the limit on `/v1` paths carry the `Concurrency-Limit-*` headers too. `None`: no
+    /// limit (the default).
+    pub fn set_concurrency_limit(&self, limit: Option<usize>) {
+        self.state.settings.lock().unwrap().limits.concurrency = limit;
+    }
+
+    /// `Retry-After` (seconds) on the concurrency limit's 429s; `None` (the default) sends none,
+    /// as in Zuora's rate-limit guide.
+    pub fn set_concurrency_retry_after(&self, secs: Option<u64>) {
+        self.state.settings.lock().unwrap().limits.retry_after_secs = secs;
+    }
+
+    /// Every [`ApiMode::Normal`] answer waits this long first (zero by default). Requests keep
+    /// their place under the concurrency limit meanwhile, so a 50 ms, limit-40 Zuora is
+    /// `set_latency(50 ms)` with `set_concurrency_limit(Some(40))`.
+    pub fn set_latency(&self, latency: Duration) {
+        self.state.settings.lock().unwrap().limits.latency = latency;
+    }
+
+    /// API requests in flight now: from the arrival of the head until the answer's body has
+    /// been sent (429s and 401s included).
+    pub fn in_flight(&self) -> usize {
+        self.state.flight.in_flight()
+    }
+
+    /// The most API requests in flight at once so far (429s included: they were sent).
+    pub fn peak_concurrency(&self) -> usize {
+        self.state.flight.peak()
+    }
+
+    /// API requests refused with 429 for the concurrency limit so far.
+    pub fn rejected_429(&self) -> usize {
+        self.state.flight.rejected()
+    }
+
+    /// Waits until at least `n` API requests are in flight at once; false on timeout.
+    pub async fn wait_in_flight(&self, n: usize, timeout: Duration) -> bool {
+        self.state.flight.wait_in_flight(n, timeout).await
+    }
+
     /// Lets every answer stalled by [`ApiMode::StallBody`] now send the rest of its body.
     pub fn release_stalls(&self) {
         self.state.release.send_modify(|n| *n += 1);
@@ -231,6 +318,10 @@ impl MockZuora {
 }
 
 impl State {
+    fn limits(&self) -> Limits {
+        self.settings.lock().unwrap().limits
+    }
+
     /// The mode for the API call now being answered: the script's next one, else the set mode.
     fn next_mode(&self) -> ApiMode {
         let mut settings = self.settings.lock().unwrap();
@@ -278,12 +369,11 @@ async fn handle(
     io: SharedIo,
     request: Request<Incoming>,
 ) -> Result<Response<MockBody>, api::Hangup> {
-    let response = if request.uri().path() == "/oauth/token" {
-        token::endpoint(&state, request).await
-    } else {
-        api::handle(state, io, request).await?
-    };
-    Ok(response.map(full))
+    if request.uri().path() == "/oauth/token" {
+        let response = token::endpoint(&state, request).await;
+        return Ok(response.map(|body| GuardedBody::new(Full::new(body), ())));
+    }
+    api::handle(state, io, request).await
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Bytes> {

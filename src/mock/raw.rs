@@ -4,7 +4,7 @@
 
 use super::api::{pattern_bytes, ApiMode};
 use bytes::Bytes;
-use http::{HeaderMap, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -70,10 +70,12 @@ pub(super) struct Plan {
     held: Option<Vec<u8>>,
 }
 
-/// The bytes of `mode`'s raw answer, built from the answer the endpoint gives normally;
-/// `None` for the modes hyper answers.
-pub(super) fn plan(mode: &ApiMode, normal: &Response<Bytes>) -> Option<Plan> {
-    let (status, headers, body) = (normal.status(), normal.headers(), normal.body());
+/// The bytes of `mode`'s raw answer, built from the answer the endpoint gives normally and
+/// Zuora's headers; `None` for the modes hyper answers.
+pub(super) fn plan(mode: &ApiMode, normal: &Response<Bytes>, zuora: &HeaderMap) -> Option<Plan> {
+    let (status, body) = (normal.status(), normal.body());
+    let headers: Vec<(&HeaderName, &HeaderValue)> = normal.headers().iter().chain(zuora).collect();
+    let headers = headers.as_slice();
     let length = |n: usize| ("content-length", n.to_string());
     let mut held = None;
     let now = match mode {
@@ -180,7 +182,12 @@ fn octets() -> (&'static str, String) {
 
 /// A status line and header block: `headers` (less the framing the mode sets in `extra`),
 /// then `extra`, then `connection: close`.
-fn head(version: &str, status: StatusCode, headers: &HeaderMap, extra: &[(&str, String)]) -> Vec<u8> {
+fn head(
+    version: &str,
+    status: StatusCode,
+    headers: &[(&HeaderName, &HeaderValue)],
+    extra: &[(&str, String)],
+) -> Vec<u8> {
     let reason = status.canonical_reason().unwrap_or("Unknown");
     let mut out = format!("{version} {} {reason}\r\n", status.as_u16()).into_bytes();
     let kept = headers

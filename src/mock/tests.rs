@@ -4,7 +4,7 @@ use super::*;
 use http::Version;
 use rustls::pki_types::ServerName;
 use serde_json::json;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -60,6 +60,21 @@ async fn read_at_least(stream: &mut TlsStream<TcpStream>, read: &mut Vec<u8>, n:
         );
         read.extend_from_slice(&chunk[..got]);
     }
+}
+
+/// Reads a head and `n` bytes after it.
+async fn read_past_head(stream: &mut TlsStream<TcpStream>, n: usize) -> Vec<u8> {
+    let mut wire = Vec::new();
+    let head_end = loop {
+        let more = wire.len() + 1;
+        read_at_least(stream, &mut wire, more).await;
+        if let Some(end) = wire.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+    };
+    read_at_least(stream, &mut wire, head_end + n).await;
+    assert_eq!(wire.len(), head_end + n, "more than {n} bytes after the head");
+    wire
 }
 
 /// Sends `request` on a fresh connection and returns all the mock sent until it closed.
@@ -405,16 +420,7 @@ async fn a_stalled_body_stays_silent_until_released() {
     });
     let mut stream = connect(&mock).await;
     stream.write_all(&abort(&token)).await.unwrap();
-    let mut wire = Vec::new();
-    let head_end = loop {
-        let more = wire.len() + 1;
-        read_at_least(&mut stream, &mut wire, more).await;
-        if let Some(end) = wire.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end + 4;
-        }
-    };
-    read_at_least(&mut stream, &mut wire, head_end + 10).await;
-    assert_eq!(wire.len(), head_end + 10, "only the first bytes of the body");
+    let mut wire = read_past_head(&mut stream, 10).await;
     let mut more = [0u8; 16];
     let silent = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut more)).await;
     assert!(silent.is_err(), "the stalled answer sent more: {silent:?}");
@@ -423,4 +429,115 @@ async fn a_stalled_body_stays_silent_until_released() {
     let answer = Answer::parse(&wire);
     assert_eq!(answer.header("content-length"), Some("100"));
     assert_eq!(answer.body, pattern_bytes(100));
+}
+
+#[tokio::test]
+async fn the_concurrency_limit_refuses_a_request_while_the_limit_is_busy() {
+    let stall = ApiMode::StallBody {
+        after_bytes: 1,
+        declared: 2,
+    };
+    let mock = MockZuora::builder()
+        .concurrency_limit(2)
+        .concurrency_retry_after(3)
+        .api_script(vec![stall.clone(), stall])
+        .start()
+        .await
+        .unwrap();
+    let token = token(&mock).await;
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connect(&mock).await;
+        stream.write_all(&abort(&token)).await.unwrap();
+        read_past_head(&mut stream, 1).await;
+        stalled.push(stream);
+    }
+    assert_eq!(mock.in_flight(), 2, "a stalled answer is still being sent");
+
+    let refused = Answer::parse(&exchange(&mock, &abort(&token)).await);
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.json()["code"], "REQUEST_EXCEEDED_LIMIT");
+    assert_eq!(refused.header("concurrency-limit-type"), Some("Default"));
+    assert_eq!(refused.header("concurrency-limit-limit"), Some("2"));
+    assert_eq!(refused.header("concurrency-limit-remaining"), Some("0"));
+    assert_eq!(refused.header("retry-after"), Some("3"));
+    assert_eq!(refused.header("ratelimit-limit"), Some("12500"));
+    assert_eq!(mock.rejected_429(), 1);
+    assert_eq!(mock.peak_concurrency(), 3, "the refused request was in flight too");
+    assert_eq!(mock.received().len(), 3, "Zuora received the refused request");
+
+    mock.release_stalls();
+    for mut stream in stalled {
+        assert_eq!(
+            read_to_close(&mut stream).await,
+            pattern_bytes(2)[1..],
+            "the rest of the body"
+        );
+    }
+    let after = Answer::parse(&exchange(&mock, &abort(&token)).await);
+    assert_eq!(after.status(), 200, "places free up once answers are sent");
+    assert_eq!(
+        after.header("concurrency-limit-limit"),
+        None,
+        "only /v1 answers carry them"
+    );
+    assert_eq!(mock.rejected_429(), 1);
+}
+
+#[tokio::test]
+async fn latency_delays_normal_answers_and_they_keep_their_place_meanwhile() {
+    let latency = Duration::from_millis(500);
+    let mock = MockZuora::builder().latency(latency).start().await.unwrap();
+    let token = token(&mock).await;
+    let sent = Instant::now();
+    let first = Answer::parse(&exchange(&mock, &abort(&token)).await);
+    assert_eq!(first.status(), 200);
+    assert!(sent.elapsed() >= latency, "{:?}", sent.elapsed());
+    assert_eq!(mock.peak_concurrency(), 1, "one after another is one at a time");
+
+    mock.set_concurrency_limit(Some(1));
+    // Connected beforehand, so the second request arrives well within the first's latency.
+    let stream_for_first = connect(&mock).await;
+    let mut second = connect(&mock).await;
+    let request = abort(&token);
+    let first = tokio::spawn(async move {
+        let mut stream = stream_for_first;
+        stream.write_all(&request).await.unwrap();
+        read_to_close(&mut stream).await
+    });
+    assert!(mock.wait_in_flight(1, PATIENCE).await);
+    second.write_all(&abort(&token)).await.unwrap();
+    let refused = Answer::parse(&read_to_close(&mut second).await);
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.header("retry-after"), None, "no Retry-After unless set");
+    assert_eq!(Answer::parse(&first.await.unwrap()).status(), 200);
+    assert_eq!(mock.peak_concurrency(), 2);
+    assert_eq!(mock.rejected_429(), 1);
+}
+
+#[tokio::test]
+async fn as_many_requests_as_the_limit_are_all_answered() {
+    let mock = Arc::new(
+        MockZuora::builder()
+            .concurrency_limit(5)
+            .latency(Duration::from_millis(50))
+            .start()
+            .await
+            .unwrap(),
+    );
+    let token = token(&mock).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..5 {
+        let (mock, request) = (mock.clone(), abort(&token));
+        calls.spawn(async move { Answer::parse(&exchange(&mock, &request).await).status() });
+    }
+    while let Some(status) = calls.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    assert_eq!(mock.rejected_429(), 0);
+    assert!(
+        (1..=5).contains(&mock.peak_concurrency()),
+        "{}",
+        mock.peak_concurrency()
+    );
 }
