@@ -11,7 +11,7 @@ mod tests;
 mod token;
 
 pub use api::{download_bytes, pattern_bytes, ApiMode, Received};
-pub use token::{ExpiresIn, TokenMode};
+pub use token::{ExpiresIn, TokenMode, TokenRequest};
 
 use crate::body::GuardedBody;
 use bytes::Bytes;
@@ -67,6 +67,7 @@ struct Limits {
 struct State {
     settings: Mutex<Settings>,
     token_calls: watch::Sender<usize>,
+    token_requests: Mutex<Vec<TokenRequest>>,
     api_calls: watch::Sender<usize>,
     issued: Mutex<HashMap<String, Instant>>,
     received: Mutex<Vec<Received>>,
@@ -148,6 +149,7 @@ impl MockBuilder {
         let state = Arc::new(State {
             settings: Mutex::new(self.settings),
             token_calls: watch::channel(0).0,
+            token_requests: Mutex::new(Vec::new()),
             api_calls: watch::channel(0).0,
             issued: Mutex::new(HashMap::new()),
             received: Mutex::new(Vec::new()),
@@ -213,8 +215,15 @@ impl MockZuora {
         Ok(path)
     }
 
+    /// Calls of the token endpoint, counted as they arrive.
     pub fn token_calls(&self) -> usize {
         *self.state.token_calls.borrow()
+    }
+
+    /// Every answered call of the token endpoint, oldest first (a call still waiting in
+    /// [`TokenMode::Delay`] is counted by [`MockZuora::token_calls`] but not listed yet).
+    pub fn token_requests(&self) -> Vec<TokenRequest> {
+        self.state.token_requests.lock().unwrap().clone()
     }
 
     /// Calls to any endpoint but the token endpoint.

@@ -102,9 +102,14 @@ fn abort(token: &str) -> Vec<u8> {
     request("POST", &format!("/bulk-data/bulk-jobs/{JOB}/aborts"), token, &[], "")
 }
 
-async fn token(mock: &MockZuora) -> String {
+/// The token endpoint's answer to the mock's own credentials.
+async fn token_answer(mock: &MockZuora) -> Answer {
     let form = format!("grant_type=client_credentials&client_id={CLIENT_ID}&client_secret={CLIENT_SECRET}");
-    let answer = Answer::parse(&exchange(mock, &token_request(&form)).await);
+    Answer::parse(&exchange(mock, &token_request(&form)).await)
+}
+
+async fn token(mock: &MockZuora) -> String {
+    let answer = token_answer(mock).await;
     assert_eq!(answer.status(), 200, "{}", answer.head);
     answer.json()["access_token"].as_str().unwrap().to_string()
 }
@@ -540,4 +545,23 @@ async fn as_many_requests_as_the_limit_are_all_answered() {
         "{}",
         mock.peak_concurrency()
     );
+}
+
+#[tokio::test]
+async fn every_token_call_is_recorded_without_its_secret() {
+    let mock = MockZuora::builder().start().await.unwrap();
+    let before = Instant::now();
+    token(&mock).await;
+    let wrong = format!("grant_type=client_credentials&client_id=someone-else&client_secret={CLIENT_SECRET}");
+    let refused = Answer::parse(&exchange(&mock, &token_request(&wrong)).await);
+    assert_eq!(refused.status(), 401);
+    mock.set_token_mode(TokenMode::Status(503));
+    assert_eq!(token_answer(&mock).await.status(), 503);
+
+    let calls = mock.token_requests();
+    assert_eq!(mock.token_calls(), 3);
+    let seen: Vec<(&str, bool)> = calls.iter().map(|c| (c.client_id.as_str(), c.granted)).collect();
+    assert_eq!(seen, [(CLIENT_ID, true), ("someone-else", false), (CLIENT_ID, false)]);
+    assert!(calls.windows(2).all(|w| w[0].at <= w[1].at) && calls[0].at >= before);
+    assert!(!format!("{calls:?}").contains(CLIENT_SECRET));
 }

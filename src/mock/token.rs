@@ -44,30 +44,50 @@ pub enum TokenMode {
     Delay(Duration),
 }
 
+/// One call of the token endpoint. The secret is never kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRequest {
+    /// When the request arrived.
+    pub at: Instant,
+    /// The form's `client_id` (empty when absent).
+    pub client_id: String,
+    /// Whether a token was issued.
+    pub granted: bool,
+}
+
 pub(super) async fn endpoint(state: &State, request: Request<Incoming>) -> Response<Bytes> {
+    let at = Instant::now();
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let mode = state.settings.lock().unwrap().token_mode.clone();
     state.token_calls.send_modify(|c| *c += 1);
-    match mode {
-        TokenMode::Normal => {}
-        TokenMode::Delay(d) => tokio::time::sleep(d).await,
+    let response = match mode {
+        TokenMode::Normal => issue(state, &parts.method, &parts.headers, &form),
+        TokenMode::Delay(d) => {
+            tokio::time::sleep(d).await;
+            issue(state, &parts.method, &parts.headers, &form)
+        }
         TokenMode::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return json_response(status, json!({"message": "mock token endpoint failure"}));
+            json_response(status, json!({"message": "mock token endpoint failure"}))
         }
         TokenMode::RateLimited { retry_after_secs } => {
             let mut r = json_response(StatusCode::TOO_MANY_REQUESTS, json!({"message": "Too many requests"}));
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-            return r;
+            r
         }
-    }
-    issue(state, &parts.method, &parts.headers, &body)
+    };
+    state.token_requests.lock().unwrap().push(TokenRequest {
+        at,
+        client_id: form.get("client_id").cloned().unwrap_or_default(),
+        granted: response.status() == StatusCode::OK,
+    });
+    response
 }
 
-fn issue(state: &State, method: &Method, headers: &HeaderMap, body: &[u8]) -> Response<Bytes> {
-    let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
+fn issue(state: &State, method: &Method, headers: &HeaderMap, form: &HashMap<String, String>) -> Response<Bytes> {
     let form_type = headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/x-www-form-urlencoded"));
