@@ -1,5 +1,5 @@
 //! The mock's REST API: the token check, the answer modes tests switch between (or script
-//! call by call), and the endpoints (bulk-data jobs) with Zuora's response headers.
+//! call by call), and the endpoints (bulk-data jobs, one account) with Zuora's response headers.
 
 use super::raw::{self, SharedIo};
 use super::{json_response, limit, MockBody, State};
@@ -323,6 +323,7 @@ fn endpoint(method: &Method, path: &str) -> Response<Bytes> {
             );
             r
         }
+        (&Method::GET, ["v1", "accounts", key]) => json_response(StatusCode::OK, super::account::account(key)),
         (&Method::POST, ["bulk-data", "bulk-jobs", _, "echo"]) => json_response(StatusCode::OK, json!({"echo": true})),
         _ => json_response(StatusCode::NOT_FOUND, json!({"message": "Not found"})),
     }

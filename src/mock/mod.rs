@@ -1,7 +1,9 @@
-//! A mock Zuora over real TLS: an OAuth token endpoint and the bulk-job endpoints, with knobs
-//! to make it fail, stall or expire tokens early. `demo` runs it; the tests drive it. This
-//! file holds the builder, the handle tests drive, the shared state and the accept loop.
+//! A mock Zuora over real TLS: an OAuth token endpoint, the bulk-job endpoints and one account
+//! endpoint, with knobs to make it fail, stall, refuse or expire tokens early. `demo` runs it;
+//! the tests drive it. This file holds the builder, the handle tests drive, the shared state
+//! and the accept loop.
 
+mod account;
 mod api;
 mod limit;
 pub mod pki;

@@ -565,3 +565,29 @@ async fn every_token_call_is_recorded_without_its_secret() {
     assert!(calls.windows(2).all(|w| w[0].at <= w[1].at) && calls[0].at >= before);
     assert!(!format!("{calls:?}").contains(CLIENT_SECRET));
 }
+
+#[tokio::test]
+async fn an_account_is_retrieved_by_its_key_with_the_limit_headers_of_v1() {
+    let mock = MockZuora::builder().concurrency_limit(40).start().await.unwrap();
+    let token = token(&mock).await;
+    let wire = exchange(&mock, &request("GET", "/v1/accounts/A00000042", &token, &[], "")).await;
+    let answer = Answer::parse(&wire);
+    assert_eq!(answer.status(), 200);
+    let account = answer.json();
+    assert_eq!(account["success"], true);
+    assert_eq!(account["basicInfo"]["accountNumber"], "A00000042");
+    assert_eq!(account["basicInfo"]["id"], "A00000042");
+    assert_eq!(account["basicInfo"]["status"], "Active");
+    assert_eq!(account["billToContact"]["accountNumber"], "A00000042");
+    for section in ["billingAndPayment", "metrics", "soldToContact"] {
+        assert!(account[section].is_object(), "{section} missing: {account}");
+    }
+    assert!(account["metrics"]["balance"].is_number());
+    assert_eq!(answer.header("concurrency-limit-type"), Some("Default"));
+    assert_eq!(answer.header("concurrency-limit-limit"), Some("40"));
+    assert_eq!(
+        answer.header("concurrency-limit-remaining"),
+        Some("39"),
+        "this request holds one place"
+    );
+}
