@@ -2,7 +2,7 @@
 //! call by call), and the endpoints (bulk-data jobs, one account) with Zuora's response headers.
 
 use super::raw::{self, SharedIo};
-use super::{json_response, limit, MockBody, State};
+use super::{json_bytes, json_response, limit, MockBody, State};
 use crate::body::GuardedBody;
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
@@ -20,8 +20,9 @@ pub(super) const EXCEEDED_LIMIT: &str = r#"{"code":"REQUEST_EXCEEDED_LIMIT","mes
 pub(super) const CHALLENGE: &str = "Basic realm=Zuora API, ZSession realm=Zuora API, Bearer realm=Zuora API";
 
 /// How the API endpoints answer a request that passed the token check (a request without a
-/// valid token always gets 401). Set for every call with `MockZuora::set_api_mode`, or call
-/// by call with `MockZuora::set_api_script`.
+/// valid token always gets 401). Set for every call with
+/// [`MockZuora::set_api_mode`](super::MockZuora::set_api_mode), or call by call with
+/// [`MockZuora::set_api_script`](super::MockZuora::set_api_script).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ApiMode {
     Normal,
@@ -225,14 +226,14 @@ async fn answer(mode: &ApiMode, normal: Response<Bytes>, latency: Duration) -> R
             status,
             retry_after_secs,
         } => {
-            let mut r = json_bytes(status_code(*status), Bytes::from_static(EXCEEDED_LIMIT.as_bytes()));
+            let mut r = json_bytes(status_code(*status), EXCEEDED_LIMIT);
             if let Some(secs) = retry_after_secs {
                 r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*secs));
             }
             return Ok(r);
         }
         ApiMode::BodyError { code } => return Ok(body_error(*code)),
-        ApiMode::Answer { status, body, .. } => return Ok(json_bytes(status_code(*status), Bytes::from(body.clone()))),
+        ApiMode::Answer { status, body, .. } => return Ok(json_bytes(status_code(*status), body.clone())),
         // Raw modes never get here (see `raw::plan`).
         _ => {}
     }
@@ -241,16 +242,6 @@ async fn answer(mode: &ApiMode, normal: Response<Bytes>, latency: Duration) -> R
 
 fn status_code(status: u16) -> StatusCode {
     StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-}
-
-fn json_bytes(status: StatusCode, body: Bytes) -> Response<Bytes> {
-    let mut r = Response::new(body);
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    r
 }
 
 fn body_error(code: u64) -> Response<Bytes> {
@@ -329,7 +320,8 @@ fn endpoint(method: &Method, path: &str) -> Response<Bytes> {
     }
 }
 
-/// `len` bytes of the pattern the `downloads` endpoint sends (and the raw answers' bodies).
+/// `len` bytes of the pattern the `downloads` endpoint sends (and stalled or truncated raw
+/// answers).
 pub fn pattern_bytes(len: usize) -> Vec<u8> {
     (0..len as u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)

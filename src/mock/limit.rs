@@ -2,6 +2,7 @@
 //! arrival of a head until its answer's body has been sent), the peak, and the 429s.
 
 use super::api::EXCEEDED_LIMIT;
+use super::{json_bytes, wait_count};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -64,9 +65,7 @@ impl Flight {
     }
 
     pub(super) async fn wait_in_flight(&self, n: usize, timeout: Duration) -> bool {
-        let mut rx = self.in_flight.subscribe();
-        let reached = tokio::time::timeout(timeout, rx.wait_for(|c| *c >= n)).await.is_ok();
-        reached
+        wait_count(&self.in_flight, n, timeout).await
     }
 }
 
@@ -101,12 +100,7 @@ impl Drop for InFlight {
 
 /// Zuora's 429 for a request over the concurrency limit.
 pub(super) fn rejection(limit: usize, retry_after_secs: Option<u64>) -> Response<Bytes> {
-    let mut r = Response::new(Bytes::from_static(EXCEEDED_LIMIT.as_bytes()));
-    *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
+    let mut r = json_bytes(StatusCode::TOO_MANY_REQUESTS, EXCEEDED_LIMIT);
     limit_headers(r.headers_mut(), limit, 0);
     if let Some(secs) = retry_after_secs {
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -298,7 +298,8 @@ impl MockZuora {
         self.state.flight.peak()
     }
 
-    /// API requests refused with 429 for the concurrency limit so far.
+    /// API requests refused with 429 for the concurrency limit so far (each is in
+    /// [`MockZuora::received`] too: Zuora did receive it).
     pub fn rejected_429(&self) -> usize {
         self.state.flight.rejected()
     }
@@ -348,6 +349,7 @@ impl State {
     }
 }
 
+/// Waits until `counter` reaches `n`; false on timeout.
 async fn wait_count(counter: &watch::Sender<usize>, n: usize, timeout: Duration) -> bool {
     let mut rx = counter.subscribe();
     let reached = tokio::time::timeout(timeout, rx.wait_for(|c| *c >= n)).await.is_ok();
@@ -387,12 +389,18 @@ async fn handle(
     api::handle(state, io, request).await
 }
 
+/// The `Content-Type` of the mock's JSON answers.
+const JSON: &str = "application/json; charset=utf-8";
+
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Bytes> {
-    let mut response = Response::new(Bytes::from(body.to_string()));
+    json_bytes(status, body.to_string())
+}
+
+fn json_bytes(status: StatusCode, body: impl Into<Bytes>) -> Response<Bytes> {
+    let mut response = Response::new(body.into());
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
     response
 }

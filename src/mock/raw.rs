@@ -3,6 +3,7 @@
 //! stray 1xx, HTTP/1.0, a stalled or truncated body). The connection is closed after each.
 
 use super::api::{pattern_bytes, ApiMode};
+use super::JSON;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use std::io;
@@ -128,9 +129,11 @@ pub(super) fn plan(mode: &ApiMode, normal: &Response<Bytes>, zuora: &HeaderMap) 
                 other => (other.canonical_reason().unwrap_or("Refused"), None),
             };
             let answer = serde_json::json!({ "message": message }).to_string();
-            let mut extra = vec![length(answer.len())];
+            let mut extra = vec![("content-type", JSON.to_string()), length(answer.len())];
             extra.extend(challenge.map(|c| ("www-authenticate", c.to_string())));
-            let mut now = head("HTTP/1.1", status, headers, &extra);
+            // The endpoint's own headers describe a body this answer does not have.
+            let zuora: Vec<(&HeaderName, &HeaderValue)> = zuora.iter().collect();
+            let mut now = head("HTTP/1.1", status, &zuora, &extra);
             now.extend(answer.as_bytes());
             now
         }

@@ -402,6 +402,7 @@ async fn an_early_answer_comes_before_the_body_is_sent() {
     let answer = Answer::parse(&read_to_close(&mut stream).await);
     assert_eq!(answer.status(), 413);
     assert_eq!(answer.header("connection"), Some("close"));
+    assert_eq!(answer.headers("content-type"), [JSON]);
     let length: usize = answer.header("content-length").unwrap().parse().unwrap();
     assert_eq!(length, answer.body.len());
     let received = mock.received();
