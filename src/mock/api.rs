@@ -73,7 +73,8 @@ pub enum ApiMode {
     Http10,
     /// `Content-Length: declared` and the first `after_bytes` of the body, then silence on the
     /// open connection until [`MockZuora::release_stalls`](super::MockZuora::release_stalls)
-    /// (the rest is then sent) or the mock is dropped. The body is [`pattern_bytes`].
+    /// (the rest is then sent), the client goes away or the mock is dropped; the request stays
+    /// in flight meanwhile. The body is [`pattern_bytes`].
     StallBody {
         after_bytes: usize,
         declared: usize,

@@ -67,6 +67,12 @@ impl Flight {
     pub(super) async fn wait_in_flight(&self, n: usize, timeout: Duration) -> bool {
         wait_count(&self.in_flight, n, timeout).await
     }
+
+    pub(super) async fn wait_idle(&self, timeout: Duration) -> bool {
+        let mut rx = self.in_flight.subscribe();
+        let idle = tokio::time::timeout(timeout, rx.wait_for(|n| *n == 0)).await.is_ok();
+        idle
+    }
 }
 
 impl InFlight {

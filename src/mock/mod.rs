@@ -309,6 +309,11 @@ impl MockZuora {
         self.state.flight.wait_in_flight(n, timeout).await
     }
 
+    /// Waits until no API request is in flight; false on timeout.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        self.state.flight.wait_idle(timeout).await
+    }
+
     /// Lets every answer stalled by [`ApiMode::StallBody`] now send the rest of its body.
     pub fn release_stalls(&self) {
         self.state.release.send_modify(|n| *n += 1);

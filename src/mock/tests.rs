@@ -592,3 +592,19 @@ async fn an_account_is_retrieved_by_its_key_with_the_limit_headers_of_v1() {
         "this request holds one place"
     );
 }
+
+#[tokio::test]
+async fn a_stalled_answer_ends_when_its_client_goes_away() {
+    let mock = MockZuora::builder().start().await.unwrap();
+    let token = token(&mock).await;
+    mock.set_api_mode(ApiMode::StallBody {
+        after_bytes: 1,
+        declared: 10,
+    });
+    let mut stream = connect(&mock).await;
+    stream.write_all(&abort(&token)).await.unwrap();
+    read_past_head(&mut stream, 1).await;
+    assert_eq!(mock.in_flight(), 1);
+    drop(stream);
+    assert!(mock.wait_idle(PATIENCE).await, "the stall still holds its place");
+}
