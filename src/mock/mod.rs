@@ -1,19 +1,32 @@
-//! A mock Zuora over real TLS: an OAuth token endpoint and the bulk-job endpoints, with knobs
-//! to make it fail, stall or expire tokens early. `demo` runs it; the tests drive it.
+//! A mock Zuora over real TLS: an OAuth token endpoint, the bulk-job endpoints and one account
+//! endpoint, with knobs to make it fail, stall, refuse or expire tokens early. `demo` runs it;
+//! the tests drive it. This file holds the builder, the handle tests drive, the shared state
+//! and the accept loop.
 
+mod account;
+mod api;
+mod limit;
 pub mod pki;
+mod raw;
+#[cfg(test)]
+mod tests;
+mod token;
 
-use crate::body::{full, ResponseBody};
+pub use api::{download_bytes, pattern_bytes, ApiMode, Received};
+pub use token::{ExpiresIn, TokenMode, TokenRequest};
+
+use crate::body::GuardedBody;
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use limit::Flight;
 use pki::TestCa;
-use serde_json::json;
-use std::collections::HashMap;
+use raw::SharedIo;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -23,68 +36,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+/// Every answer's body; an API answer's holds its request's place in flight until sent.
+type MockBody = GuardedBody<Full<Bytes>>;
+
 /// Client id the mock accepts unless told otherwise.
 pub const CLIENT_ID: &str = "mock-client-id";
 /// Client secret the mock accepts unless told otherwise.
 pub const CLIENT_SECRET: &str = "mock-client-secret";
-
-/// How the mock states a token's lifetime.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ExpiresIn {
-    Int(u64),
-    Float(f64),
-    /// No `expires_in` field: the token lives 3600 s.
-    Missing,
-}
-
-impl ExpiresIn {
-    fn lifetime(self) -> Duration {
-        match self {
-            ExpiresIn::Int(s) => Duration::from_secs(s),
-            ExpiresIn::Float(s) => Duration::from_secs_f64(s),
-            ExpiresIn::Missing => Duration::from_secs(3600),
-        }
-    }
-}
-
-/// How the token endpoint behaves.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TokenMode {
-    Normal,
-    /// Answer this status with a JSON error body.
-    Status(u16),
-    /// Answer 429 with `Retry-After`.
-    RateLimited {
-        retry_after_secs: u64,
-    },
-    /// Wait this long, then answer normally.
-    Delay(Duration),
-}
-
-/// How the API endpoints behave (the token check still applies first).
-#[derive(Debug, Clone, PartialEq)]
-pub enum ApiMode {
-    Normal,
-    /// Wait this long before answering normally.
-    Delay(Duration),
-    /// Answer this status, with `Retry-After` when given.
-    Status {
-        status: u16,
-        retry_after_secs: Option<u64>,
-    },
-    /// Drop the connection without answering.
-    Reset,
-}
-
-/// One request the mock received.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub method: Method,
-    /// Path and query as received.
-    pub target: String,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
 
 struct Settings {
     client_id: String,
@@ -92,42 +50,87 @@ struct Settings {
     expires_in: ExpiresIn,
     token_mode: TokenMode,
     api_mode: ApiMode,
+    /// Modes for the next API calls, one each, before `api_mode` applies again.
+    api_script: VecDeque<ApiMode>,
+    limits: Limits,
+}
+
+/// The knobs read once per API request.
+#[derive(Debug, Clone, Copy, Default)]
+struct Limits {
+    /// API requests handled at once; more get Zuora's 429.
+    concurrency: Option<usize>,
+    /// `Retry-After` on those 429s.
+    retry_after_secs: Option<u64>,
+    /// Added before every `ApiMode::Normal` answer.
+    latency: Duration,
 }
 
 struct State {
     settings: Mutex<Settings>,
     token_calls: watch::Sender<usize>,
+    token_requests: Mutex<Vec<TokenRequest>>,
     api_calls: watch::Sender<usize>,
     issued: Mutex<HashMap<String, Instant>>,
     received: Mutex<Vec<Received>>,
     serial: AtomicU64,
     connections: AtomicUsize,
+    flight: Arc<Flight>,
+    /// Bumped to release the answers stalled by [`ApiMode::StallBody`].
+    release: watch::Sender<u64>,
 }
 
 /// Builder for [`MockZuora`].
 pub struct MockBuilder {
-    expires_in: ExpiresIn,
-    token_mode: TokenMode,
-    client_id: String,
-    client_secret: String,
+    settings: Settings,
     addr: SocketAddr,
 }
 
 impl MockBuilder {
     pub fn expires_in(mut self, expires_in: ExpiresIn) -> Self {
-        self.expires_in = expires_in;
+        self.settings.expires_in = expires_in;
         self
     }
 
     /// How the token endpoint behaves from the start.
     pub fn token_mode(mut self, mode: TokenMode) -> Self {
-        self.token_mode = mode;
+        self.settings.token_mode = mode;
+        self
+    }
+
+    /// How the API endpoints answer from the start (see [`MockZuora::set_api_mode`]).
+    pub fn api_mode(mut self, mode: ApiMode) -> Self {
+        self.settings.api_mode = mode;
+        self
+    }
+
+    /// The first API calls' modes (see [`MockZuora::set_api_script`]).
+    pub fn api_script(mut self, modes: Vec<ApiMode>) -> Self {
+        self.settings.api_script = modes.into();
+        self
+    }
+
+    /// Zuora's concurrency limit (see [`MockZuora::set_concurrency_limit`]).
+    pub fn concurrency_limit(mut self, limit: usize) -> Self {
+        self.settings.limits.concurrency = Some(limit);
+        self
+    }
+
+    /// `Retry-After` on the concurrency limit's 429s (see [`MockZuora::set_concurrency_retry_after`]).
+    pub fn concurrency_retry_after(mut self, secs: u64) -> Self {
+        self.settings.limits.retry_after_secs = Some(secs);
+        self
+    }
+
+    /// The time every normal API answer takes (see [`MockZuora::set_latency`]).
+    pub fn latency(mut self, latency: Duration) -> Self {
+        self.settings.limits.latency = latency;
         self
     }
 
     pub fn credentials(mut self, client_id: &str, client_secret: &str) -> Self {
-        self.client_id = client_id.into();
-        self.client_secret = client_secret.into();
+        self.settings.client_id = client_id.into();
+        self.settings.client_secret = client_secret.into();
         self
     }
 
@@ -146,19 +149,16 @@ impl MockBuilder {
         let listener = TcpListener::bind(self.addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
-            settings: Mutex::new(Settings {
-                client_id: self.client_id,
-                client_secret: self.client_secret,
-                expires_in: self.expires_in,
-                token_mode: self.token_mode,
-                api_mode: ApiMode::Normal,
-            }),
+            settings: Mutex::new(self.settings),
             token_calls: watch::channel(0).0,
+            token_requests: Mutex::new(Vec::new()),
             api_calls: watch::channel(0).0,
             issued: Mutex::new(HashMap::new()),
             received: Mutex::new(Vec::new()),
             serial: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
+            flight: Arc::new(Flight::new()),
+            release: watch::channel(0).0,
         });
         let acceptor = TlsAcceptor::from(ca.server_config(&["127.0.0.1", "localhost"]));
         let task = tokio::spawn(accept_loop(listener, acceptor, state.clone()));
@@ -184,10 +184,15 @@ impl Drop for MockZuora {
 impl MockZuora {
     pub fn builder() -> MockBuilder {
         MockBuilder {
-            expires_in: ExpiresIn::Int(3599),
-            token_mode: TokenMode::Normal,
-            client_id: CLIENT_ID.into(),
-            client_secret: CLIENT_SECRET.into(),
+            settings: Settings {
+                client_id: CLIENT_ID.into(),
+                client_secret: CLIENT_SECRET.into(),
+                expires_in: ExpiresIn::Int(3599),
+                token_mode: TokenMode::Normal,
+                api_mode: ApiMode::Normal,
+                api_script: VecDeque::new(),
+                limits: Limits::default(),
+            },
             addr: ([127, 0, 0, 1], 0).into(),
         }
     }
@@ -212,8 +217,15 @@ impl MockZuora {
         Ok(path)
     }
 
+    /// Calls of the token endpoint, counted as they arrive.
     pub fn token_calls(&self) -> usize {
         *self.state.token_calls.borrow()
+    }
+
+    /// Every answered call of the token endpoint, oldest first (a call still waiting in
+    /// [`TokenMode::Delay`] is counted by [`MockZuora::token_calls`] but not listed yet).
+    pub fn token_requests(&self) -> Vec<TokenRequest> {
+        self.state.token_requests.lock().unwrap().clone()
     }
 
     /// Calls to any endpoint but the token endpoint.
@@ -244,8 +256,67 @@ impl MockZuora {
         self.state.settings.lock().unwrap().api_mode = mode;
     }
 
-    pub fn set_expires_in(&self, expires_in: ExpiresIn) {
-        self.state.settings.lock().unwrap().expires_in = expires_in;
+    /// The next API calls that pass the token check get these modes, one each in order;
+    /// after them the mode of [`MockZuora::set_api_mode`] applies again (`Normal` unless
+    /// changed). Replaces any script not yet used up. A script of one 503 models "503 once,
+    /// then 200".
+    pub fn set_api_script(&self, modes: Vec<ApiMode>) {
+        self.state.settings.lock().unwrap().api_script = modes.into();
+    }
+
+    /// Zuora's concurrency limit: an API request that arrives while `limit` others are being
+    /// handled gets 429 with Zuora's `REQUEST_EXCEEDED_LIMIT` body and its headers
+    /// (`Concurrency-Limit-Type: Default`, `Concurrency-Limit-Limit`,
+    /// `Concurrency-Limit-Remaining: 0`, `RateLimit-*`, and `Retry-After` when set). Answers
+    /// under the limit on `/v1` paths carry the `Concurrency-Limit-*` headers too. `None`: no
+    /// limit (the default).
+    pub fn set_concurrency_limit(&self, limit: Option<usize>) {
+        self.state.settings.lock().unwrap().limits.concurrency = limit;
+    }
+
+    /// `Retry-After` (seconds) on the concurrency limit's 429s; `None` (the default) sends none,
+    /// as in Zuora's rate-limit guide.
+    pub fn set_concurrency_retry_after(&self, secs: Option<u64>) {
+        self.state.settings.lock().unwrap().limits.retry_after_secs = secs;
+    }
+
+    /// Every [`ApiMode::Normal`] answer waits this long first (zero by default). Requests keep
+    /// their place under the concurrency limit meanwhile, so a 50 ms, limit-40 Zuora is
+    /// `set_latency(50 ms)` with `set_concurrency_limit(Some(40))`.
+    pub fn set_latency(&self, latency: Duration) {
+        self.state.settings.lock().unwrap().limits.latency = latency;
+    }
+
+    /// API requests in flight now: from the arrival of the head until the answer's body has
+    /// been sent (429s and 401s included).
+    pub fn in_flight(&self) -> usize {
+        self.state.flight.in_flight()
+    }
+
+    /// The most API requests in flight at once so far (429s included: they were sent).
+    pub fn peak_concurrency(&self) -> usize {
+        self.state.flight.peak()
+    }
+
+    /// API requests refused with 429 for the concurrency limit so far (each is in
+    /// [`MockZuora::received`] too: Zuora did receive it).
+    pub fn rejected_429(&self) -> usize {
+        self.state.flight.rejected()
+    }
+
+    /// Waits until at least `n` API requests are in flight at once; false on timeout.
+    pub async fn wait_in_flight(&self, n: usize, timeout: Duration) -> bool {
+        self.state.flight.wait_in_flight(n, timeout).await
+    }
+
+    /// Waits until no API request is in flight; false on timeout.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        self.state.flight.wait_idle(timeout).await
+    }
+
+    /// Lets every answer stalled by [`ApiMode::StallBody`] now send the rest of its body.
+    pub fn release_stalls(&self) {
+        self.state.release.send_modify(|n| *n += 1);
     }
 
     pub fn set_client_secret(&self, secret: &str) {
@@ -263,6 +334,27 @@ impl MockZuora {
     }
 }
 
+impl State {
+    fn limits(&self) -> Limits {
+        self.settings.lock().unwrap().limits
+    }
+
+    /// The mode for the API call now being answered: the script's next one, else the set mode.
+    fn next_mode(&self) -> ApiMode {
+        let mut settings = self.settings.lock().unwrap();
+        match settings.api_script.pop_front() {
+            Some(mode) => mode,
+            None => settings.api_mode.clone(),
+        }
+    }
+
+    fn record(&self, received: Received) {
+        self.received.lock().unwrap().push(received);
+        self.api_calls.send_modify(|c| *c += 1);
+    }
+}
+
+/// Waits until `counter` reaches `n`; false on timeout.
 async fn wait_count(counter: &watch::Sender<usize>, n: usize, timeout: Duration) -> bool {
     let mut rx = counter.subscribe();
     let reached = tokio::time::timeout(timeout, rx.wait_for(|c| *c >= n)).await.is_ok();
@@ -282,186 +374,38 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<St
         connections.spawn(async move {
             let Ok(tls) = acceptor.accept(stream).await else { return };
             state.connections.fetch_add(1, Ordering::SeqCst);
-            let service = service_fn(move |request| handle(state.clone(), request));
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+            let io = SharedIo::new(tls);
+            let raw_io = io.clone();
+            let service = service_fn(move |request| handle(state.clone(), raw_io.clone(), request));
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(io), service).await;
         });
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("mock dropped the connection on purpose")]
-struct Dropped;
+async fn handle(
+    state: Arc<State>,
+    io: SharedIo,
+    request: Request<Incoming>,
+) -> Result<Response<MockBody>, api::Hangup> {
+    if request.uri().path() == "/oauth/token" {
+        let response = token::endpoint(&state, request).await;
+        return Ok(response.map(|body| GuardedBody::new(Full::new(body), ())));
+    }
+    api::handle(state, io, request).await
+}
 
-fn json_response(status: StatusCode, body: serde_json::Value) -> Response<ResponseBody> {
-    let mut response = Response::new(full(body.to_string()));
+/// The `Content-Type` of the mock's JSON answers.
+const JSON: &str = "application/json; charset=utf-8";
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Bytes> {
+    json_bytes(status, body.to_string())
+}
+
+fn json_bytes(status: StatusCode, body: impl Into<Bytes>) -> Response<Bytes> {
+    let mut response = Response::new(body.into());
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
     response
-}
-
-async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Response<ResponseBody>, Dropped> {
-    let (parts, body) = request.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    if parts.uri.path() == "/oauth/token" {
-        return Ok(token_endpoint(&state, &parts.method, &parts.headers, &body).await);
-    }
-    state.received.lock().unwrap().push(Received {
-        method: parts.method.clone(),
-        target: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
-        headers: parts.headers.clone(),
-        body,
-    });
-    // The mode is read before the call is counted, so a test that waits for the count and
-    // then changes the mode never changes it under this call.
-    let mode = state.settings.lock().unwrap().api_mode.clone();
-    state.api_calls.send_modify(|c| *c += 1);
-    let request_id = uuid::Uuid::new_v4().to_string();
-    let mut response = api_endpoint(&state, mode, &parts.method, parts.uri.path(), &parts.headers).await?;
-    let headers = response.headers_mut();
-    headers.insert("zuora-request-id", HeaderValue::try_from(request_id).expect("uuid"));
-    if let Some(track) = parts.headers.get("zuora-track-id") {
-        headers.insert("zuora-track-id", track.clone());
-    }
-    headers.insert("ratelimit-limit", HeaderValue::from_static("12500"));
-    headers.insert("ratelimit-remaining", HeaderValue::from_static("12499"));
-    headers.insert("ratelimit-reset", HeaderValue::from_static("60"));
-    // Hop-by-hop headers a proxy must not pass on.
-    headers.insert(header::CONNECTION, HeaderValue::from_static("x-mock-hop"));
-    headers.insert("x-mock-hop", HeaderValue::from_static("1"));
-    headers.insert("keep-alive", HeaderValue::from_static("timeout=30"));
-    Ok(response)
-}
-
-async fn token_endpoint(state: &State, method: &Method, headers: &HeaderMap, body: &[u8]) -> Response<ResponseBody> {
-    let mode = state.settings.lock().unwrap().token_mode.clone();
-    state.token_calls.send_modify(|c| *c += 1);
-    match mode {
-        TokenMode::Normal => {}
-        TokenMode::Delay(d) => tokio::time::sleep(d).await,
-        TokenMode::Status(code) => {
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return json_response(status, json!({"message": "mock token endpoint failure"}));
-        }
-        TokenMode::RateLimited { retry_after_secs } => {
-            let mut r = json_response(StatusCode::TOO_MANY_REQUESTS, json!({"message": "Too many requests"}));
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-            return r;
-        }
-    }
-    let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
-    let form_type = headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/x-www-form-urlencoded"));
-    if *method != Method::POST || !form_type || headers.contains_key(header::AUTHORIZATION) {
-        // Zuora wants the credentials in the form body; a Basic header is a client bug.
-        return json_response(
-            StatusCode::BAD_REQUEST,
-            json!({"message": "credentials must be form fields of a POST"}),
-        );
-    }
-    let (expected_id, expected_secret, expires_in) = {
-        let s = state.settings.lock().unwrap();
-        (s.client_id.clone(), s.client_secret.clone(), s.expires_in)
-    };
-    let ok = form.get("grant_type").map(String::as_str) == Some("client_credentials")
-        && form.get("client_id") == Some(&expected_id)
-        && form.get("client_secret") == Some(&expected_secret);
-    if !ok {
-        return json_response(StatusCode::UNAUTHORIZED, json!({"message": "Authentication error"}));
-    }
-    let serial = state.serial.fetch_add(1, Ordering::SeqCst) + 1;
-    let token = format!("mock-token-{serial}-{}", uuid::Uuid::new_v4().simple());
-    state
-        .issued
-        .lock()
-        .unwrap()
-        .insert(token.clone(), Instant::now() + expires_in.lifetime());
-    let mut answer = json!({
-        "access_token": token,
-        "token_type": "bearer",
-        "scope": "user.8a8aa0ad entity.8a8aa0ad-5ab8-4a9b-9f2e-2f1c5b0c1d3e platform.write service.bulk-data.read tenant.9999",
-        "jti": uuid::Uuid::new_v4().simple().to_string(),
-    });
-    match expires_in {
-        ExpiresIn::Int(s) => answer["expires_in"] = json!(s),
-        ExpiresIn::Float(s) => answer["expires_in"] = json!(s),
-        ExpiresIn::Missing => {}
-    }
-    json_response(StatusCode::OK, answer)
-}
-
-async fn api_endpoint(
-    state: &State,
-    mode: ApiMode,
-    method: &Method,
-    path: &str,
-    headers: &HeaderMap,
-) -> Result<Response<ResponseBody>, Dropped> {
-    let authorized = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|token| state.issued.lock().unwrap().get(token).copied())
-        .is_some_and(|expires| Instant::now() < expires);
-    if !authorized {
-        let mut r = json_response(StatusCode::UNAUTHORIZED, json!({"message": "Authentication error"}));
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=Zuora API, ZSession realm=Zuora API, Bearer realm=Zuora API"),
-        );
-        return Ok(r);
-    }
-    match mode {
-        ApiMode::Normal => {}
-        ApiMode::Delay(d) => tokio::time::sleep(d).await,
-        ApiMode::Reset => return Err(Dropped),
-        ApiMode::Status {
-            status,
-            retry_after_secs,
-        } => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut r = json_response(
-                status,
-                json!({"code": "REQUEST_EXCEEDED_LIMIT", "message": "Your total number of concurrent requests have exceeded the limit allowed by the system. Please resubmit your request later."}),
-            );
-            if let Some(secs) = retry_after_secs {
-                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            }
-            return Ok(r);
-        }
-    }
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    Ok(match (method, segments.as_slice()) {
-        (&Method::POST, ["bulk-data", "bulk-jobs", id, "aborts"]) => {
-            json_response(StatusCode::OK, json!({"id": id, "status": "Aborted"}))
-        }
-        (&Method::GET, ["bulk-data", "bulk-jobs", id, "summary"]) => json_response(
-            StatusCode::OK,
-            json!({"id": id, "status": "Aborted", "name": "mock job"}),
-        ),
-        (&Method::GET, ["bulk-data", "bulk-jobs", _, "downloads"]) => {
-            // Opaque bytes standing for a gzipped file: a proxy must pass them on untouched.
-            let mut r = Response::new(full(download_bytes()));
-            r.headers_mut()
-                .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            r
-        }
-        (&Method::POST, ["bulk-data", "bulk-jobs", _, "echo"]) => json_response(StatusCode::OK, json!({"echo": true})),
-        _ => json_response(StatusCode::NOT_FOUND, json!({"message": "Not found"})),
-    })
-}
-
-/// The bytes the mock's `downloads` endpoint sends, for comparing with what a caller got.
-pub fn download_bytes() -> Vec<u8> {
-    (0..200_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect()
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
+    response
 }
