@@ -16,7 +16,7 @@ const JOB: &str = "3a3e85c4-96e7-486b-ae02-827120104301";
 async fn connect(mock: &MockZuora) -> TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(mock.ca().cert_der()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(crate::upstream::crypto_provider())
+    let config = rustls::ClientConfig::builder_with_provider(crate::tls::crypto_provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
