@@ -1,0 +1,109 @@
+//! One access line per request, however it ends: Zuora's body cut short, a body that stalls
+//! past `server.upstream_body_timeout`, a caller that leaves before its answer. Each is
+//! counted in `proxy_errors_total` by its code, and the tenant's slot comes back.
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+use zuora_auth_proxy::mock::ApiMode;
+
+fn errors(h: &Harness, code: &str) -> f64 {
+    sample_or_zero(
+        &h.proxy.probe().metrics_text(),
+        &format!("zuora_proxy_proxy_errors_total{{code=\"{code}\"}}"),
+    )
+}
+
+fn in_flight(h: &Harness) -> f64 {
+    sample_or_zero(
+        &h.proxy.probe().metrics_text(),
+        "zuora_proxy_in_flight{tenant=\"default\"}",
+    )
+}
+
+#[tokio::test]
+async fn a_body_cut_short_by_zuora_is_counted_as_incomplete() {
+    let h = Harness::builder().start().await;
+    h.wait_for_token().await;
+    h.mock.set_api_mode(ApiMode::Truncated {
+        declared: 10_000,
+        sent: 1_000,
+    });
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let request = http::Request::get(h.url(&summary_path()))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = client.request(request).await.expect("head arrives");
+    assert_eq!(response.status(), 200);
+    let body = http_body_util::BodyExt::collect(response.into_body()).await;
+    assert!(body.is_err(), "a cut body must not reach the caller as a whole one");
+    eventually("the cut body counted", || {
+        (errors(&h, "upstream_body_incomplete") == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(in_flight(&h), 0.0, "the slot came back");
+}
+
+#[tokio::test]
+async fn a_stalled_body_is_cut_after_the_upstream_body_timeout() {
+    let h = Harness::builder()
+        .server("upstream_body_timeout", "\"300ms\"")
+        .start()
+        .await;
+    h.wait_for_token().await;
+    h.mock.set_api_mode(ApiMode::StallBody {
+        after_bytes: 100,
+        declared: 5_000,
+    });
+    let started = tokio::time::Instant::now();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let request = http::Request::get(h.url(&summary_path()))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = client.request(request).await.expect("head arrives");
+    let body = http_body_util::BodyExt::collect(response.into_body()).await;
+    assert!(body.is_err(), "the stalled body was cut");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cut after {:?}",
+        started.elapsed()
+    );
+    eventually("the stall counted", || {
+        (errors(&h, "upstream_body_timeout") == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(in_flight(&h), 0.0, "the slot came back");
+    h.mock.release_stalls();
+}
+
+#[tokio::test]
+async fn a_caller_that_leaves_before_its_answer_leaves_a_line() {
+    let h = Harness::builder().start().await;
+    h.wait_for_token().await;
+    h.mock.set_api_mode(ApiMode::Delay(Duration::from_secs(3)));
+    let url = h.url(&abort_path());
+    let call = tokio::spawn(async move { post(&url, &[("zuora-track-id", "leaves-early")]).await });
+    assert!(
+        h.mock.wait_api_calls(1, Duration::from_secs(5)).await,
+        "Zuora got the abort"
+    );
+    call.abort();
+    let _ = call.await;
+    eventually("the caller's departure counted", || {
+        (errors(&h, "caller_gone") == 1.0).then_some(())
+    })
+    .await;
+    let text = h.proxy.probe().metrics_text();
+    assert_eq!(
+        sample_or_zero(
+            &text,
+            "zuora_proxy_requests_total{route=\"abort-bulk-job\",status=\"499\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    eventually("the slot came back", || (in_flight(&h) == 0.0).then_some(())).await;
+}
