@@ -1,8 +1,14 @@
 //! The core path: a caller's abort reaches Zuora with the injected token and the rule's headers.
 
-mod support;
+mod support {
+    pub mod client;
+    pub mod fixtures;
+    pub mod harness;
+}
 
-use support::*;
+use support::client::*;
+use support::fixtures::*;
+use support::harness::*;
 
 #[tokio::test]
 async fn abort_is_forwarded_with_token_and_echoed_track_id() {
