@@ -248,11 +248,7 @@ async fn rotated_secret_file_is_used_by_the_next_fetch() {
     assert_eq!(post(&h.url(&abort_path()), &[]).await.status, 200);
 
     std::fs::write(h.secret_file(), "rotated-secret-2\n").unwrap();
-    h.mock.set_client_secret("rotated-secret-2");
-    h.mock.revoke_tokens();
-    let answer = post(&h.url(&abort_path()), &[]).await;
-    assert_eq!(answer.status, 200, "{:?}", answer.body);
-    assert_refetched_with_the_new_secret(&h).await;
+    assert_refetched_with_the_new_secret(&h, "rotated-secret-2").await;
 }
 
 /// The control for the rotation tests: the mock does refuse a stale secret.
@@ -303,12 +299,7 @@ async fn secret_rotated_by_a_kubernetes_symlink_swap_is_used() {
     write_secret_dir(dir, "..2024_01_02_00_00_00.2", "k8s-rotated-secret");
     symlink_atomically("..2024_01_02_00_00_00.2", &dir.join("..data"));
     std::fs::remove_dir_all(dir.join("..2024_01_01_00_00_00.1")).unwrap();
-    h.mock.set_client_secret("k8s-rotated-secret");
-    h.mock.revoke_tokens();
-
-    let answer = post(&h.url(&abort_path()), &[]).await;
-    assert_eq!(answer.status, 200, "{:?}", answer.body);
-    assert_refetched_with_the_new_secret(&h).await;
+    assert_refetched_with_the_new_secret(&h, "k8s-rotated-secret").await;
 }
 
 #[tokio::test]
@@ -380,8 +371,13 @@ fn last_entity(h: &Harness) -> String {
     last.headers["zuora-entity-ids"].to_str().unwrap().to_string()
 }
 
-/// After a revoke: exactly one more token call, none refused, and a new token at Zuora.
-async fn assert_refetched_with_the_new_secret(h: &Harness) {
+/// Zuora takes only `secret` from now on and revokes its tokens: the next request is answered,
+/// with exactly one more token call, none refused, and a new token at Zuora.
+async fn assert_refetched_with_the_new_secret(h: &Harness, secret: &str) {
+    h.mock.set_client_secret(secret);
+    h.mock.revoke_tokens();
+    let answer = post(&h.url(&abort_path()), &[]).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(h.mock.token_calls(), 2, "one refetch, accepted at once");
     let metrics = scrape(&h.admin_url("/metrics")).await;
     assert_eq!(
