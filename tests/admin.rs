@@ -1,11 +1,21 @@
 //! The admin listener: `/healthz`, `/readyz` tied to the tokens and to the drain, `/metrics`
 //! in Prometheus text format with label values that never come from a caller.
 
-mod support;
+mod support {
+    pub mod client;
+    pub mod fixtures;
+    pub mod harness;
+    pub mod metrics;
+    pub mod wait;
+}
 
 use serde_json::Value;
 use std::time::Duration;
-use support::*;
+use support::client::*;
+use support::fixtures::*;
+use support::harness::*;
+use support::metrics::{scrape, Metrics};
+use support::wait::eventually;
 use zuora_auth_proxy::mock::{ApiMode, ExpiresIn, TokenMode};
 
 /// What `/readyz` must never show, whatever the state.
@@ -68,10 +78,7 @@ async fn readyz_names_a_failing_token_endpoint_then_recovers() {
         .await;
 
     // The first answer is a 503; the fetcher then backs off for 0.5 to 1 s.
-    let failing = poll_readyz(&h, Duration::from_secs(5), |_, body| {
-        state_of(body).starts_with("failing: ")
-    })
-    .await;
+    let failing = readyz_once(&h, |_, body| state_of(body).starts_with("failing: ")).await;
     assert_eq!(failing.status, 503, "{:?}", failing.body);
     assert_no_token(&failing);
     let body = failing.json();
@@ -83,7 +90,7 @@ async fn readyz_names_a_failing_token_endpoint_then_recovers() {
     assert_eq!(body["tenants"]["default"]["expires_in_s"], Value::Null, "{body}");
 
     h.mock.set_token_mode(TokenMode::Normal);
-    let ready = poll_readyz(&h, Duration::from_secs(5), |status, _| status == 200).await;
+    let ready = readyz_once(&h, |status, _| status == 200).await;
     assert_no_token(&ready);
     assert_eq!(state_of(&ready.json()), "ok");
 }
@@ -106,10 +113,7 @@ async fn readyz_turns_503_when_the_token_ages_while_the_endpoint_fails() {
 
     // The refresh is due about 2 s after the fetch; it fails, and the token falls under 2 s.
     h.mock.set_token_mode(TokenMode::Status(500));
-    let stale = poll_readyz(&h, Duration::from_secs(5), |_, body| {
-        state_of(body).starts_with("failing: ")
-    })
-    .await;
+    let stale = readyz_once(&h, |_, body| state_of(body).starts_with("failing: ")).await;
     assert_eq!(stale.status, 503, "{:?}", stale.body);
     assert_no_token(&stale);
     let body = stale.json();
@@ -158,8 +162,8 @@ async fn metrics_are_prometheus_text_with_every_family() {
     // Touch every family: a forwarded request, a refusal, a reload.
     assert_eq!(post(&h.url(&abort_path()), &[]).await.status, 200);
     assert_eq!(post(&h.url("/v1/accounts"), &[]).await.status, 404);
-    let file = h.dir.path().join("same.toml");
-    std::fs::write(&file, &h.config_text).unwrap();
+    let file = h.dir().join("same.toml");
+    std::fs::write(&file, h.config_text()).unwrap();
     h.proxy.reload_from(&file).expect("the running configuration reloads");
 
     let answer = get(&h.admin_url("/metrics")).await;
@@ -167,7 +171,7 @@ async fn metrics_are_prometheus_text_with_every_family() {
     let content_type = answer.header("content-type").unwrap_or_default();
     assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
     let text = String::from_utf8(answer.body.to_vec()).expect("UTF-8");
-    let exposition = Exposition::parse(&text);
+    let exposition = Metrics::parse(&text);
     for (family, kind) in [
         ("zuora_proxy_requests_total", "counter"),
         ("zuora_proxy_request_duration_seconds", "histogram"),
@@ -185,15 +189,12 @@ async fn metrics_are_prometheus_text_with_every_family() {
         );
     }
     for sample in &exposition.samples {
-        let family = exposition.family_of(&sample.name);
+        let family = family_of(&exposition, &sample.name);
         assert!(family.is_some(), "sample {} has no # TYPE line\n{text}", sample.name);
     }
-    let fetched = exposition.value(
-        "zuora_proxy_token_fetches_total",
-        &[("tenant", "default"), ("result", "ok")],
-    );
+    let fetched = exposition.value_or_zero(r#"zuora_proxy_token_fetches_total{tenant="default",result="ok"}"#);
     assert!(fetched >= 1.0, "{text}");
-    let expires_in = exposition.value("zuora_proxy_token_expires_in_seconds", &[("tenant", "default")]);
+    let expires_in = exposition.value_or_zero(r#"zuora_proxy_token_expires_in_seconds{tenant="default"}"#);
     assert!(expires_in > 0.0 && expires_in <= 3599.0, "{text}");
     assert!(!text.contains(TOKEN_MARKER), "a token in the metrics");
 }
@@ -204,8 +205,8 @@ async fn metrics_are_prometheus_text_with_every_family() {
 async fn fresh_proxy_exposes_every_family_with_known_series_at_zero() {
     let h = Harness::builder().start().await;
     h.wait_for_token().await;
-    let text = metrics_text(&h).await;
-    let exposition = Exposition::parse(&text);
+    let exposition = metrics(&h).await;
+    let text = &exposition.text;
     for family in [
         "zuora_proxy_requests_total",
         "zuora_proxy_request_duration_seconds",
@@ -218,13 +219,12 @@ async fn fresh_proxy_exposes_every_family_with_known_series_at_zero() {
     ] {
         assert!(exposition.types.contains_key(family), "no # TYPE for {family}\n{text}");
     }
-    let zero_rows: [(&str, &[(&str, &str)]); 3] = [
-        ("zuora_proxy_config_reloads_total", &[("result", "error")]),
-        ("zuora_proxy_config_reloads_total", &[("result", "ok")]),
-        ("zuora_proxy_in_flight", &[("tenant", "default")]),
-    ];
-    for (name, labels) in zero_rows {
-        assert!(exposition.has(name, labels), "{name}{labels:?} missing\n{text}");
+    for series in [
+        r#"zuora_proxy_config_reloads_total{result="error"}"#,
+        r#"zuora_proxy_config_reloads_total{result="ok"}"#,
+        r#"zuora_proxy_in_flight{tenant="default"}"#,
+    ] {
+        assert!(exposition.get(series).is_some(), "{series} missing\n{text}");
     }
 }
 
@@ -242,56 +242,35 @@ async fn request_counters_move_by_exactly_the_requests_sent() {
     assert_eq!(missing.header("x-zuora-proxy-error"), Some("route_not_found"));
 
     let after = metrics(&h).await;
-    let delta = |name: &str, labels: &[(&str, &str)]| after.value(name, labels) - before.value(name, labels);
+    let delta = |series: &str| after.value_or_zero(series) - before.value_or_zero(series);
     assert_eq!(
-        delta(
-            "zuora_proxy_requests_total",
-            &[("route", "abort-bulk-job"), ("status", "200")]
-        ),
+        delta(r#"zuora_proxy_requests_total{route="abort-bulk-job",status="200"}"#),
+        3.0
+    );
+    assert_eq!(delta(r#"zuora_proxy_requests_total{route="(none)",status="404"}"#), 1.0);
+    assert_eq!(delta(r#"zuora_proxy_proxy_errors_total{code="route_not_found"}"#), 1.0);
+    assert_eq!(
+        delta(r#"zuora_proxy_request_duration_seconds_count{route="abort-bulk-job"}"#),
         3.0
     );
     assert_eq!(
-        delta("zuora_proxy_requests_total", &[("route", "(none)"), ("status", "404")]),
+        delta(r#"zuora_proxy_request_duration_seconds_count{route="(none)"}"#),
         1.0
     );
     assert_eq!(
-        delta("zuora_proxy_proxy_errors_total", &[("code", "route_not_found")]),
-        1.0
-    );
-    assert_eq!(
-        delta(
-            "zuora_proxy_request_duration_seconds_count",
-            &[("route", "abort-bulk-job")]
-        ),
-        3.0
-    );
-    assert_eq!(
-        delta("zuora_proxy_request_duration_seconds_count", &[("route", "(none)")]),
-        1.0
-    );
-    assert_eq!(
-        delta("zuora_proxy_upstream_duration_seconds_count", &[("tenant", "default")]),
+        delta(r#"zuora_proxy_upstream_duration_seconds_count{tenant="default"}"#),
         3.0
     );
     // The 404 never reached Zuora, and a cached token serves every request.
     assert_eq!(h.mock.api_calls(), 3);
     assert_eq!(
-        delta(
-            "zuora_proxy_token_fetches_total",
-            &[("tenant", "default"), ("result", "ok")]
-        ),
+        delta(r#"zuora_proxy_token_fetches_total{tenant="default",result="ok"}"#),
         0.0
     );
     // Histogram buckets are cumulative: +Inf holds the count.
     assert_eq!(
-        after.value(
-            "zuora_proxy_request_duration_seconds_bucket",
-            &[("route", "abort-bulk-job"), ("le", "+Inf")]
-        ),
-        after.value(
-            "zuora_proxy_request_duration_seconds_count",
-            &[("route", "abort-bulk-job")]
-        ),
+        after.value_or_zero(r#"zuora_proxy_request_duration_seconds_bucket{route="abort-bulk-job",le="+Inf"}"#),
+        after.value_or_zero(r#"zuora_proxy_request_duration_seconds_count{route="abort-bulk-job"}"#),
     );
 }
 
@@ -304,10 +283,10 @@ async fn in_flight_gauge_counts_a_request_at_zuora() {
     assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
 
     let during = metrics(&h).await;
-    assert_eq!(during.value("zuora_proxy_in_flight", &[("tenant", "default")]), 1.0);
+    assert_eq!(during.value_or_zero(r#"zuora_proxy_in_flight{tenant="default"}"#), 1.0);
     assert_eq!(slow.await.expect("caller task").status, 200);
     let after = metrics(&h).await;
-    assert_eq!(after.value("zuora_proxy_in_flight", &[("tenant", "default")]), 0.0);
+    assert_eq!(after.value_or_zero(r#"zuora_proxy_in_flight{tenant="default"}"#), 0.0);
 }
 
 #[tokio::test]
@@ -335,12 +314,12 @@ async fn caller_input_never_becomes_a_label_value() {
         assert!(answer.status.is_client_error(), "{method} {path}: {}", answer.status);
     }
 
-    let text = metrics_text(&h).await;
+    let exposition = metrics(&h).await;
+    let text = &exposition.text;
     assert!(
         !text.to_ascii_uppercase().contains(marker),
         "caller input in the metrics:\n{text}"
     );
-    let exposition = Exposition::parse(&text);
     let routes = ["abort-bulk-job", "job-summary", "job-downloads", "echo", "(none)"];
     // The README's error codes, token fetch results and reload results.
     let codes = [
@@ -411,7 +390,7 @@ async fn caller_input_never_becomes_a_label_value() {
     expected.sort_unstable();
     assert_eq!(rows, expected, "{text}");
     assert_eq!(
-        exposition.value("zuora_proxy_requests_total", &[("route", "(none)"), ("status", "404")]),
+        exposition.value_or_zero(r#"zuora_proxy_requests_total{route="(none)",status="404"}"#),
         3.0
     );
     let rows = [
@@ -422,7 +401,7 @@ async fn caller_input_never_becomes_a_label_value() {
     ];
     for (code, n) in rows {
         assert_eq!(
-            exposition.value("zuora_proxy_proxy_errors_total", &[("code", code)]),
+            exposition.value_or_zero(&format!("zuora_proxy_proxy_errors_total{{code=\"{code}\"}}")),
             n,
             "{code}\n{text}"
         );
@@ -455,160 +434,31 @@ fn state_of(body: &Value) -> String {
         .to_string()
 }
 
-/// Polls `/readyz` until `done(status, body)` holds; readiness changes without an event to await.
-async fn poll_readyz(h: &Harness, within: Duration, done: impl Fn(u16, &Value) -> bool) -> Answer {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
+/// The first `/readyz` answer for which `done(status, body)` holds; readiness changes without
+/// an event to await.
+async fn readyz_once(h: &Harness, done: impl Fn(u16, &Value) -> bool) -> Answer {
+    eventually("/readyz reaches the state", async || {
         let answer = get(&h.admin_url("/readyz")).await;
-        if done(answer.status.as_u16(), &answer.json()) {
-            return answer;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "readyz never reached the state; last: {:?}",
-            answer.body
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        done(answer.status.as_u16(), &answer.json()).then_some(answer)
+    })
+    .await
 }
 
-async fn metrics(h: &Harness) -> Exposition {
-    Exposition::parse(&metrics_text(h).await)
+async fn metrics(h: &Harness) -> Metrics {
+    scrape(&h.admin_url("/metrics")).await
 }
 
-/// One sample line: `name{labels} value`.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: Vec<(String, String)>,
-    value: f64,
-}
-
-impl Sample {
-    fn label(&self, name: &str) -> Option<&str> {
-        self.labels.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+/// The `# TYPE` family a sample belongs to (histograms add `_bucket`, `_sum`, `_count`).
+fn family_of<'m>(metrics: &'m Metrics, sample: &str) -> Option<&'m str> {
+    if let Some(kind) = metrics.types.get(sample) {
+        return Some(kind);
     }
-}
-
-/// A parsed text exposition (format 0.0.4). Parsing panics on any line that does not fit.
-struct Exposition {
-    types: std::collections::BTreeMap<String, String>,
-    samples: Vec<Sample>,
-}
-
-impl Exposition {
-    fn parse(text: &str) -> Exposition {
-        let mut types = std::collections::BTreeMap::new();
-        let mut samples = Vec::new();
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let (name, kind) = rest.split_once(' ').unwrap_or_else(|| panic!("bad TYPE line {line:?}"));
-                types.insert(name.to_string(), kind.to_string());
-            } else if !line.starts_with('#') {
-                samples.push(parse_sample(line));
-            }
-        }
-        Exposition { types, samples }
-    }
-
-    /// The `# TYPE` family a sample belongs to (histograms add `_bucket`, `_sum`, `_count`).
-    fn family_of(&self, sample: &str) -> Option<&str> {
-        if let Some(kind) = self.types.get(sample) {
-            return Some(kind);
-        }
-        ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
-            let family = sample.strip_suffix(suffix)?;
-            self.types.get(family).filter(|k| *k == "histogram").map(String::as_str)
-        })
-    }
-
-    fn has(&self, name: &str, labels: &[(&str, &str)]) -> bool {
-        self.samples.iter().any(|s| {
-            s.name == name && s.labels.len() == labels.len() && labels.iter().all(|(k, v)| s.label(k) == Some(*v))
-        })
-    }
-
-    /// The value of the one sample with exactly these labels; 0 when absent (not yet created).
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let matching: Vec<&Sample> = self
-            .samples
-            .iter()
-            .filter(|s| {
-                s.name == name && s.labels.len() == labels.len() && labels.iter().all(|(k, v)| s.label(k) == Some(*v))
-            })
-            .collect();
-        assert!(matching.len() <= 1, "{name}{labels:?} appears {} times", matching.len());
-        matching.first().map_or(0.0, |s| s.value)
-    }
-}
-
-fn parse_sample(line: &str) -> Sample {
-    let bad = || -> ! { panic!("not a `name{{labels}} value` line: {line:?}") };
-    let name_end = line.find(['{', ' ']).unwrap_or_else(|| bad());
-    let name = &line[..name_end];
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
-    {
-        bad();
-    }
-    let mut rest = &line[name_end..];
-    let mut labels = Vec::new();
-    if let Some(after_brace) = rest.strip_prefix('{') {
-        let mut chars = after_brace.char_indices();
-        loop {
-            // A label name up to '=', or the closing brace.
-            let mut label = String::new();
-            let mut closed = None;
-            for (i, c) in chars.by_ref() {
-                match c {
-                    '}' if label.is_empty() => {
-                        closed = Some(i);
-                        break;
-                    }
-                    '=' => break,
-                    c if c.is_ascii_alphanumeric() || c == '_' => label.push(c),
-                    _ => bad(),
-                }
-            }
-            if let Some(i) = closed {
-                rest = &after_brace[i + 1..];
-                break;
-            }
-            if chars.next().map(|(_, c)| c) != Some('"') {
-                bad();
-            }
-            let mut value = String::new();
-            loop {
-                match chars.next().map(|(_, c)| c) {
-                    Some('"') => break,
-                    Some('\\') => match chars.next().map(|(_, c)| c) {
-                        Some('n') => value.push('\n'),
-                        Some(c @ ('\\' | '"')) => value.push(c),
-                        _ => bad(),
-                    },
-                    Some(c) => value.push(c),
-                    None => bad(),
-                }
-            }
-            labels.push((label, value));
-            match chars.next() {
-                Some((_, ',')) => {}
-                Some((i, '}')) => {
-                    rest = &after_brace[i + 1..];
-                    break;
-                }
-                _ => bad(),
-            }
-        }
-    }
-    let value = rest.strip_prefix(' ').unwrap_or_else(|| bad());
-    // No timestamps are expected; a value is one float token.
-    let value: f64 = value.parse().unwrap_or_else(|_| bad());
-    Sample {
-        name: name.to_string(),
-        labels,
-        value,
-    }
+    ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
+        let family = sample.strip_suffix(suffix)?;
+        metrics
+            .types
+            .get(family)
+            .filter(|k| *k == "histogram")
+            .map(String::as_str)
+    })
 }

@@ -2,12 +2,19 @@
 //! `--help`, and a full `run` against the mock, stopped by SIGTERM, whose logs are JSON lines
 //! that never show a token or the client secret.
 
-mod support;
+mod support {
+    pub mod binary;
+    pub mod client;
+    pub mod exe;
+    pub mod fixtures;
+}
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use support::binary::{Binary, EXE};
-use support::*;
+use support::binary::Binary;
+use support::client::*;
+use support::exe::EXE;
+use support::fixtures::*;
 use zuora_auth_proxy::mock::{MockZuora, CLIENT_ID};
 
 /// The binary with an environment that cannot change what it reads: no config path, no
@@ -220,7 +227,7 @@ async fn a_full_run_serves_logs_json_and_never_logs_a_token_or_the_secret() {
         &good_config(&mock.base_url(), secret, Some(&ca), "debug"),
     );
     let mut proxy = Binary::spawn_from(bin(), &config);
-    let addr = proxy.listen_addr().await;
+    let addr = proxy.listening().await.addr;
     let url = |path: &str| format!("http://{addr}{path}");
 
     let first = post(&url(&abort_path()), &[("zuora-track-id", "bin-first")]).await;
@@ -230,7 +237,7 @@ async fn a_full_run_serves_logs_json_and_never_logs_a_token_or_the_secret() {
     assert_eq!(replayed.status, 200, "{:?}", replayed.body);
     let refused = get(&url("/v1/accounts")).await;
     assert_refusal(&refused, 404, "route_not_found");
-    let download = get(&url(&format!("/bulk-data/bulk-jobs/{JOB}/downloads"))).await;
+    let download = get(&url(&job_path("downloads"))).await;
     assert!(download.body == zuora_auth_proxy::mock::download_bytes());
     assert_eq!(mock.token_calls(), 2);
     let issued: Vec<String> = mock

@@ -1,15 +1,23 @@
 //! Bodies both ways: a small request body is held so it can be replayed after a 401, a larger
 //! or chunked one streams under the size cap, and Zuora's answer streams back byte for byte.
 
-mod support;
+mod support {
+    pub mod chunked;
+    pub mod client;
+    pub mod fixtures;
+    pub mod harness;
+}
 
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::Full;
-use support::*;
+use support::chunked::Chunked;
+use support::client::*;
+use support::fixtures::*;
+use support::harness::*;
 
 fn echo_url(h: &Harness) -> String {
-    h.url(&echo_path())
+    h.url(&job_path("echo"))
 }
 
 /// Bytes that differ from position to position, so a reordered or truncated copy shows.
@@ -128,7 +136,7 @@ async fn a_401_to_a_streamed_body_still_drops_the_refused_token() {
 #[tokio::test]
 async fn a_download_streams_back_byte_for_byte() {
     let h = Harness::builder().start().await;
-    let url = h.url(&format!("/bulk-data/bulk-jobs/{JOB}/downloads"));
+    let url = h.url(&job_path("downloads"));
     let answer = call(Method::GET, &url, &[("accept-encoding", "gzip")], Bytes::new()).await;
     assert_eq!(answer.status, 200);
     assert_eq!(

@@ -1,12 +1,22 @@
 //! The per-tenant concurrency cap: at most `max_concurrency` requests in flight to a tenant,
 //! the rest queued in arrival order for at most `queue_timeout`, then 503 `overloaded`.
 
-mod support;
+mod support {
+    pub mod client;
+    pub mod fixtures;
+    pub mod harness;
+    pub mod metrics;
+    pub mod wait;
+}
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::*;
+use support::client::*;
+use support::fixtures::*;
+use support::harness::*;
+use support::metrics::{scrape, Metrics};
+use support::wait::eventually;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -91,7 +101,7 @@ async fn a_request_queued_past_queue_timeout_is_503_overloaded_and_metered() {
     assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
     let waiter = tokio::spawn(abort(h.url(&abort_path()), "waiter".into()));
     wait_gauge(&queued, 1, "the second request queued").await;
-    let metrics = metrics_text(&h).await;
+    let metrics = scrape(&h.admin_url("/metrics")).await.text;
     assert!(metrics.contains("# TYPE zuora_proxy_queue_length gauge"), "{metrics}");
     assert!(
         metrics.contains("zuora_proxy_queue_length{tenant=\"default\"} 1\n"),
@@ -108,7 +118,9 @@ async fn a_request_queued_past_queue_timeout_is_503_overloaded_and_metered() {
         started.elapsed()
     );
     assert_eq!(queued.get(), 0);
-    let metrics = metrics_text(&h).await;
+    let metrics = scrape(&h.admin_url("/metrics")).await;
+    let waited = metrics.value(r#"zuora_proxy_queue_wait_seconds_sum{tenant="default"}"#);
+    let metrics = metrics.text;
     assert!(
         metrics.contains("# TYPE zuora_proxy_queue_wait_seconds histogram"),
         "{metrics}"
@@ -117,8 +129,6 @@ async fn a_request_queued_past_queue_timeout_is_503_overloaded_and_metered() {
         metrics.contains("zuora_proxy_queue_wait_seconds_count{tenant=\"default\"} 1\n"),
         "{metrics}"
     );
-    let waited = sample(&metrics, "zuora_proxy_queue_wait_seconds_sum{tenant=\"default\"}")
-        .unwrap_or_else(|| panic!("no queue wait sum:\n{metrics}"));
     assert!(
         (0.25..2.0).contains(&waited),
         "queue wait recorded as {waited} s for a 300 ms queue timeout"
@@ -198,22 +208,18 @@ async fn a_caller_that_hangs_up_in_flight_gives_its_slot_back() {
 
 #[tokio::test]
 async fn each_tenant_has_its_own_slots() {
-    let h = capped(1, "10s").await;
     // A second tenant whose Zuora accepts TCP and then never speaks: its requests stall.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ca_file = h.dir.path().join("mock-zuora-ca.pem");
-    assert!(ca_file.is_file(), "the harness's CA file moved: {}", ca_file.display());
-    let text = format!(
-        r#"{base}
-[tenants.stalled]
-base_url = "https://{silent}"
-token_url = "{mock}/oauth/token"
-client_id = "{id}"
-client_secret = "{secret}"
-ca_file = {ca:?}
-max_concurrency = 1
-queue_timeout = "10s"
-
+    let h = Harness::builder()
+        .tenant("max_concurrency", "1")
+        .tenant("queue_timeout", "\"10s\"")
+        .extra_tenant("stalled", |t| {
+            t.rest_at(silent.local_addr().unwrap())
+                .key("max_concurrency", "1")
+                .key("queue_timeout", "\"10s\"")
+        })
+        .rules(
+            r#"
 [[rules]]
 name = "summaries-stall"
 routes = ["job-summary"]
@@ -223,21 +229,16 @@ tenant = "stalled"
 name = "rest"
 tenant = "default"
 "#,
-        base = h.config_text,
-        silent = silent.local_addr().unwrap(),
-        mock = h.mock.base_url(),
-        id = zuora_auth_proxy::mock::CLIENT_ID,
-        secret = zuora_auth_proxy::mock::CLIENT_SECRET,
-        ca = ca_file.display().to_string(),
-    );
-    let config = zuora_auth_proxy::Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    h.proxy.reload(config).expect("reload");
+        )
+        .start()
+        .await;
+    h.wait_for_token().await;
     let stalled_in_flight = gauge(&h, "stalled", "in_flight");
     let stalled_queue = gauge(&h, "stalled", "queue_length");
-    let summary = h.url(&format!("/bulk-data/bulk-jobs/{JOB}/summary"));
+    let summary = h.url(&job_path("summary"));
     let _stuck = tokio::spawn(async move { get(&summary).await });
     wait_gauge(&stalled_in_flight, 1, "the stalled tenant's only slot taken").await;
-    let summary = h.url(&format!("/bulk-data/bulk-jobs/{JOB}/summary"));
+    let summary = h.url(&job_path("summary"));
     let _queued = tokio::spawn(async move { get(&summary).await });
     wait_gauge(&stalled_queue, 1, "a second request queued for the stalled tenant").await;
 
@@ -282,7 +283,7 @@ struct TenantGauge {
 
 impl TenantGauge {
     fn get(&self) -> i64 {
-        sample_or_zero(&self.probe.metrics_text(), &self.series) as i64
+        Metrics::parse(&self.probe.metrics_text()).value_or_zero(&self.series) as i64
     }
 }
 
@@ -295,5 +296,5 @@ fn gauge(h: &Harness, tenant: &str, name: &str) -> TenantGauge {
 
 /// Waits until a gauge reads `want`.
 async fn wait_gauge(gauge: &TenantGauge, want: i64, what: &str) {
-    eventually(what, || (gauge.get() == want).then_some(())).await;
+    eventually(what, async || (gauge.get() == want).then_some(())).await;
 }

@@ -2,12 +2,22 @@
 //! connections close, in-flight requests finish within `server.shutdown_grace`, then the
 //! proxy stops, in-process (`begin_shutdown` + `wait`) and as a binary on SIGTERM.
 
-mod support;
+mod support {
+    pub mod binary;
+    pub mod exe;
+    pub mod fixtures;
+    pub mod harness;
+    pub mod raw;
+    pub mod wait;
+}
 
 use std::net::SocketAddr;
 use std::time::Duration;
-use support::binary::{free_port, Binary, LISTEN_ANY};
-use support::*;
+use support::binary::Binary;
+use support::fixtures::*;
+use support::harness::*;
+use support::raw::read_response;
+use support::wait::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -56,11 +66,22 @@ async fn idle_keep_alive_connection_is_closed_at_once() {
     let h = Harness::builder().start().await;
     h.wait_for_token().await;
     let mut idle = TcpStream::connect(h.proxy.addr).await.unwrap();
-    let head = read_one_response(&mut idle, b"GET /not-allowed HTTP/1.1\r\nHost: proxy\r\n\r\n").await;
-    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    idle.write_all(b"GET /not-allowed HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_response(&mut idle, &mut Vec::new(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 404, "{answer:?}");
     assert!(
-        !head.to_ascii_lowercase().contains("connection: close"),
-        "kept alive: {head}"
+        String::from_utf8_lossy(&answer.body).contains("route_not_found"),
+        "{answer:?}"
+    );
+    assert!(
+        !answer
+            .header("connection")
+            .is_some_and(|c| c.eq_ignore_ascii_case("close")),
+        "kept alive: {answer:?}"
     );
 
     // A slow request keeps the drain going while the idle connection is closed.
@@ -170,34 +191,32 @@ impl SignalledBinary {
             .start()
             .await;
         h.wait_for_token().await;
+        let text = h.config_text_with(|s| s.admin("listen", "\"\""));
         // Only the binary serves; the harness's own proxy steps aside.
-        let (mock, dir, config_text) = h.stop_proxy().await;
-        let port = free_port();
-        let text = config_text
-            .replacen(LISTEN_ANY, &format!("listen = \"127.0.0.1:{port}\""), 1)
-            .replacen(LISTEN_ANY, "listen = \"\"", 1);
+        let (mock, dir) = h.stop_proxy().await;
         let config = dir.path().join("binary.toml");
         std::fs::write(&config, text).unwrap();
         let mut bin = Binary::spawn(&config);
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        bin.wait_listening(addr).await;
+        let addr = bin.listening().await.addr;
         let url = format!("http://{addr}{}", abort_path());
         assert_eq!(try_post(url.clone()).await.expect("answered"), 200, "{}", bin.log());
 
         mock.set_api_mode(ApiMode::Delay(upstream_delay));
         let slow = tokio::spawn(try_post(url));
         assert!(mock.wait_api_calls(2, Duration::from_secs(5)).await, "{}", bin.log());
+        let signalled = Instant::now();
         bin.signal("TERM");
         // The listener closes while the request is still at Zuora.
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while TcpStream::connect(addr).await.is_ok() {
-            assert!(
-                Instant::now() < deadline,
-                "still accepting after SIGTERM\n{}",
-                bin.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually("the listener closes after SIGTERM", async || {
+            TcpStream::connect(addr).await.is_err().then_some(())
+        })
+        .await;
+        assert!(
+            signalled.elapsed() < Duration::from_secs(1),
+            "still accepting {:?} after SIGTERM\n{}",
+            signalled.elapsed(),
+            bin.log()
+        );
         SignalledBinary {
             bin,
             slow,
@@ -241,37 +260,4 @@ async fn assert_no_answer(addr: SocketAddr) {
         "answered after shutdown began ({read:?}): {}",
         String::from_utf8_lossy(&out)
     );
-}
-
-/// Writes one request and reads exactly one response (head plus `Content-Length` body),
-/// leaving the connection open. Returns the head.
-async fn read_one_response(stream: &mut TcpStream, request: &[u8]) -> String {
-    stream.write_all(request).await.unwrap();
-    let mut data = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Duration::from_secs(5);
-    loop {
-        let n = tokio::time::timeout(deadline, stream.read(&mut buf))
-            .await
-            .expect("answer in time")
-            .unwrap();
-        assert!(n > 0, "closed mid-answer: {}", String::from_utf8_lossy(&data));
-        data.extend_from_slice(&buf[..n]);
-        let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&data[..end]).into_owned();
-        let length = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length:")
-                    .map(|v| v.trim().to_string())
-            })
-            .and_then(|v| v.parse::<usize>().ok())
-            .expect("a Content-Length");
-        if data.len() >= end + 4 + length {
-            return head;
-        }
-    }
 }

@@ -2,13 +2,20 @@
 //! token calls alike) through HTTP CONNECT with Basic credentials, TLS end to end inside the
 //! tunnel, and the proxy's password never shows in output.
 
-mod support;
+mod support {
+    pub mod client;
+    pub mod exe;
+    pub mod fixtures;
+    pub mod harness;
+}
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::*;
+use support::client::*;
+use support::fixtures::*;
+use support::harness::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -211,7 +218,7 @@ async fn split_tenant(egress: &EgressProxy, connect_timeout: &str) -> Harness {
 }
 
 fn check_config(path: &std::path::Path) -> std::process::Output {
-    support::binary::command()
+    support::exe::command()
         .arg("check-config")
         .arg("--config")
         .arg(path)

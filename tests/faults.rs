@@ -6,7 +6,14 @@
 //! The tests of this binary run one at a time (see [`serial`]): their timing bounds assume
 //! the two CI cores are not shared with another load test of this binary.
 
-mod support;
+mod support {
+    pub mod client;
+    pub mod fixtures;
+    pub mod harness;
+    pub mod metrics;
+    pub mod serial;
+    pub mod wait;
+}
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -16,7 +23,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::*;
+use support::fixtures::*;
+use support::harness::*;
+use support::metrics::Metrics;
+use support::serial::serial;
+use support::wait::{eventually, eventually_within};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -118,9 +129,9 @@ async fn zuoras_429s_pass_through_with_retry_after_and_stop_with_the_fault() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zuora_restart_fails_requests_only_while_it_is_down_then_one_token_is_fetched() {
     let _serial = serial().await;
-    let Harness {
-        mock, proxy, dir: _dir, ..
-    } = started(Harness::builder()).await;
+    // The rest of the harness (its files) lives to the end of the test.
+    let h = started(Harness::builder()).await;
+    let Harness { mock, proxy, .. } = h;
     let url = format!("http://{}{}", proxy.addr, abort_path());
     let load = Load::start(&url);
     load.wait("answers before the restart", |t| t.ok >= 4 * CALLERS).await;
@@ -184,9 +195,9 @@ async fn with_retries_a_burst_of_503s_is_not_seen_by_callers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_retries_a_quick_zuora_restart_is_not_seen_by_callers() {
     let _serial = serial().await;
-    let Harness {
-        mock, proxy, dir: _dir, ..
-    } = started(Harness::builder().routes(RETRYING_ROUTES)).await;
+    // The rest of the harness (its files) lives to the end of the test.
+    let h = started(Harness::builder().routes(RETRYING_ROUTES)).await;
+    let Harness { mock, proxy, .. } = h;
     let url = format!("http://{}{}", proxy.addr, abort_path());
     let load = Load::start(&url);
     load.wait("answers before the restart", |t| t.ok >= 4 * CALLERS).await;
@@ -224,7 +235,7 @@ async fn a_token_endpoint_outage_is_unseen_until_expiry_then_503_then_recovers_w
             .mock(|m| m.expires_in(ExpiresIn::Int(2))),
     )
     .await;
-    let token = token(&h).expect("a token");
+    let token = h.token().expect("a token");
     // The proxy stops using a token a little before it expires.
     let expiry = token.usable_until;
     h.mock.set_token_mode(TokenMode::Status(503));
@@ -370,8 +381,8 @@ async fn retried_status_is_invisible(status: u16) {
     });
     // A burst: Zuora refuses one attempt per caller (the proxy counts each as a retry to
     // come), then it is fine again, well before the first retry is due.
-    poll_until("a refusal per caller", MILESTONE_LIMIT, || {
-        retries_total(&h.proxy, reason) >= CALLERS as u64
+    eventually_within("a refusal per caller", MILESTONE_LIMIT, async || {
+        (retries_total(&h.proxy, reason) >= CALLERS as u64).then_some(())
     })
     .await;
     h.mock.set_api_mode(ApiMode::Normal);
@@ -408,28 +419,11 @@ async fn retried_status_is_invisible(status: u16) {
 
 /// The default tenant's token phase once no fetch is in flight.
 async fn settled_phase(h: &Harness) -> Phase {
-    let mut phase = Phase::Fetching;
-    poll_until("the end of a token fetch", Duration::from_secs(5), || {
-        phase = h.proxy.probe().token_phase("default").expect("tenant");
-        phase != Phase::Fetching
+    eventually("the end of a token fetch", async || {
+        let phase = h.proxy.probe().token_phase(DEFAULT_TENANT).expect("tenant");
+        (phase != Phase::Fetching).then_some(phase)
     })
-    .await;
-    phase
-}
-
-/// Polls `done` every 2 ms, for at most `limit`: for state with no change notification.
-async fn poll_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    for _ in 0..=limit.as_millis() / 2 {
-        if done() {
-            return;
-        }
-        if Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    panic!("{what}: not within {limit:?}");
+    .await
 }
 
 /// How many outcomes there are, and the first few, for a failure message.
@@ -444,23 +438,21 @@ fn sample(outcomes: &[&Outcome]) -> String {
 /// `zuora_proxy_retries_total` of the abort route for `reason`.
 fn retries_total(proxy: &Running, reason: &'static str) -> u64 {
     let series = format!("zuora_proxy_retries_total{{route=\"abort-bulk-job\",reason=\"{reason}\"}}");
-    sample_or_zero(&proxy.probe().metrics_text(), &series) as u64
+    Metrics::parse(&proxy.probe().metrics_text()).value_or_zero(&series) as u64
 }
 
 /// Starts a mock Zuora on `addr` with `ca` (a restart), retrying while the old one's port is
 /// still being released.
 async fn start_on(addr: std::net::SocketAddr, ca: Arc<zuora_auth_proxy::mock::pki::TestCa>) -> MockZuora {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    for _ in 0..1_000 {
-        match MockZuora::builder().addr(addr).start_with_ca(ca.clone()).await {
-            Ok(mock) => return mock,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+    eventually(
+        "the mock listens on its port again",
+        async || match MockZuora::builder().addr(addr).start_with_ca(ca.clone()).await {
+            Ok(mock) => Some(mock),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => None,
             Err(e) => panic!("the mock cannot listen on {addr} again: {e}"),
-        }
-    }
-    panic!("the mock cannot listen on {addr} again: still in use")
+        },
+    )
+    .await
 }
 
 /// Runs the load, applies a fault once the proxy is serving, keeps it for [`FAULT_LENGTH`] and

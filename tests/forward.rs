@@ -1,8 +1,14 @@
 //! The core path: a caller's abort reaches Zuora with the injected token and the rule's headers.
 
-mod support;
+mod support {
+    pub mod client;
+    pub mod fixtures;
+    pub mod harness;
+}
 
-use support::*;
+use support::client::*;
+use support::fixtures::*;
+use support::harness::*;
 
 #[tokio::test]
 async fn abort_is_forwarded_with_token_and_echoed_track_id() {
@@ -24,10 +30,15 @@ track_id_prefix = "acme"
         &[
             ("authorization", "Bearer caller-must-not-pass"),
             ("zuora-entity-ids", "caller-entity"),
-            ("connection", "x-hop-one, keep-alive"),
+            // Every hop-by-hop header of RFC 9110 §7.6.1 a caller can send on a plain request,
+            // and one that `Connection` names.
+            ("connection", "upgrade, x-hop-one, keep-alive"),
+            ("upgrade", "websocket"),
             ("x-hop-one", "1"),
             ("keep-alive", "timeout=5"),
             ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("proxy-connection", "keep-alive"),
             ("proxy-authorization", "Basic abc"),
             ("x-forwarded-for", "10.1.2.3"),
             ("zuora-version", "2024-05-20"),
@@ -61,12 +72,15 @@ track_id_prefix = "acme"
     assert_eq!(got["idempotency-key"], "idem-1");
     assert_eq!(got["accept-encoding"], "gzip");
     for hop in [
+        "connection",
+        "upgrade",
         "x-hop-one",
         "keep-alive",
         "te",
+        "trailer",
+        "proxy-connection",
         "proxy-authorization",
         "x-forwarded-for",
-        "upgrade",
     ] {
         assert!(!got.contains_key(hop), "{hop} reached Zuora");
     }

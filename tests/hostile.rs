@@ -2,12 +2,19 @@
 //! without an extra token fetch, or served the one safe way; and floods of slow or silent
 //! connections that must not stop the proxy from answering everyone else.
 
-mod support;
+mod support {
+    pub mod client;
+    pub mod fixtures;
+    pub mod harness;
+    pub mod raw;
+}
 
 use std::net::SocketAddr;
 use std::time::Duration;
+use support::client::*;
+use support::fixtures::*;
+use support::harness::*;
 use support::raw::{read_response, RawResponse};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -349,11 +356,7 @@ async fn pipelined_requests_are_answered_in_order() {
     let h = proxy().await;
     let mut raw = request("POST", &abort_path(), &[("Zuora-Track-Id", "pipe-1")]).replace("Connection: close\r\n", "");
     raw += &request("POST", "/v1/accounts", &[("Zuora-Track-Id", "pipe-2")]).replace("Connection: close\r\n", "");
-    raw += &request(
-        "GET",
-        &format!("/bulk-data/bulk-jobs/{JOB}/summary"),
-        &[("Zuora-Track-Id", "pipe-3")],
-    );
+    raw += &request("GET", &job_path("summary"), &[("Zuora-Track-Id", "pipe-3")]);
     let answers = exchange(h.proxy.addr, raw.as_bytes()).await;
     let got: Vec<(u16, Option<&str>)> = answers.iter().map(|a| (a.status, a.header("zuora-track-id"))).collect();
     assert_eq!(

@@ -1,11 +1,20 @@
 //! Connection and request limits: header and idle deadlines, the connection cap, head and
 //! body size caps, and the connect and request timeouts toward Zuora, each on real sockets.
 
-mod support;
+mod support {
+    pub mod client;
+    pub mod fixtures;
+    pub mod hangup;
+    pub mod harness;
+    pub mod raw;
+}
 
 use std::time::Duration;
-use support::raw::{parse_response, read_response, read_until_closed};
-use support::*;
+use support::client::*;
+use support::fixtures::*;
+use support::hangup::read_until_closed;
+use support::harness::*;
+use support::raw::{parse_response, read_response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
@@ -319,7 +328,7 @@ async fn a_declared_body_over_max_body_bytes_is_413_before_it_is_sent() {
     // Only the head: the refusal must not wait for a body it will never read.
     let head = format!(
         "POST {} HTTP/1.1\r\nHost: proxy\r\nContent-Length: 2000\r\n\r\n",
-        echo_path()
+        job_path("echo")
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
@@ -339,7 +348,7 @@ async fn a_chunked_body_over_max_body_bytes_is_413_and_never_reaches_zuora_whole
     let mut stream = TcpStream::connect(h.proxy.addr).await.unwrap();
     let mut request = format!(
         "POST {} HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: chunked\r\n\r\n",
-        echo_path()
+        job_path("echo")
     )
     .into_bytes();
     for _ in 0..3 {
@@ -369,7 +378,7 @@ async fn a_content_length_that_promises_more_than_is_sent_is_never_forwarded() {
     let mut stream = TcpStream::connect(h.proxy.addr).await.unwrap();
     let head = format!(
         "POST {} HTTP/1.1\r\nHost: proxy\r\nZuora-Track-Id: short-body\r\nContent-Length: 100\r\n\r\n0123456789",
-        echo_path()
+        job_path("echo")
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.shutdown().await.unwrap();
@@ -397,7 +406,7 @@ async fn bytes_past_the_content_length_are_not_part_of_the_body() {
     let extra = "x".repeat(1000);
     let request = format!(
         "POST {} HTTP/1.1\r\nHost: proxy\r\nZuora-Track-Id: long-body\r\nContent-Length: 1000\r\n\r\n{declared}{extra}\r\n\r\n",
-        echo_path()
+        job_path("echo")
     );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
@@ -422,11 +431,8 @@ async fn bytes_past_the_content_length_are_not_part_of_the_body() {
 #[tokio::test]
 async fn connect_timeout_toward_zuora_is_502_upstream_unreachable() {
     let (_blackhole, blackhole_addr, _fillers) = blackhole().await;
-    let mock_addr = closed_addr();
     let h = Harness::builder()
-        .mock(|m| m.addr(mock_addr))
-        .tenant("base_url", &format!("\"https://{blackhole_addr}\""))
-        .tenant("token_url", &format!("\"https://{mock_addr}/oauth/token\""))
+        .rest_at(blackhole_addr)
         .tenant("connect_timeout", "\"400ms\"")
         .start()
         .await;

@@ -5,7 +5,14 @@
 //! The tests of this binary run one at a time (see [`serial`]): each measures counts, timing
 //! or memory that a neighbour hammering the same two CI cores would skew.
 
-mod support;
+mod support {
+    pub mod binary;
+    pub mod client;
+    pub mod exe;
+    pub mod fixtures;
+    pub mod harness;
+    pub mod serial;
+}
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -17,7 +24,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use support::binary::Binary;
-use support::*;
+use support::client::*;
+use support::fixtures::*;
+use support::harness::*;
+use support::serial::serial;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use zuora_auth_proxy::mock::{ApiMode, ExpiresIn, MockZuora, CLIENT_ID, CLIENT_SECRET};
@@ -102,7 +112,7 @@ async fn sigterm_with_100_requests_in_flight_answers_them_all_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let config = binary_config(&mock, dir.path(), "max_concurrency = 128");
     let mut bin = Binary::spawn(&config);
-    let addr = bin.listen_addr().await;
+    let addr = bin.listening().await.addr;
     let url = format!("http://{addr}{}", abort_path());
     let warm = post(&url, &[]).await;
     assert_eq!(warm.status, 200, "{:?}\n{}", warm.body, bin.log());
@@ -155,7 +165,7 @@ async fn memory_stays_flat_over_10000_requests() {
     let dir = tempfile::tempdir().unwrap();
     let config = binary_config(&mock, dir.path(), "");
     let mut bin = Binary::spawn(&config);
-    let addr = bin.listen_addr().await;
+    let addr = bin.listening().await.addr;
     let url = format!("http://{addr}{}", abort_path());
 
     let failures = run_count(&url, CALLERS, WARM_UP).await;

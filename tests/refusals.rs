@@ -1,10 +1,16 @@
 //! Requests the proxy refuses itself: each gets its own status and JSON error, and none of
 //! them reaches Zuora or costs a token fetch.
 
-mod support;
+mod support {
+    pub mod client;
+    pub mod fixtures;
+    pub mod harness;
+}
 
 use http::Method;
-use support::*;
+use support::client::*;
+use support::fixtures::*;
+use support::harness::*;
 
 /// Only callers that say `x-tenant: acme` are routed; the body cap is small.
 async fn strict_proxy() -> Harness {
@@ -95,13 +101,7 @@ async fn wrong_method_names_the_allowed_ones() {
         assert_refusal(&answer, 405, "method_not_allowed");
         assert_eq!(answer.header("allow"), Some("POST"), "{method}");
     }
-    let answer = call(
-        Method::POST,
-        &h.url(&format!("/bulk-data/bulk-jobs/{JOB}/summary")),
-        &[ACME],
-        "",
-    )
-    .await;
+    let answer = call(Method::POST, &h.url(&job_path("summary")), &[ACME], "").await;
     assert_refusal(&answer, 405, "method_not_allowed");
     assert_eq!(answer.header("allow"), Some("GET"));
     assert_eq!(h.mock.received().len(), 0);
@@ -140,7 +140,7 @@ async fn invalid_track_ids_are_refused_and_never_echoed() {
 #[tokio::test]
 async fn body_over_the_cap_with_content_length_is_refused_before_zuora() {
     let h = strict_proxy().await;
-    let echo = format!("/bulk-data/bulk-jobs/{JOB}/echo");
+    let echo = job_path("echo");
     let answer = call(Method::POST, &h.url(&echo), &[ACME], vec![b'x'; 1025]).await;
     assert_refusal(&answer, 413, "body_too_large");
     // Exactly at the cap is fine, and proves the route and rule would have let it through.

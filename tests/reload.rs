@@ -2,16 +2,25 @@
 //! rules and tenants for new requests and keep unchanged tenants' tokens; a bad file changes
 //! nothing; a rotated client secret file is used by the next token fetch.
 
-mod support;
+mod support {
+    pub mod binary;
+    pub mod client;
+    pub mod exe;
+    pub mod fixtures;
+    pub mod harness;
+    pub mod metrics;
+    pub mod wait;
+}
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
-use support::binary::{free_port, Binary, LISTEN_ANY};
-use support::*;
-use tokio::time::Instant;
-use zuora_auth_proxy::mock::{ApiMode, CLIENT_ID, CLIENT_SECRET};
-use zuora_auth_proxy::Config;
+use support::binary::Binary;
+use support::client::*;
+use support::fixtures::*;
+use support::harness::*;
+use support::metrics::scrape;
+use support::wait::{eventually, eventually_within};
+use zuora_auth_proxy::mock::{ApiMode, CLIENT_SECRET};
 
 /// The entity the harness's rule starts with, and two others to reload to.
 const ENTITY_A: &str = ENTITY;
@@ -19,7 +28,12 @@ const ENTITY_B: &str = "0f3b4c5d-6e7f-4a8b-9c0d-1e2f3a4b5c6d";
 const ENTITY_C: &str = "5d2e9a41-7c3b-4f60-8e1d-a2b3c4d5e6f7";
 
 fn rule(entity: &str) -> String {
-    format!("\n[[rules]]\nname = \"main\"\ntenant = \"default\"\nentity_ids = [\"{entity}\"]\n")
+    rule_to(DEFAULT_TENANT, entity)
+}
+
+/// The harness's one rule, sending every request to `tenant` with `entity`.
+fn rule_to(tenant: &str, entity: &str) -> String {
+    format!("\n[[rules]]\nname = \"main\"\ntenant = \"{tenant}\"\nentity_ids = [\"{entity}\"]\n")
 }
 
 async fn harness() -> Harness {
@@ -33,8 +47,9 @@ async fn reload_swaps_rules_and_keeps_the_token() {
     let h = harness().await;
     assert_eq!(abort_entity(&h).await, ENTITY_A);
 
-    let config = Config::from_toml(&h.config_text.replace(ENTITY_A, ENTITY_B)).expect("valid");
-    h.proxy.reload(config).expect("reloads");
+    h.proxy
+        .reload(h.config_with(|s| s.rules(&rule(ENTITY_B))))
+        .expect("reloads");
     assert_eq!(abort_entity(&h).await, ENTITY_B);
     assert_eq!(abort_entity(&h).await, ENTITY_B);
 
@@ -54,10 +69,8 @@ async fn reload_swaps_rules_and_keeps_the_token() {
 #[tokio::test]
 async fn a_changed_tenant_gets_a_new_token() {
     let h = harness().await;
-    let changed = h.config_text.replace("token_wait = \"3s\"", "token_wait = \"4s\"");
-    assert_ne!(changed, h.config_text, "the harness sets token_wait");
     h.proxy
-        .reload(Config::from_toml(&changed).expect("valid"))
+        .reload(h.config_with(|s| s.tenant("token_wait", "\"4s\"")))
         .expect("reloads");
     assert!(
         h.mock.wait_token_calls(2, Duration::from_secs(5)).await,
@@ -69,15 +82,15 @@ async fn a_changed_tenant_gets_a_new_token() {
 #[tokio::test]
 async fn reload_swaps_routes() {
     let h = harness().await;
-    let summary = format!("/bulk-data/bulk-jobs/{JOB}/summary");
+    let summary = job_path("summary");
     assert_eq!(get(&h.url(&summary)).await.status, 200);
     assert_eq!(post(&h.url(&abort_path()), &[]).await.status, 200);
 
     let only_summary =
         "\n[[routes]]\nname = \"job-summary\"\nmethod = \"GET\"\npath = \"/bulk-data/bulk-jobs/{id:uuid}/summary\"\n";
-    assert!(h.config_text.contains(ROUTES));
-    let config = Config::from_toml(&h.config_text.replace(ROUTES, only_summary)).expect("valid");
-    h.proxy.reload(config).expect("reloads");
+    h.proxy
+        .reload(h.config_with(|s| s.routes(only_summary)))
+        .expect("reloads");
 
     assert_eq!(get(&h.url(&summary)).await.status, 200);
     let refused = post(&h.url(&abort_path()), &[]).await;
@@ -88,28 +101,25 @@ async fn reload_swaps_routes() {
 #[tokio::test]
 async fn reload_adds_a_tenant_and_keeps_the_others_token() {
     let h = harness().await;
-    h.proxy
-        .reload(Config::from_toml(&with_eu_tenant(&h)).expect("valid"))
-        .expect("reloads");
+    h.proxy.reload(h.config_with(with_eu_tenant)).expect("reloads");
 
     let eu = post(&h.url(&abort_path()), &[("x-region", "eu")]).await;
     assert_eq!(eu.status, 200, "{:?}", eu.body);
     assert_eq!(last_entity(&h), ENTITY_C);
     assert_eq!(abort_entity(&h).await, ENTITY_A);
 
-    let text = metrics_text(&h).await;
+    let metrics = scrape(&h.admin_url("/metrics")).await;
     assert_eq!(
-        sample_or_zero(
-            &text,
-            r#"zuora_proxy_token_fetches_total{tenant="default",result="ok"}"#
-        ),
+        metrics.value_or_zero(r#"zuora_proxy_token_fetches_total{tenant="default",result="ok"}"#),
         1.0,
-        "{text}"
+        "{}",
+        metrics.text
     );
     assert_eq!(
-        sample_or_zero(&text, r#"zuora_proxy_token_fetches_total{tenant="eu",result="ok"}"#),
+        metrics.value_or_zero(r#"zuora_proxy_token_fetches_total{tenant="eu",result="ok"}"#),
         1.0,
-        "{text}"
+        "{}",
+        metrics.text
     );
     assert_eq!(h.mock.token_calls(), 2);
     let ready = get(&h.admin_url("/readyz")).await;
@@ -124,39 +134,35 @@ async fn reload_adds_a_tenant_and_keeps_the_others_token() {
 #[tokio::test]
 async fn a_removed_tenant_leaves_no_token_gauge() {
     let h = harness().await;
-    h.proxy
-        .reload(Config::from_toml(&with_eu_tenant(&h)).expect("valid"))
-        .expect("reloads");
+    h.proxy.reload(h.config_with(with_eu_tenant)).expect("reloads");
     assert_eq!(post(&h.url(&abort_path()), &[("x-region", "eu")]).await.status, 200);
     let series = r#"zuora_proxy_token_expires_in_seconds{tenant="eu"}"#;
-    assert!(sample_or_zero(&metrics_text(&h).await, series) > 0.0);
+    assert!(scrape(&h.admin_url("/metrics")).await.value_or_zero(series) > 0.0);
 
-    h.proxy
-        .reload(Config::from_toml(&h.config_text).expect("valid"))
-        .expect("reloads");
-    let text = metrics_text(&h).await;
+    h.proxy.reload(h.config_with(|s| s)).expect("reloads");
+    let text = scrape(&h.admin_url("/metrics")).await.text;
     assert!(!text.contains(series), "{text}");
 }
 
 #[tokio::test]
 async fn invalid_files_keep_the_running_configuration() {
     let h = harness().await;
-    let dir = h.dir.path();
+    let dir = h.dir();
     let bad: [(&str, String, &str); 6] = [
         ("syntax", "[server\nlisten = ".to_string(), ""),
         (
             "unknown key",
-            h.config_text.replace("[server]\n", "[server]\nbogus_key = 1\n"),
+            h.config_text_with(|s| s.server("bogus_key", "1")),
             "server.bogus_key",
         ),
         (
             "bad entity",
-            h.config_text.replace(ENTITY_A, "not-a-uuid"),
+            h.config_text_with(|s| s.rules(&rule("not-a-uuid"))),
             "rules.0.entity_ids.0",
         ),
         (
             "unknown tenant",
-            h.config_text.replace("tenant = \"default\"", "tenant = \"nope\""),
+            h.config_text_with(|s| s.rules(&rule_to("nope", ENTITY_A))),
             "rules.0.tenant",
         ),
         ("missing file", String::new(), "configuration file not found"),
@@ -176,11 +182,11 @@ async fn invalid_files_keep_the_running_configuration() {
         assert!(error.contains(named), "{what}: the error names {named:?}: {error}");
 
         assert_eq!(abort_entity(&h).await, ENTITY_A, "{what}: the old rule still applies");
-        let text = metrics_text(&h).await;
-        let errors = sample_or_zero(&text, r#"zuora_proxy_config_reloads_total{result="error"}"#);
-        assert_eq!(errors, (i + 1) as f64, "{what}\n{text}");
+        let metrics = scrape(&h.admin_url("/metrics")).await;
+        let errors = metrics.value_or_zero(r#"zuora_proxy_config_reloads_total{result="error"}"#);
+        assert_eq!(errors, (i + 1) as f64, "{what}\n{}", metrics.text);
         assert_eq!(
-            sample_or_zero(&text, r#"zuora_proxy_config_reloads_total{result="ok"}"#),
+            metrics.value_or_zero(r#"zuora_proxy_config_reloads_total{result="ok"}"#),
             0.0,
             "{what}"
         );
@@ -191,20 +197,22 @@ async fn invalid_files_keep_the_running_configuration() {
 #[tokio::test]
 async fn valid_file_reload_is_counted() {
     let h = harness().await;
-    let path = h.dir.path().join("next.toml");
-    std::fs::write(&path, h.config_text.replace(ENTITY_A, ENTITY_C)).unwrap();
+    let path = h.dir().join("next.toml");
+    std::fs::write(&path, h.config_text_with(|s| s.rules(&rule(ENTITY_C)))).unwrap();
     h.proxy.reload_from(&path).expect("reloads");
     assert_eq!(abort_entity(&h).await, ENTITY_C);
-    let text = metrics_text(&h).await;
+    let metrics = scrape(&h.admin_url("/metrics")).await;
     assert_eq!(
-        sample_or_zero(&text, r#"zuora_proxy_config_reloads_total{result="ok"}"#),
+        metrics.value_or_zero(r#"zuora_proxy_config_reloads_total{result="ok"}"#),
         1.0,
-        "{text}"
+        "{}",
+        metrics.text
     );
     assert_eq!(
-        sample_or_zero(&text, r#"zuora_proxy_config_reloads_total{result="error"}"#),
+        metrics.value_or_zero(r#"zuora_proxy_config_reloads_total{result="error"}"#),
         0.0,
-        "{text}"
+        "{}",
+        metrics.text
     );
     assert_eq!(h.mock.token_calls(), 1);
 }
@@ -218,13 +226,8 @@ async fn in_flight_request_finishes_under_its_configuration() {
     assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
 
     // New rule and a changed tenant: the in-flight request keeps its tenant, client and token.
-    let text = h
-        .config_text
-        .replace(ENTITY_A, ENTITY_B)
-        .replace("token_wait = \"3s\"", "token_wait = \"4s\"");
-    h.proxy
-        .reload(Config::from_toml(&text).expect("valid"))
-        .expect("reloads");
+    let config = h.config_with(|s| s.rules(&rule(ENTITY_B)).tenant("token_wait", "\"4s\""));
+    h.proxy.reload(config).expect("reloads");
     h.mock.set_api_mode(ApiMode::Normal);
     assert_eq!(abort_entity(&h).await, ENTITY_B);
 
@@ -244,12 +247,8 @@ async fn rotated_secret_file_is_used_by_the_next_fetch() {
     let h = harness().await;
     assert_eq!(post(&h.url(&abort_path()), &[]).await.status, 200);
 
-    std::fs::write(&h.secret_path, "rotated-secret-2\n").unwrap();
-    h.mock.set_client_secret("rotated-secret-2");
-    h.mock.revoke_tokens();
-    let answer = post(&h.url(&abort_path()), &[]).await;
-    assert_eq!(answer.status, 200, "{:?}", answer.body);
-    assert_refetched_with_the_new_secret(&h).await;
+    std::fs::write(h.secret_file(), "rotated-secret-2\n").unwrap();
+    assert_refetched_with_the_new_secret(&h, "rotated-secret-2").await;
 }
 
 /// The control for the rotation tests: the mock does refuse a stale secret.
@@ -265,26 +264,25 @@ async fn stale_secret_is_refused_until_the_file_is_rotated() {
     h.mock.revoke_tokens();
     let refused = post(&h.url(&abort_path()), &[]).await;
     assert_refusal(&refused, 503, "token_unavailable");
-    let text = metrics_text(&h).await;
+    let metrics = scrape(&h.admin_url("/metrics")).await;
     assert!(
-        sample_or_zero(
-            &text,
-            r#"zuora_proxy_token_fetches_total{tenant="default",result="rejected"}"#
-        ) >= 1.0,
-        "{text}"
+        metrics.value_or_zero(r#"zuora_proxy_token_fetches_total{tenant="default",result="rejected"}"#) >= 1.0,
+        "{}",
+        metrics.text
     );
 
-    std::fs::write(&h.secret_path, "rotated-secret-3\n").unwrap();
-    // The fetcher is backing off (at most 2 s after two failures); poll until it recovers.
-    let deadline = Instant::now() + Duration::from_secs(6);
-    loop {
+    std::fs::write(h.secret_file(), "rotated-secret-3\n").unwrap();
+    // The fetcher is backing off (at most 2 s after two failures): every answer until it
+    // recovers is the same refusal.
+    eventually_within("recovered with the rotated file", Duration::from_secs(6), async || {
         let answer = post(&h.url(&abort_path()), &[]).await;
         if answer.status == 200 {
-            break;
+            return Some(());
         }
         assert_refusal(&answer, 503, "token_unavailable");
-        assert!(Instant::now() < deadline, "never recovered with the rotated file");
-    }
+        None
+    })
+    .await;
 }
 
 /// Kubernetes mounts a secret as `<file> -> ..data/<file>`, `..data -> ..<timestamp>/`, and
@@ -292,60 +290,44 @@ async fn stale_secret_is_refused_until_the_file_is_rotated() {
 #[tokio::test]
 async fn secret_rotated_by_a_kubernetes_symlink_swap_is_used() {
     let h = harness().await;
-    let dir = h.dir.path();
+    let dir = h.dir();
     write_secret_dir(dir, "..2024_01_01_00_00_00.1", CLIENT_SECRET);
     symlink_atomically("..2024_01_01_00_00_00.1", &dir.join("..data"));
-    symlink_atomically("..data/client-secret", &h.secret_path);
+    symlink_atomically("..data/client-secret", h.secret_file());
     assert_eq!(post(&h.url(&abort_path()), &[]).await.status, 200);
 
     write_secret_dir(dir, "..2024_01_02_00_00_00.2", "k8s-rotated-secret");
     symlink_atomically("..2024_01_02_00_00_00.2", &dir.join("..data"));
     std::fs::remove_dir_all(dir.join("..2024_01_01_00_00_00.1")).unwrap();
-    h.mock.set_client_secret("k8s-rotated-secret");
-    h.mock.revoke_tokens();
-
-    let answer = post(&h.url(&abort_path()), &[]).await;
-    assert_eq!(answer.status, 200, "{:?}", answer.body);
-    assert_refetched_with_the_new_secret(&h).await;
+    assert_refetched_with_the_new_secret(&h, "k8s-rotated-secret").await;
 }
 
 #[tokio::test]
 async fn binary_reloads_on_sighup() {
     let h = harness().await;
-    let (mock, dir, config_text) = h.stop_proxy().await;
-
-    let (port, admin_port) = (free_port(), free_port());
-    let with_ports = |text: &str| {
-        text.replacen(LISTEN_ANY, &format!("listen = \"127.0.0.1:{port}\""), 1)
-            .replacen(LISTEN_ANY, &format!("listen = \"127.0.0.1:{admin_port}\""), 1)
-    };
+    let first = h.config_text();
+    let second = h.config_text_with(|s| s.rules(&rule(ENTITY_B)));
+    // Only the binary serves; the harness's own proxy steps aside.
+    let (mock, dir) = h.stop_proxy().await;
     let config = dir.path().join("binary.toml");
-    std::fs::write(&config, with_ports(&config_text)).unwrap();
+    std::fs::write(&config, first).unwrap();
     let mut bin = Binary::spawn(&config);
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let metrics_url = format!("http://127.0.0.1:{admin_port}/metrics");
-    bin.wait_listening(addr).await;
-    let url = format!("http://{addr}{}", abort_path());
+    let listening = bin.listening().await;
+    let metrics_url = format!("http://{}/metrics", listening.admin.expect("an admin listener"));
+    let url = format!("http://{}{}", listening.addr, abort_path());
     assert_eq!(post(&url, &[]).await.status, 200, "{}", bin.log());
     assert_eq!(mock.received().last().unwrap().headers["zuora-entity-ids"], ENTITY_A);
 
-    std::fs::write(&config, with_ports(&config_text.replace(ENTITY_A, ENTITY_B))).unwrap();
+    std::fs::write(&config, second).unwrap();
     bin.signal("HUP");
-    let reloads = r#"zuora_proxy_config_reloads_total{result="ok"}"#;
-    poll_metric(&metrics_url, reloads, 1.0, &bin).await;
+    reloads_reach(&metrics_url, "ok").await;
     assert_eq!(post(&url, &[]).await.status, 200, "{}", bin.log());
     assert_eq!(mock.received().last().unwrap().headers["zuora-entity-ids"], ENTITY_B);
 
     // A broken file on the next SIGHUP changes nothing and keeps the process up.
     std::fs::write(&config, "[server\n").unwrap();
     bin.signal("HUP");
-    poll_metric(
-        &metrics_url,
-        r#"zuora_proxy_config_reloads_total{result="error"}"#,
-        1.0,
-        &bin,
-    )
-    .await;
+    reloads_reach(&metrics_url, "error").await;
     assert_eq!(post(&url, &[]).await.status, 200, "{}", bin.log());
     assert_eq!(mock.received().last().unwrap().headers["zuora-entity-ids"], ENTITY_B);
     assert_eq!(
@@ -353,40 +335,27 @@ async fn binary_reloads_on_sighup() {
         2,
         "one token for the harness, one for the binary, none on reload"
     );
-    assert!(bin.child.try_wait().unwrap().is_none(), "still running");
+    assert!(bin.exited().is_none(), "still running");
 }
 
 // ---- helpers ----
 
-/// The harness's configuration plus a tenant `eu` on the same mock, chosen by `x-region: eu`
+/// The harness's settings plus a tenant `eu` on the same mock, chosen by `x-region: eu`
 /// and sending entity C.
-fn with_eu_tenant(h: &Harness) -> String {
-    let ca_file = h.mock.write_ca(h.dir.path()).unwrap();
+fn with_eu_tenant(settings: Settings) -> Settings {
     let eu_rule = format!(
         "\n[[rules]]\nname = \"eu\"\ntenant = \"eu\"\nwhen_headers = {{ x-region = \"eu\" }}\nentity_ids = [\"{ENTITY_C}\"]\n"
     );
-    let eu_tenant = format!(
-        "\n[tenants.eu]\nbase_url = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_file = {:?}\nca_file = {:?}\n",
-        h.mock.base_url(),
-        h.secret_path.display().to_string(),
-        ca_file.display().to_string(),
-    );
-    h.config_text
-        .replace(&rule(ENTITY_A), &format!("{eu_rule}{}", rule(ENTITY_A)))
-        + &eu_tenant
+    settings
+        .tenant_with("eu", |t| t)
+        .rules(&format!("{eu_rule}{}", rule(ENTITY_A)))
 }
 
 /// The harness's configuration with the tenant's `ca_file` swapped for one without a certificate.
 fn with_empty_ca_file(h: &Harness) -> String {
-    let ca = h.mock.write_ca(h.dir.path()).unwrap();
-    let empty = h.dir.path().join("empty-ca.pem");
+    let empty = h.dir().join("empty-ca.pem");
     std::fs::write(&empty, "not a certificate\n").unwrap();
-    let (ca, empty) = (
-        format!("{:?}", ca.display().to_string()),
-        format!("{:?}", empty.display().to_string()),
-    );
-    assert!(h.config_text.contains(&ca), "the harness sets ca_file");
-    h.config_text.replace(&ca, &empty)
+    h.config_text_with(|s| s.tenant("ca_file", &format!("{:?}", empty.display().to_string())))
 }
 
 /// Sends an abort, expects 200, returns the `Zuora-Entity-Ids` Zuora received.
@@ -402,25 +371,26 @@ fn last_entity(h: &Harness) -> String {
     last.headers["zuora-entity-ids"].to_str().unwrap().to_string()
 }
 
-/// After a revoke: exactly one more token call, none refused, and a new token at Zuora.
-async fn assert_refetched_with_the_new_secret(h: &Harness) {
+/// Zuora takes only `secret` from now on and revokes its tokens: the next request is answered,
+/// with exactly one more token call, none refused, and a new token at Zuora.
+async fn assert_refetched_with_the_new_secret(h: &Harness, secret: &str) {
+    h.mock.set_client_secret(secret);
+    h.mock.revoke_tokens();
+    let answer = post(&h.url(&abort_path()), &[]).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(h.mock.token_calls(), 2, "one refetch, accepted at once");
-    let text = metrics_text(h).await;
+    let metrics = scrape(&h.admin_url("/metrics")).await;
     assert_eq!(
-        sample_or_zero(
-            &text,
-            r#"zuora_proxy_token_fetches_total{tenant="default",result="ok"}"#
-        ),
+        metrics.value_or_zero(r#"zuora_proxy_token_fetches_total{tenant="default",result="ok"}"#),
         2.0,
-        "{text}"
+        "{}",
+        metrics.text
     );
     assert_eq!(
-        sample_or_zero(
-            &text,
-            r#"zuora_proxy_token_fetches_total{tenant="default",result="rejected"}"#
-        ),
+        metrics.value_or_zero(r#"zuora_proxy_token_fetches_total{tenant="default",result="rejected"}"#),
         0.0,
-        "{text}"
+        "{}",
+        metrics.text
     );
     let received = h.mock.received();
     let (first, last) = (
@@ -443,19 +413,12 @@ fn symlink_atomically(target: &str, link: &Path) {
     std::fs::rename(&tmp, link).unwrap();
 }
 
-/// Polls `/metrics` until `series` reaches `value`: a signal is handled without an event to await.
-async fn poll_metric(url: &str, series: &str, value: f64, bin: &Binary) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = String::from_utf8(get(url).await.body.to_vec()).unwrap();
-        if sample_or_zero(&text, series) >= value {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} never reached {value}\n{text}\n{}",
-            bin.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Waits until the binary has counted one reload with `result`: a signal is handled without
+/// an event to await.
+async fn reloads_reach(metrics_url: &str, result: &str) {
+    let series = format!("zuora_proxy_config_reloads_total{{result=\"{result}\"}}");
+    eventually(&format!("{series} reaches 1"), async || {
+        (scrape(metrics_url).await.value_or_zero(&series) >= 1.0).then_some(())
+    })
+    .await;
 }

@@ -2,14 +2,24 @@
 //! an `Idempotency-Key`) and the body is buffered; waiting per `Retry-After`, else
 //! `RateLimit-Reset`, else backoff, never past the request's deadline.
 
-mod support;
+mod support {
+    pub mod chunked;
+    pub mod client;
+    pub mod fixtures;
+    pub mod harness;
+    pub mod metrics;
+}
 
 use http::Method;
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
-use support::*;
+use support::chunked::Chunked;
+use support::client::*;
+use support::fixtures::*;
+use support::harness::*;
+use support::metrics::scrape;
 use tokio::time::Instant;
 use zuora_auth_proxy::mock::ApiMode;
 
@@ -58,7 +68,7 @@ async fn a_get_is_retried_until_its_attempts_run_out() {
     });
     let answer = call(
         Method::GET,
-        &h.url(&summary_path()),
+        &h.url(&job_path("summary")),
         &[("zuora-track-id", "get-503")],
         "",
     )
@@ -75,12 +85,8 @@ async fn a_get_is_retried_until_its_attempts_run_out() {
         h.mock.received().iter().all(|r| track_of(&r.headers) == "get-503"),
         "every attempt keeps the track id"
     );
-    let metrics = metrics_text(&h).await;
     assert_eq!(
-        sample(
-            &metrics,
-            r#"zuora_proxy_retries_total{route="job-summary",reason="503"}"#
-        ),
+        retries(&h, r#"zuora_proxy_retries_total{route="job-summary",reason="503"}"#).await,
         Some(2.0)
     );
     let line = access_line("get-503");
@@ -99,10 +105,7 @@ async fn a_post_without_idempotency_is_sent_exactly_once() {
     assert_eq!(answer.status, 503);
     assert_eq!(h.mock.received().len(), 1);
     assert_eq!(
-        sample(
-            &metrics_text(&h).await,
-            r#"zuora_proxy_retries_total{route="abort-bulk-job",reason="503"}"#
-        ),
+        retries(&h, r#"zuora_proxy_retries_total{route="abort-bulk-job",reason="503"}"#).await,
         None
     );
     assert_eq!(access_line("post-once")["retries"], 0);
@@ -140,7 +143,7 @@ async fn an_idempotent_route_retries_a_post_and_replays_its_body() {
     let body: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
     let answer = call(
         Method::POST,
-        &h.url(&echo_path()),
+        &h.url(&job_path("echo")),
         &[("zuora-track-id", "echo-replayed")],
         body.clone(),
     )
@@ -152,10 +155,7 @@ async fn an_idempotent_route_retries_a_post_and_replays_its_body() {
         assert_eq!(r.body, body, "a replayed body differs");
     }
     assert_eq!(
-        sample(
-            &metrics_text(&h).await,
-            r#"zuora_proxy_retries_total{route="echo",reason="503"}"#
-        ),
+        retries(&h, r#"zuora_proxy_retries_total{route="echo",reason="503"}"#).await,
         Some(2.0)
     );
 }
@@ -169,11 +169,11 @@ async fn a_body_that_is_not_buffered_is_sent_once() {
     });
     // Over the 64 KiB replay buffer, with Content-Length: streamed.
     let large = vec![b'l'; 70 * 1024];
-    let answer = call(Method::POST, &h.url(&echo_path()), &[], large).await;
+    let answer = call(Method::POST, &h.url(&job_path("echo")), &[], large).await;
     assert_eq!(answer.status, 503);
     assert_eq!(h.mock.received().len(), 1, "a streamed body was sent twice");
     // Small but chunked (no Content-Length): streamed too.
-    let request = http::Request::post(h.url(&echo_path()))
+    let request = http::Request::post(h.url(&job_path("echo")))
         .body(Chunked::new(4, 100))
         .unwrap();
     let answer = send(request).await;
@@ -190,18 +190,13 @@ async fn statuses_outside_retry_on_and_routes_without_a_policy_are_not_retried()
         status: 504,
         retry_after_secs: Some(0),
     });
-    assert_eq!(get(&h.url(&summary_path())).await.status, 504);
+    assert_eq!(get(&h.url(&job_path("summary"))).await.status, 504);
     assert_eq!(h.mock.received().len(), 1, "504 is not in retry_on");
     h.mock.set_api_mode(ApiMode::Status {
         status: 503,
         retry_after_secs: Some(0),
     });
-    assert_eq!(
-        get(&h.url(&format!("/bulk-data/bulk-jobs/{JOB}/downloads")))
-            .await
-            .status,
-        503
-    );
+    assert_eq!(get(&h.url(&job_path("downloads"))).await.status, 503);
     assert_eq!(h.mock.received().len(), 2, "a route without retry_attempts retried");
 }
 
@@ -212,7 +207,7 @@ async fn retry_after_is_waited_and_the_retry_can_succeed() {
         status: 503,
         retry_after_secs: Some(1),
     });
-    let url = h.url(&summary_path());
+    let url = h.url(&job_path("summary"));
     let started = Instant::now();
     let caller = tokio::spawn(async move { call(Method::GET, &url, &[("zuora-track-id", "recovers")], "").await });
     assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
@@ -267,7 +262,7 @@ async fn a_503_is_retried_with_backoff_whatever_ratelimit_reset_says() {
         retry_after_secs: None,
     });
     let started = Instant::now();
-    let answer = get(&h.url(&summary_path())).await;
+    let answer = get(&h.url(&job_path("summary"))).await;
     assert_eq!(answer.status, 503);
     assert_eq!(answer.header("ratelimit-reset"), Some("60"));
     assert_eq!(h.mock.received().len(), 3, "the first attempt and two retries");
@@ -294,7 +289,7 @@ async fn a_retry_after_beyond_the_deadline_returns_zuoras_429_at_once() {
     let started = Instant::now();
     let answer = call(
         Method::GET,
-        &h.url(&summary_path()),
+        &h.url(&job_path("summary")),
         &[("zuora-track-id", "too-long-to-wait")],
         "",
     )
@@ -321,7 +316,7 @@ async fn an_absurd_retry_after_returns_zuoras_answer() {
         status: 503,
         retry_after_secs: Some(u64::MAX),
     });
-    let answer = call(Method::GET, &h.url(&summary_path()), &[], "").await;
+    let answer = call(Method::GET, &h.url(&job_path("summary")), &[], "").await;
     assert_eq!(answer.status, 503);
     assert_eq!(answer.header("retry-after"), Some(u64::MAX.to_string().as_str()));
     assert_eq!(h.mock.received().len(), 1);
@@ -334,7 +329,7 @@ async fn a_dropped_connection_is_retried_with_backoff_as_a_502() {
     let started = Instant::now();
     let answer = call(
         Method::GET,
-        &h.url(&summary_path()),
+        &h.url(&job_path("summary")),
         &[("zuora-track-id", "reset-thrice")],
         "",
     )
@@ -348,10 +343,7 @@ async fn a_dropped_connection_is_retried_with_backoff_as_a_502() {
         started.elapsed()
     );
     assert_eq!(
-        sample(
-            &metrics_text(&h).await,
-            r#"zuora_proxy_retries_total{route="job-summary",reason="502"}"#
-        ),
+        retries(&h, r#"zuora_proxy_retries_total{route="job-summary",reason="502"}"#).await,
         Some(2.0)
     );
     assert_eq!(access_line("reset-thrice")["retries"], 2);
@@ -371,23 +363,16 @@ async fn connect_failures_are_retried_only_where_retry_on_says_connect() {
             drop(stream);
         }
     });
-    let mock_addr = closed_addr();
     let routes = RETRY_ROUTES.replace(
         "retry_on = [\"429\", \"502\", \"503\"]\n\n[[routes]]\nname = \"job-downloads\"",
         "retry_on = [\"connect\"]\n\n[[routes]]\nname = \"job-downloads\"",
     );
     assert_ne!(routes, RETRY_ROUTES);
-    let h = Harness::builder()
-        .routes(&routes)
-        .mock(|m| m.addr(mock_addr))
-        .tenant("base_url", &format!("\"https://{refuser_addr}\""))
-        .tenant("token_url", &format!("\"https://{mock_addr}/oauth/token\""))
-        .start()
-        .await;
+    let h = Harness::builder().routes(&routes).rest_at(refuser_addr).start().await;
     h.wait_for_token().await;
     let answer = call(
         Method::GET,
-        &h.url(&summary_path()),
+        &h.url(&job_path("summary")),
         &[("zuora-track-id", "connect-retried")],
         "",
     )
@@ -395,10 +380,7 @@ async fn connect_failures_are_retried_only_where_retry_on_says_connect() {
     assert_refusal(&answer, 502, "upstream_unreachable");
     assert_eq!(accepted.load(Ordering::SeqCst), 3, "summary retries on connect");
     assert_eq!(
-        sample(
-            &metrics_text(&h).await,
-            r#"zuora_proxy_retries_total{route="job-summary",reason="connect"}"#
-        ),
+        retries(&h, r#"zuora_proxy_retries_total{route="job-summary",reason="connect"}"#).await,
         Some(2.0)
     );
     assert_eq!(access_line("connect-retried")["retries"], 2);
@@ -409,6 +391,11 @@ async fn connect_failures_are_retried_only_where_retry_on_says_connect() {
 }
 
 // ---- helpers ----
+
+/// A retries counter, or `None` while no retry created it.
+async fn retries(h: &Harness, series: &str) -> Option<f64> {
+    scrape(&h.admin_url("/metrics")).await.get(series)
+}
 
 async fn retrying() -> Harness {
     capture_logs();

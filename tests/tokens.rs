@@ -2,11 +2,17 @@
 //! refetch and one replay after a 401, backoff and `Retry-After` while the token endpoint
 //! fails, and serving from the cached token meanwhile.
 
-mod support;
+mod support {
+    pub mod client;
+    pub mod fixtures;
+    pub mod harness;
+}
 
 use std::collections::HashSet;
 use std::time::Duration;
-use support::*;
+use support::client::*;
+use support::fixtures::*;
+use support::harness::*;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use zuora_auth_proxy::mock::{ExpiresIn, TokenMode};
@@ -48,7 +54,7 @@ async fn a_cold_start_burst_causes_exactly_one_token_fetch() {
         .start()
         .await;
     assert!(
-        token(&h).is_none(),
+        h.token().is_none(),
         "no token yet: the burst must wait for the first one"
     );
     let answers = burst(&h, 200).await;
@@ -66,7 +72,7 @@ async fn the_token_is_refreshed_before_it_expires() {
         .start()
         .await;
     h.wait_for_token().await;
-    let first = token(&h).expect("a token");
+    let first = h.token().expect("a token");
     assert_eq!(first.generation, 1);
     let left = first.expires_at.saturating_duration_since(Instant::now());
     assert!(
@@ -101,7 +107,7 @@ async fn the_token_is_refreshed_before_it_expires() {
         (3..=5).contains(&calls),
         "about one fetch per second of a 2s token, got {calls}"
     );
-    assert!(token(&h).expect("a token").generation >= 3);
+    assert!(h.token().expect("a token").generation >= 3);
 }
 
 #[tokio::test]
@@ -244,7 +250,7 @@ async fn a_cached_token_keeps_serving_while_refreshes_fail() {
         .start()
         .await;
     h.wait_for_token().await;
-    let cached = token(&h).expect("a token");
+    let cached = h.token().expect("a token");
     h.mock.set_token_mode(TokenMode::Status(500));
 
     let url = h.url(&abort_path());
@@ -267,7 +273,7 @@ async fn a_cached_token_keeps_serving_while_refreshes_fail() {
         h.mock.token_calls() >= 2,
         "a refresh was attempted (and failed) meanwhile"
     );
-    assert_eq!(token(&h).expect("still cached").generation, cached.generation);
+    assert_eq!(h.token().expect("still cached").generation, cached.generation);
     assert_eq!(h.mock.received().len(), sent, "no request was refused by Zuora");
 
     // Past its last usable moment the token is not used any more: the proxy says so itself.

@@ -1,9 +1,15 @@
 //! `Zuora-Track-Id`: a caller's valid id reaches Zuora unchanged and comes back; without one,
 //! the proxy makes one (with the rule's prefix when it has one) and echoes it.
 
-mod support;
+mod support {
+    pub mod client;
+    pub mod fixtures;
+    pub mod harness;
+}
 
-use support::*;
+use support::client::*;
+use support::fixtures::*;
+use support::harness::*;
 
 /// Two rules: callers saying `x-team: billing` get ids prefixed `billing`, the rest none.
 async fn proxy() -> Harness {
@@ -95,7 +101,7 @@ when_headers = { "x-team" = "billing" }
         .await;
     let id = ("zuora-track-id", "caller-correlation-1");
     let team = ("x-team", "billing");
-    let echo = format!("/bulk-data/bulk-jobs/{JOB}/echo");
+    let echo = job_path("echo");
     let cases = [
         (
             http::Method::POST,

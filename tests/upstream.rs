@@ -1,24 +1,23 @@
 //! When Zuora cannot be reached, is too slow, drops the connection or answers an error: each
 //! failure has its own status and code, and Zuora's own answers pass through unchanged.
 
-mod support;
+mod support {
+    pub mod client;
+    pub mod fixtures;
+    pub mod harness;
+}
 
 use std::time::Duration;
-use support::*;
+use support::client::*;
+use support::fixtures::*;
+use support::harness::*;
 use tokio::time::Instant;
 use zuora_auth_proxy::mock::ApiMode;
 
 #[tokio::test]
 async fn an_upstream_refusing_connections_is_502_unreachable() {
     // The token endpoint is the mock; the REST base URL is a loopback port nobody listens on.
-    let mock_addr = closed_addr();
-    let closed = closed_addr();
-    let h = Harness::builder()
-        .mock(|m| m.addr(mock_addr))
-        .tenant("token_url", &format!("\"https://{mock_addr}/oauth/token\""))
-        .tenant("base_url", &format!("\"https://{closed}\""))
-        .start()
-        .await;
+    let h = Harness::builder().rest_at(closed_addr()).start().await;
     h.wait_for_token().await;
     let started = Instant::now();
     let answer = post(&h.url(&abort_path()), &[("zuora-track-id", "unreachable-1")]).await;
@@ -104,7 +103,7 @@ async fn zuoras_error_answers_pass_through_unchanged() {
 #[tokio::test]
 async fn the_query_string_reaches_zuora_unchanged() {
     let h = Harness::builder().start().await;
-    let path = format!("/bulk-data/bulk-jobs/{JOB}/summary?fields=a%2Cb&x=1");
+    let path = job_path("summary?fields=a%2Cb&x=1");
     let answer = get(&h.url(&path)).await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.json()["id"], JOB);

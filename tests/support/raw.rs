@@ -1,6 +1,5 @@
 //! HTTP/1.x on a raw socket: reading responses byte by byte as the proxy sends them, for tests
-//! that write requests no well-behaved client would, or watch when the proxy hangs up.
-#![allow(dead_code)]
+//! that write requests no well-behaved client would.
 
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -131,23 +130,4 @@ fn find(data: &[u8], needle: &[u8], from: usize) -> Option<usize> {
         .windows(needle.len())
         .position(|w| w == needle)
         .map(|i| i + from)
-}
-
-/// Reads until the peer closes (or resets); what it sent meanwhile, as (lossy) text. Err on timeout.
-pub async fn read_until_closed<S: AsyncRead + Unpin>(stream: &mut S, within: Duration) -> Result<String, String> {
-    let mut got = Vec::new();
-    let deadline = Instant::now() + within;
-    loop {
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Err(_) => {
-                return Err(format!(
-                    "still open after {within:?}; got {:?}",
-                    String::from_utf8_lossy(&got)
-                ))
-            }
-            Ok(Ok(0)) | Ok(Err(_)) => return Ok(String::from_utf8_lossy(&got).into_owned()),
-            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
-        }
-    }
 }
