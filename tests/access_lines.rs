@@ -2,31 +2,39 @@
 //! past `server.upstream_body_timeout`, a caller that leaves before its answer. Each is
 //! counted in `proxy_errors_total` by its code, and the tenant's slot comes back.
 
-mod support;
+mod support {
+    pub mod client;
+    pub mod fixtures;
+    pub mod harness;
+    pub mod metrics;
+    pub mod wait;
+}
 
 use std::time::Duration;
-use support::*;
+use support::client::*;
+use support::fixtures::*;
+use support::harness::*;
+use support::metrics::Metrics;
+use support::wait::eventually;
 use zuora_auth_proxy::mock::ApiMode;
 
+fn metrics(h: &Harness) -> Metrics {
+    Metrics::parse(&h.proxy.probe().metrics_text())
+}
+
 fn errors(h: &Harness, code: &str) -> f64 {
-    sample_or_zero(
-        &h.proxy.probe().metrics_text(),
-        &format!("zuora_proxy_proxy_errors_total{{code=\"{code}\"}}"),
-    )
+    metrics(h).value_or_zero(&format!("zuora_proxy_proxy_errors_total{{code=\"{code}\"}}"))
 }
 
 fn in_flight(h: &Harness) -> f64 {
-    sample_or_zero(
-        &h.proxy.probe().metrics_text(),
-        "zuora_proxy_in_flight{tenant=\"default\"}",
-    )
+    metrics(h).value_or_zero("zuora_proxy_in_flight{tenant=\"default\"}")
 }
 
 /// GETs the job summary: its head must be a 200; whether reading its body then failed.
 async fn summary_body_fails(h: &Harness) -> bool {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let request = http::Request::get(h.url(&summary_path()))
+    let request = http::Request::get(h.url(&job_path("summary")))
         .body(http_body_util::Empty::new())
         .unwrap();
     let response = client.request(request).await.expect("head arrives");
@@ -46,7 +54,7 @@ async fn a_body_cut_short_by_zuora_is_counted_as_incomplete() {
         summary_body_fails(&h).await,
         "a cut body must not reach the caller as a whole one"
     );
-    eventually("the cut body counted", || {
+    eventually("the cut body counted", async || {
         (errors(&h, "upstream_body_incomplete") == 1.0).then_some(())
     })
     .await;
@@ -71,7 +79,7 @@ async fn a_stalled_body_is_cut_after_the_upstream_body_timeout() {
         "cut after {:?}",
         started.elapsed()
     );
-    eventually("the stall counted", || {
+    eventually("the stall counted", async || {
         (errors(&h, "upstream_body_timeout") == 1.0).then_some(())
     })
     .await;
@@ -92,18 +100,16 @@ async fn a_caller_that_leaves_before_its_answer_leaves_a_line() {
     );
     call.abort();
     let _ = call.await;
-    eventually("the caller's departure counted", || {
+    eventually("the caller's departure counted", async || {
         (errors(&h, "caller_gone") == 1.0).then_some(())
     })
     .await;
-    let text = h.proxy.probe().metrics_text();
+    let m = metrics(&h);
     assert_eq!(
-        sample_or_zero(
-            &text,
-            "zuora_proxy_requests_total{route=\"abort-bulk-job\",status=\"499\"}"
-        ),
+        m.value_or_zero("zuora_proxy_requests_total{route=\"abort-bulk-job\",status=\"499\"}"),
         1.0,
-        "{text}"
+        "{}",
+        m.text
     );
-    eventually("the slot came back", || (in_flight(&h) == 0.0).then_some(())).await;
+    eventually("the slot came back", async || (in_flight(&h) == 0.0).then_some(())).await;
 }

@@ -241,7 +241,7 @@ async fn rate_limit_reset_is_the_hint_of_a_429_without_retry_after() {
         retry_after_secs: None,
     });
     let started = Instant::now();
-    let answer = get(&h.url(&summary_path())).await;
+    let answer = get(&h.url(&job_path("summary"))).await;
     assert_eq!(answer.status, 429);
     assert_eq!(answer.header("ratelimit-reset"), Some("60"));
     assert!(
