@@ -7,6 +7,7 @@ pub mod access_log;
 pub mod admin;
 pub mod backoff;
 pub mod body;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;
