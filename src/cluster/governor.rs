@@ -200,6 +200,9 @@ impl Cluster {
 impl Inner {
     pub(crate) fn queue(&self, key: &TenantKey) -> Arc<Queue> {
         let mut queues = self.queues.lock().expect("queue map lock");
+        if let Some(queue) = queues.get(key.id()) {
+            return queue.clone();
+        }
         queues.entry(key.id().to_string()).or_default().clone()
     }
 

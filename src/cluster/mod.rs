@@ -75,6 +75,15 @@ pub struct Cluster {
     _tasks: Arc<Tasks>,
 }
 
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("settings", &self.inner.settings)
+            .field("up", &self.is_up())
+            .finish_non_exhaustive()
+    }
+}
+
 struct Tasks(Vec<tokio::task::AbortHandle>);
 
 impl Drop for Tasks {
