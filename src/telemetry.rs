@@ -198,7 +198,7 @@ impl<'a> MakeWriter<'a> for SinkMaker {
 }
 
 /// Set once the JSON subscriber is installed: hot-path lines may then be written straight
-/// into the buffer in the same JSON shape (see [`crate::access_log`]).
+/// into the buffer in the same JSON shape (the access log does).
 static JSON_LINES: AtomicBool = AtomicBool::new(false);
 
 /// Whether [`write_line`] reaches the installed JSON log.

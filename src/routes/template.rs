@@ -128,6 +128,12 @@ fn is_literal_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b)
 }
 
+/// A UUID in its 36-character hyphenated form (what Zuora's ids look like), the one check
+/// that `{name:uuid}` placeholders and configured entity ids share.
+pub fn is_hyphenated_uuid(text: &str) -> bool {
+    text.len() == 36 && uuid::Uuid::try_parse(text).is_ok()
+}
+
 /// Checks one placeholder value; the reason is safe to show to the caller.
 fn check_param(raw: &str, kind: ParamKind) -> Result<(), &'static str> {
     if raw.is_empty() {
@@ -146,7 +152,7 @@ fn check_param(raw: &str, kind: ParamKind) -> Result<(), &'static str> {
     match kind {
         ParamKind::Any => Ok(()),
         ParamKind::Uuid => {
-            if raw.len() == 36 && uuid::Uuid::try_parse(raw).is_ok() {
+            if is_hyphenated_uuid(raw) {
                 Ok(())
             } else {
                 Err("is not a UUID")

@@ -113,7 +113,7 @@ fn rule(issues: &mut Issues, i: usize, r: &RawRule, known: &Known<'_>) -> Option
         .cloned()
         .unwrap_or_default();
     for (j, id) in entity_ids.iter().enumerate() {
-        if uuid::Uuid::try_parse(id).is_err() || id.len() != 36 {
+        if !crate::routes::template::is_hyphenated_uuid(id) {
             issues.push(
                 format!("rules.{i}.entity_ids.{j}"),
                 format!("{id:?} is not an entity id (a UUID)"),
