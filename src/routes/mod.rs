@@ -65,34 +65,27 @@ impl RetryOn {
 pub struct RetryPolicy {
     /// Retries after the first attempt.
     pub attempts: u32,
-    pub on_status: Vec<StatusCode>,
-    pub on_connect: bool,
+    /// The outcomes retried (`retry_on`), each once, in the order written.
+    pub on: Vec<RetryOn>,
     /// Repeating the call does no harm, whatever its method.
     pub idempotent: bool,
 }
 
 impl RetryPolicy {
     /// A request may be retried only when repeating it is harmless: an idempotent method,
-    /// a route marked idempotent, or an `Idempotency-Key` from the caller.
+    /// a route marked idempotent, or an `Idempotency-Key` (the caller's or a generated one).
     pub fn allows(&self, method: &Method, headers: &HeaderMap) -> bool {
         self.attempts > 0 && (self.idempotent || method.is_idempotent() || headers.contains_key("idempotency-key"))
     }
 
     /// Whether this outcome is one the route retries on.
     pub fn retries_on(&self, reason: RetryOn) -> bool {
-        match reason {
-            RetryOn::Connect => self.on_connect,
-            _ => self.on_status.iter().any(|s| RetryOn::of_status(*s) == Some(reason)),
-        }
+        self.on.contains(&reason)
     }
 
     /// `retry_on` as written in the configuration.
     pub fn describe(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.on_status.iter().map(|s| s.as_str().to_string()).collect();
-        if self.on_connect {
-            out.push("connect".into());
-        }
-        out
+        self.on.iter().map(|r| r.as_str().to_string()).collect()
     }
 }
 
