@@ -170,6 +170,9 @@ pub struct RawRoute {
     pub retry_on: Field<Vec<String>>,
     /// The call is safe to repeat even though its method is not idempotent.
     pub idempotent: Field<bool>,
+    /// `"generate"`: a POST or PATCH sent without an `Idempotency-Key` gets one from the
+    /// proxy, kept for all its attempts; `"caller"` (the default): only the caller's.
+    pub idempotency_key: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

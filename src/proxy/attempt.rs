@@ -152,6 +152,9 @@ fn retry_reason(result: &Result<Response<Incoming>, ProxyError>) -> Option<Retry
         // A connection that broke before Zuora answered is what the caller sees as 502.
         Err(ProxyError::UpstreamFailed) => Some(RetryOn::Status502),
         Err(_) => None,
+        // A request with this Idempotency-Key is still running at Zuora: asking again cannot
+        // finish it sooner, and Zuora keeps its result under the key for the caller to fetch.
+        Ok(response) if response.status() == StatusCode::CONFLICT => None,
         Ok(response) => RetryOn::of_status(response.status()),
     }
 }

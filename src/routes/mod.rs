@@ -31,6 +31,37 @@ pub struct Route {
     pub method: Method,
     pub template: PathTemplate,
     pub retry: RetryPolicy,
+    pub idempotency_key: IdempotencyKey,
+}
+
+/// Whether the proxy gives a request an `Idempotency-Key` of its own (a route's
+/// `idempotency_key`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IdempotencyKey {
+    /// Only a key the caller sends goes to Zuora.
+    #[default]
+    Caller,
+    /// A request that comes without a key gets a generated one, the same for each of its
+    /// attempts: Zuora then runs it at most once, so it may be retried.
+    Generate,
+}
+
+impl IdempotencyKey {
+    /// The `idempotency_key` word, as written in the configuration.
+    pub fn parse(text: &str) -> Option<IdempotencyKey> {
+        match text {
+            "caller" => Some(IdempotencyKey::Caller),
+            "generate" => Some(IdempotencyKey::Generate),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdempotencyKey::Caller => "caller",
+            IdempotencyKey::Generate => "generate",
+        }
+    }
 }
 
 label_enum! {
@@ -194,6 +225,7 @@ mod tests {
             method,
             template: PathTemplate::parse(path).unwrap(),
             retry: RetryPolicy::default(),
+            idempotency_key: IdempotencyKey::Caller,
         })
     }
 

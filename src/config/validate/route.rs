@@ -2,7 +2,7 @@
 
 use super::Issues;
 use crate::config::raw::{Field, RawRoute};
-use crate::routes::{PathTemplate, RetryOn, RetryPolicy, Route};
+use crate::routes::{IdempotencyKey, PathTemplate, RetryOn, RetryPolicy, Route};
 use http::Method;
 use std::sync::Arc;
 
@@ -66,6 +66,10 @@ fn route(issues: &mut Issues, i: usize, r: &RawRoute) -> Option<Route> {
             ),
         }
     }
+    let idempotency_key = issues
+        .field(&key("idempotency_key"), &r.idempotency_key)
+        .and_then(|k| idempotency_key(issues, &key("idempotency_key"), k, method.as_ref()))
+        .unwrap_or_default();
     if retry.attempts > MAX_RETRY_ATTEMPTS {
         issues.push(key("retry_attempts"), format!("at most {MAX_RETRY_ATTEMPTS}"));
     }
@@ -80,7 +84,22 @@ fn route(issues: &mut Issues, i: usize, r: &RawRoute) -> Option<Route> {
         method: method?,
         template: template?,
         retry,
+        idempotency_key,
     })
+}
+
+/// Zuora takes `Idempotency-Key` on POST and PATCH only; on another method a generated key
+/// would be ignored while seeming to make the call safe to repeat.
+fn idempotency_key(issues: &mut Issues, key: &str, written: &str, method: Option<&Method>) -> Option<IdempotencyKey> {
+    let Some(parsed) = IdempotencyKey::parse(written.trim()) else {
+        issues.push(key, format!("{written:?} is not one of \"caller\", \"generate\""));
+        return None;
+    };
+    if parsed == IdempotencyKey::Generate && method.is_some_and(|m| m != Method::POST && m != Method::PATCH) {
+        issues.push(key, "Zuora takes an Idempotency-Key on POST and PATCH only");
+        return None;
+    }
+    Some(parsed)
 }
 
 /// The words `retry_on` accepts, quoted, for messages.
@@ -114,7 +133,7 @@ fn method(issues: &mut Issues, key: &str, written: &str) -> Option<Method> {
 mod tests {
     use crate::config::tests::GOOD;
     use crate::config::*;
-    use crate::routes::RetryOn;
+    use crate::routes::{IdempotencyKey, RetryOn};
 
     fn with_method(method: &str) -> Result<Config, ConfigError> {
         Config::from_toml(&GOOD.replace("method = \"POST\"", &format!("method = {method:?}")))
@@ -139,6 +158,21 @@ mod tests {
         );
         let err = with_route_keys("retry_attempts = 1").unwrap_err();
         assert!(err.issues.iter().any(|i| i.key == "routes.0.retry_on"), "{err}");
+    }
+
+    #[test]
+    fn idempotency_keys_are_generated_only_for_post_and_patch() {
+        let c = with_route_keys("idempotency_key = \"generate\"").unwrap();
+        assert_eq!(c.live.routes[0].idempotency_key, IdempotencyKey::Generate);
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.live.routes[0].idempotency_key, IdempotencyKey::Caller);
+        let c = Config::from_toml(&GOOD.replace("\"POST\"", "\"patch\"\nidempotency_key = \"generate\"")).unwrap();
+        assert_eq!(c.live.routes[0].idempotency_key, IdempotencyKey::Generate);
+        let err = Config::from_toml(&GOOD.replace("\"POST\"", "\"GET\"\nidempotency_key = \"generate\"")).unwrap_err();
+        let issue = err.issues.iter().find(|i| i.key == "routes.0.idempotency_key").unwrap();
+        assert!(issue.message.contains("POST and PATCH"), "{issue}");
+        let err = with_route_keys("idempotency_key = \"always\"").unwrap_err();
+        assert_eq!(err.issues[0].key, "routes.0.idempotency_key", "{err}");
     }
 
     #[test]

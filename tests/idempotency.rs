@@ -1,0 +1,184 @@
+//! Retries that match what Zuora sends: an `Idempotency-Key` generated where a route asks for
+//! one (the same for every attempt, so a POST may be retried; a 409 for a key still in
+//! progress is not), and Zuora's `/v1` limit errors inside an HTTP 200 retried like a 429
+//! where a route says `zuora_body_errors = true`.
+
+mod support {
+    pub mod client;
+    pub mod fixtures;
+    pub mod harness;
+}
+
+use serde_json::Value;
+use std::sync::{Mutex, Once};
+use support::client::*;
+use support::fixtures::*;
+use support::harness::*;
+use zuora_auth_proxy::mock::ApiMode;
+
+/// `abort` (POST) gets a generated key and retries on everything that can be retried;
+/// `echo` (POST, idempotent) retries too but generates no key.
+const ROUTES: &str = r#"
+[[routes]]
+name = "abort-bulk-job"
+method = "POST"
+path = "/bulk-data/bulk-jobs/{id:uuid}/aborts"
+retry_attempts = 2
+retry_on = ["429", "502", "503", "504"]
+idempotency_key = "generate"
+
+[[routes]]
+name = "echo"
+method = "POST"
+path = "/bulk-data/bulk-jobs/{id:uuid}/echo"
+retry_attempts = 2
+retry_on = ["429", "503"]
+idempotent = true
+"#;
+
+fn unavailable() -> ApiMode {
+    ApiMode::Status {
+        status: 503,
+        retry_after_secs: Some(0),
+    }
+}
+
+#[tokio::test]
+async fn a_generated_key_is_the_same_for_every_attempt_and_new_for_each_request() {
+    let h = start().await;
+    h.mock.set_api_script(vec![unavailable(), unavailable()]);
+    let answer = post(&h.url(&abort_path()), &[("zuora-track-id", "generated-key")]).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.json()["status"], "Aborted");
+    let received = h.mock.received();
+    assert_eq!(received.len(), 3, "a POST with a generated key is retried");
+    let keys: Vec<&str> = received.iter().map(|r| only_key(&r.headers)).collect();
+    assert!(
+        keys.iter().all(|k| *k == keys[0]),
+        "the key changed between attempts: {keys:?}"
+    );
+    assert!(keys[0].len() <= 255);
+    let uuid = uuid::Uuid::parse_str(keys[0]).unwrap_or_else(|e| panic!("{:?}: {e}", keys[0]));
+    assert_eq!(uuid.get_version_num(), 4);
+    assert_eq!(access_line("generated-key")["retries"], 2);
+
+    assert_eq!(post(&h.url(&abort_path()), &[]).await.status, 200);
+    let received = h.mock.received();
+    assert_ne!(only_key(&received[3].headers), keys[0], "two requests shared a key");
+}
+
+#[tokio::test]
+async fn a_route_without_the_option_sends_no_key() {
+    let h = start().await;
+    assert_eq!(post(&h.url(&job_path("echo")), &[]).await.status, 200);
+    let received = h.mock.received();
+    assert_eq!(received.len(), 1);
+    assert!(
+        !received[0].headers.contains_key("idempotency-key"),
+        "{:?}",
+        received[0].headers
+    );
+}
+
+#[tokio::test]
+async fn the_callers_key_is_kept_for_every_attempt() {
+    let h = start().await;
+    h.mock.set_api_script(vec![unavailable()]);
+    let answer = post(&h.url(&abort_path()), &[("idempotency-key", "caller-key-7")]).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let received = h.mock.received();
+    assert_eq!(received.len(), 2);
+    for r in &received {
+        assert_eq!(only_key(&r.headers), "caller-key-7");
+    }
+}
+
+#[tokio::test]
+async fn a_409_for_a_key_in_progress_goes_back_to_the_caller() {
+    // The first attempt fails as Zuora may already be running it; the retry (same key) finds
+    // it still in progress. Sending it a third time would only ask again: the caller decides.
+    let h = start().await;
+    let in_progress = r#"{"success":false,"reasons":[{"code":"REQUEST_IN_PROGRESS","message":"in progress"}]}"#;
+    h.mock.set_api_script(vec![
+        unavailable(),
+        ApiMode::Answer {
+            status: 409,
+            headers: vec![],
+            body: in_progress.into(),
+        },
+    ]);
+    let answer = post(&h.url(&abort_path()), &[("zuora-track-id", "key-in-progress")]).await;
+    assert_eq!(answer.status, 409);
+    assert_eq!(answer.header("x-zuora-proxy-error"), None, "Zuora's own 409 goes back");
+    assert_eq!(&answer.body[..], in_progress.as_bytes());
+    let received = h.mock.received();
+    assert_eq!(received.len(), 2, "the 409 was retried");
+    assert_eq!(only_key(&received[0].headers), only_key(&received[1].headers));
+    let line = access_line("key-in-progress");
+    assert_eq!(
+        (line["retries"].clone(), line["upstream_status"].clone()),
+        (1.into(), 409.into()),
+        "{line}"
+    );
+}
+
+// ---- helpers ----
+
+async fn start() -> Harness {
+    capture_logs();
+    let h = Harness::builder().routes(ROUTES).start().await;
+    h.wait_for_token().await;
+    h
+}
+
+/// The one `Idempotency-Key` of a request Zuora received.
+fn only_key(headers: &http::HeaderMap) -> &str {
+    let keys: Vec<&str> = headers
+        .get_all("idempotency-key")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 1, "{headers:?}");
+    keys[0]
+}
+
+/// Everything the process logs, as JSON lines; shared by the tests of this binary, which
+/// tell their lines apart by track id.
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(|| Capture)
+            .try_init()
+            .expect("the only subscriber of this test binary");
+    });
+}
+
+/// The access log line of the request with this track id (written before its answer).
+fn access_line(track: &str) -> Value {
+    let logs = LOGS.lock().unwrap_or_else(|e| e.into_inner());
+    let lines: Vec<Value> = String::from_utf8_lossy(&logs)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "access" && v["track_id"] == track)
+        .collect();
+    assert_eq!(lines.len(), 1, "access lines for {track}: {lines:?}");
+    lines.into_iter().next().unwrap()
+}
