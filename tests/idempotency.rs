@@ -7,6 +7,7 @@ mod support {
     pub mod client;
     pub mod fixtures;
     pub mod harness;
+    pub mod metrics;
 }
 
 use serde_json::Value;
@@ -14,10 +15,12 @@ use std::sync::{Mutex, Once};
 use support::client::*;
 use support::fixtures::*;
 use support::harness::*;
+use support::metrics::Metrics;
 use zuora_auth_proxy::mock::ApiMode;
 
-/// `abort` (POST) gets a generated key and retries on everything that can be retried;
-/// `echo` (POST, idempotent) retries too but generates no key.
+/// `abort` (POST) gets a generated key, reads Zuora's body errors and retries on everything
+/// that can be retried; `echo` (POST, idempotent) retries too but generates no key and reads
+/// no body; `summary` (GET) reads body errors but never retries.
 const ROUTES: &str = r#"
 [[routes]]
 name = "abort-bulk-job"
@@ -26,6 +29,13 @@ path = "/bulk-data/bulk-jobs/{id:uuid}/aborts"
 retry_attempts = 2
 retry_on = ["429", "502", "503", "504"]
 idempotency_key = "generate"
+zuora_body_errors = true
+
+[[routes]]
+name = "job-summary"
+method = "GET"
+path = "/bulk-data/bulk-jobs/{id:uuid}/summary"
+zuora_body_errors = true
 
 [[routes]]
 name = "echo"
@@ -122,7 +132,136 @@ async fn a_409_for_a_key_in_progress_goes_back_to_the_caller() {
     );
 }
 
+#[tokio::test]
+async fn a_body_error_is_retried_like_a_429_and_the_retry_can_succeed() {
+    let h = start().await;
+    h.mock.set_api_script(vec![ApiMode::BodyError { code: 53100370 }]);
+    let answer = post(&h.url(&abort_path()), &[("zuora-track-id", "body-error-once")]).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["status"], "Aborted", "the retry's answer goes back");
+    assert_eq!(h.mock.received().len(), 2);
+    let line = access_line("body-error-once");
+    assert_eq!(line["retries"], 1, "{line}");
+    assert_eq!(
+        line["zuora_reason_code"], 53100370,
+        "the retried failure is logged: {line}"
+    );
+    let metrics = Metrics::parse(&h.proxy.probe().metrics_text());
+    assert_eq!(
+        metrics.get(r#"zuora_proxy_retries_total{route="abort-bulk-job",reason="429"}"#),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_body_error_that_outlasts_the_retries_goes_back_as_zuora_sent_it() {
+    let h = start().await;
+    let failure = failure_body(53100350);
+    h.mock.set_api_mode(ok_with(&failure));
+    let answer = post(&h.url(&abort_path()), &[("zuora-track-id", "body-error-always")]).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(&answer.body[..], failure.as_bytes(), "the read body was changed");
+    assert_eq!(
+        answer.header("content-length"),
+        Some(failure.len().to_string().as_str())
+    );
+    assert_eq!(h.mock.received().len(), 3, "1 attempt + retry_attempts = 2");
+    let line = access_line("body-error-always");
+    assert_eq!(
+        (line["retries"].clone(), line["zuora_reason_code"].clone()),
+        (2.into(), 53100350.into()),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn a_failure_zuora_does_not_call_retryable_is_logged_and_not_retried() {
+    let h = start().await;
+    let failure = failure_body(53100320);
+    h.mock.set_api_mode(ok_with(&failure));
+    let answer = post(&h.url(&abort_path()), &[("zuora-track-id", "body-error-final")]).await;
+    assert_eq!(&answer.body[..], failure.as_bytes());
+    assert_eq!(h.mock.received().len(), 1);
+    let line = access_line("body-error-final");
+    assert_eq!(
+        (line["retries"].clone(), line["zuora_reason_code"].clone()),
+        (0.into(), 53100320.into()),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_error_on_a_route_that_may_not_retry_is_logged_and_handed_on() {
+    let h = start().await;
+    let failure = failure_body(53100370);
+    h.mock.set_api_mode(ok_with(&failure));
+    let answer = call(
+        http::Method::GET,
+        &h.url(&job_path("summary")),
+        &[("zuora-track-id", "body-error-no-retry")],
+        "",
+    )
+    .await;
+    assert_eq!((answer.status.as_u16(), &answer.body[..]), (200, failure.as_bytes()));
+    assert_eq!(h.mock.received().len(), 1);
+    let line = access_line("body-error-no-retry");
+    assert_eq!(line["zuora_reason_code"], 53100370, "{line}");
+    assert_eq!(line["retries"], 0, "{line}");
+}
+
+#[tokio::test]
+async fn a_body_error_on_a_route_without_the_option_passes_through_untouched() {
+    let h = start().await;
+    let failure = failure_body(53100370);
+    h.mock.set_api_mode(ok_with(&failure));
+    let answer = call(
+        http::Method::POST,
+        &h.url(&job_path("echo")),
+        &[("zuora-track-id", "body-error-unread")],
+        "",
+    )
+    .await;
+    assert_eq!((answer.status.as_u16(), &answer.body[..]), (200, failure.as_bytes()));
+    assert_eq!(
+        h.mock.received().len(),
+        1,
+        "echo may retry a 429 but does not read bodies"
+    );
+    let line = access_line("body-error-unread");
+    assert!(line.get("zuora_reason_code").is_none(), "{line}");
+    assert_eq!(line["retries"], 0, "{line}");
+}
+
+#[tokio::test]
+async fn a_large_answer_is_streamed_unread() {
+    let h = start().await;
+    // Over the 16 KiB a body error may have: not read, whatever it says.
+    let padding = "x".repeat(20 * 1024);
+    let large = format!(r#"{{"success":false,"padding":"{padding}","reasons":[{{"code":53100370}}]}}"#);
+    h.mock.set_api_mode(ok_with(&large));
+    let answer = post(&h.url(&abort_path()), &[("zuora-track-id", "body-error-large")]).await;
+    assert_eq!(&answer.body[..], large.as_bytes());
+    assert_eq!(h.mock.received().len(), 1);
+    assert!(access_line("body-error-large").get("zuora_reason_code").is_none());
+}
+
 // ---- helpers ----
+
+/// Zuora's `/v1` failure with one reason code.
+fn failure_body(code: u64) -> String {
+    format!(
+        r#"{{"success":false,"processId":"4F3B2A1C0D9E8F7A","reasons":[{{"code":{code},"message":"Please retry later."}}]}}"#
+    )
+}
+
+/// A 200 with this JSON body.
+fn ok_with(body: &str) -> ApiMode {
+    ApiMode::Answer {
+        status: 200,
+        headers: vec![],
+        body: body.into(),
+    }
+}
 
 async fn start() -> Harness {
     capture_logs();

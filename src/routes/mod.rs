@@ -32,6 +32,9 @@ pub struct Route {
     pub template: PathTemplate,
     pub retry: RetryPolicy,
     pub idempotency_key: IdempotencyKey,
+    /// Zuora's `/v1` failures inside a 200 (`"success": false`) are read: logged by reason
+    /// code, and the retryable ones retried as a 429 would be.
+    pub zuora_body_errors: bool,
 }
 
 /// Whether the proxy gives a request an `Idempotency-Key` of its own (a route's
@@ -226,6 +229,7 @@ mod tests {
             template: PathTemplate::parse(path).unwrap(),
             retry: RetryPolicy::default(),
             idempotency_key: IdempotencyKey::Caller,
+            zuora_body_errors: false,
         })
     }
 

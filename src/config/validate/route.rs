@@ -85,6 +85,7 @@ fn route(issues: &mut Issues, i: usize, r: &RawRoute) -> Option<Route> {
         template: template?,
         retry,
         idempotency_key,
+        zuora_body_errors: issues.number(&key("zuora_body_errors"), &r.zuora_body_errors, false),
     })
 }
 
