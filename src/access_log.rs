@@ -28,6 +28,8 @@ pub struct AccessRecord<'a> {
     pub token_retry: bool,
     pub retries: u32,
     pub zuora_request_id: Option<&'a HeaderValue>,
+    /// The reason code of a Zuora `/v1` failure inside a 200 (routes with `zuora_body_errors`).
+    pub zuora_reason_code: Option<u64>,
     /// Zuora's rate and concurrency headers, by log field name.
     pub limits: [(&'static str, Option<&'a HeaderValue>); 6],
     pub error: Option<&'static str>,
@@ -63,6 +65,7 @@ pub fn emit(r: &AccessRecord<'_>) {
         token_retry = r.token_retry,
         retries = r.retries,
         zuora_request_id = text(r.zuora_request_id),
+        zuora_reason_code = r.zuora_reason_code,
         ratelimit_limit = rl_limit,
         ratelimit_remaining = rl_remaining,
         ratelimit_reset = rl_reset,
@@ -106,6 +109,9 @@ fn to_json(r: &AccessRecord<'_>, now: SystemTime) -> String {
         "zuora_request_id",
         r.zuora_request_id.map(HeaderValue::as_bytes),
     );
+    if let Some(code) = r.zuora_reason_code {
+        let _ = write!(out, ",\"zuora_reason_code\":{code}");
+    }
     for (name, value) in r.limits {
         string(&mut out, name, value.map(HeaderValue::as_bytes));
     }
@@ -170,6 +176,7 @@ mod tests {
             token_retry: true,
             retries: 2,
             zuora_request_id: Some(&zuora),
+            zuora_reason_code: Some(53100370),
             limits: [
                 ("ratelimit_limit", Some(&limit)),
                 ("ratelimit_remaining", None),
@@ -198,6 +205,7 @@ mod tests {
         assert_eq!(v["response_bytes"], 41);
         assert_eq!(v["retries"], 2);
         assert_eq!(v["zuora_request_id"], "zr-1");
+        assert_eq!(v["zuora_reason_code"], 53100370);
         assert_eq!(v["ratelimit_limit"], "12500");
         assert!(v.get("ratelimit_remaining").is_none());
         assert!(v.get("error").is_none());
@@ -223,6 +231,7 @@ mod tests {
             "upstream_status",
             "upstream_ms",
             "zuora_request_id",
+            "zuora_reason_code",
             "track_id",
         ] {
             assert!(v.get(absent).is_none(), "{absent}");

@@ -170,6 +170,12 @@ pub struct RawRoute {
     pub retry_on: Field<Vec<String>>,
     /// The call is safe to repeat even though its method is not idempotent.
     pub idempotent: Field<bool>,
+    /// `"generate"`: a POST or PATCH sent without an `Idempotency-Key` gets one from the
+    /// proxy, kept for all its attempts; `"caller"` (the default): only the caller's.
+    pub idempotency_key: Field<String>,
+    /// Read small JSON 200 answers for Zuora's `"success": false` limit errors (reason codes
+    /// ending in 50, 61 or 70) and retry them as a 429 (default false).
+    pub zuora_body_errors: Field<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,5 +1,7 @@
 //! Attempts toward Zuora: send, replay once with a fresh token after a 401, and retry what
-//! the route allows, waiting as Zuora asks (or backing off), never past the deadline.
+//! the route allows, waiting as Zuora asks (or backing off), never past the deadline. Where a
+//! route reads Zuora's body errors, a small JSON 200 is read first: a `/v1` limit error
+//! inside it is retried like a 429, and the body is handed on as read.
 
 use super::admit::Admitted;
 use super::prepare::{self, body_error, Prepared};
@@ -13,8 +15,8 @@ use crate::routes::{RetryOn, Route};
 use crate::tenant::Tenant;
 use crate::upstream::describe_client_error;
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{Either, Full};
+use http::{header, HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
@@ -23,6 +25,14 @@ use tokio::time::Instant;
 const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// Longest wait between retries when Zuora gives no hint.
 const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(5_000);
+
+/// Only answers this small are read for a `/v1` failure: Zuora's are a few hundred bytes,
+/// and a larger body streams on as it comes.
+const ZUORA_FAILURE_MAX_BYTES: u64 = 16 * 1024;
+
+/// Zuora's answer as the caller gets it: streamed, or read first (to look for a failure
+/// inside a 200) and handed on byte for byte.
+pub(super) type Answer = Either<Incoming, Full<Bytes>>;
 
 /// What to do after an attempt.
 enum Next {
@@ -40,7 +50,7 @@ pub(super) async fn attempt(
     prepared: Prepared,
     deadline: Deadline,
     record: &mut Record,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<Answer>, ProxyError> {
     let mut p = prepared;
     let tenant = admitted.tenant;
     let retry = admitted
@@ -57,12 +67,33 @@ pub(super) async fn attempt(
         let (attempt_headers, attempt_body) = next_attempt(&mut first, replay.as_ref(), &mut p.headers);
         let sent = send(tenant, &p.method, &p.uri, attempt_headers, attempt_body, p.max_body);
         let result = deadline.bound(None, sent, ProxyError::UpstreamTimeout).await;
+        let (result, failure) = match result {
+            Ok(response) if admitted.route.zuora_body_errors && may_hold_failure(&p.method, &response) => {
+                let read = deadline.bound(None, read_failure(response), ProxyError::UpstreamTimeout);
+                match read.await {
+                    Ok((response, failure)) => (Ok(response), failure),
+                    Err(error) => (Err(error), None),
+                }
+            }
+            other => (other.map(|r| r.map(Either::Left)), None),
+        };
+        if let Some(failure) = failure {
+            record.zuora_reason_code = Some(failure.code);
+        }
         if matches!(&result, Ok(r) if r.status() == StatusCode::UNAUTHORIZED) {
             // Whatever happens to this request, the next ones need another token (only the
             // first request to see this token refused causes a fetch).
             tenant.tokens.invalidate(&p.token);
         }
-        let renew = match next(&result, replay.is_some(), record, retry, &mut backoff, deadline) {
+        let renew = match next(
+            &result,
+            failure,
+            replay.is_some(),
+            record,
+            retry,
+            &mut backoff,
+            deadline,
+        ) {
             Next::Done => break result,
             Next::RenewToken => {
                 record.token_retry = true;
@@ -112,7 +143,8 @@ fn next_attempt(
 
 /// Decides after an attempt. `retry` is the route when repeating the request is harmless.
 fn next(
-    result: &Result<Response<Incoming>, ProxyError>,
+    result: &Result<Response<Answer>, ProxyError>,
+    failure: Option<ZuoraFailure>,
     replayable: bool,
     record: &Record,
     retry: Option<&Route>,
@@ -128,7 +160,7 @@ fn next(
     let Some(route) = retry.filter(|route| record.retries < route.retry.attempts) else {
         return Next::Done;
     };
-    let Some(reason) = retry_reason(result).filter(|r| route.retry.retries_on(*r)) else {
+    let Some(reason) = retry_reason(result, failure).filter(|r| route.retry.retries_on(*r)) else {
         return Next::Done;
     };
     let hint = result
@@ -146,13 +178,88 @@ fn next(
 }
 
 /// What an attempt's outcome stands for as a retry reason, if anything.
-fn retry_reason(result: &Result<Response<Incoming>, ProxyError>) -> Option<RetryOn> {
+fn retry_reason(result: &Result<Response<Answer>, ProxyError>, failure: Option<ZuoraFailure>) -> Option<RetryOn> {
+    if failure.is_some_and(ZuoraFailure::retryable) {
+        // Zuora's `/v1` way of saying 429 (or "locked, try again").
+        return Some(RetryOn::Status429);
+    }
     match result {
         Err(ProxyError::UpstreamUnreachable) => Some(RetryOn::Connect),
         // A connection that broke before Zuora answered is what the caller sees as 502.
         Err(ProxyError::UpstreamFailed) => Some(RetryOn::Status502),
         Err(_) => None,
+        // A request with this Idempotency-Key is still running at Zuora: asking again cannot
+        // finish it sooner, and Zuora keeps its result under the key for the caller to fetch.
+        Ok(response) if response.status() == StatusCode::CONFLICT => None,
         Ok(response) => RetryOn::of_status(response.status()),
+    }
+}
+
+/// Whether an answer may be a `/v1` failure worth reading: a 200 with a small, declared,
+/// uncompressed JSON body.
+fn may_hold_failure(method: &Method, response: &Response<Incoming>) -> bool {
+    let headers = response.headers();
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let json = text(header::CONTENT_TYPE)
+        .and_then(|t| t.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    let small = text(header::CONTENT_LENGTH)
+        .and_then(|n| n.parse::<u64>().ok())
+        .is_some_and(|n| n <= ZUORA_FAILURE_MAX_BYTES);
+    let plain = text(header::CONTENT_ENCODING).is_none_or(|e| e.trim().eq_ignore_ascii_case("identity"));
+    response.status() == StatusCode::OK && *method != Method::HEAD && json && small && plain
+}
+
+/// Reads a small answer whole and looks in it for a `/v1` failure; the caller gets the same
+/// head and bytes. A body that breaks off is a connection that failed before its answer.
+async fn read_failure(response: Response<Incoming>) -> Result<(Response<Answer>, Option<ZuoraFailure>), ProxyError> {
+    let (parts, body) = response.into_parts();
+    let limit = usize::try_from(ZUORA_FAILURE_MAX_BYTES).unwrap_or(usize::MAX);
+    let bytes = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|error| {
+            tracing::debug!(%error, "upstream answer broke off while read for a body error");
+            ProxyError::UpstreamFailed
+        })?
+        .to_bytes();
+    let failure = ZuoraFailure::find(&bytes);
+    Ok((Response::from_parts(parts, Either::Right(Full::new(bytes))), failure))
+}
+
+/// A `/v1` failure inside a 200: `{"success": false, "reasons": [{"code": 53100370, ...}]}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ZuoraFailure {
+    code: u64,
+}
+
+impl ZuoraFailure {
+    /// The failure in a body, if it is one: its first retryable reason code, else its first
+    /// code (a number, or digits in a string).
+    fn find(body: &[u8]) -> Option<ZuoraFailure> {
+        let answer: serde_json::Value = serde_json::from_slice(body).ok()?;
+        if answer.get("success")? != &serde_json::Value::Bool(false) {
+            return None;
+        }
+        let codes = answer.get("reasons")?.as_array()?.iter().filter_map(|reason| {
+            let code = reason.get("code")?;
+            let code = code.as_u64().or_else(|| code.as_str()?.trim().parse().ok())?;
+            Some(ZuoraFailure { code })
+        });
+        let mut first = None;
+        for failure in codes {
+            if failure.retryable() {
+                return Some(failure);
+            }
+            first.get_or_insert(failure);
+        }
+        first
+    }
+
+    /// Zuora calls codes ending in 50 (lock competition), 61 (temporary error) and 70
+    /// (concurrency limit) retryable.
+    fn retryable(self) -> bool {
+        matches!(self.code % 100, 50 | 61 | 70)
     }
 }
 
@@ -180,4 +287,49 @@ async fn send(
         tracing::debug!(tenant = %tenant.name(), error = %describe_client_error(&e), "upstream request failed");
         error
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn find(body: &str) -> Option<u64> {
+        ZuoraFailure::find(body.as_bytes()).map(|f| f.code)
+    }
+
+    #[test]
+    fn zuora_failures_inside_a_200() {
+        let failure = |codes: &str| format!(r#"{{"success": false, "processId": "P1", "reasons": [{codes}]}}"#);
+        assert_eq!(find(&failure(r#"{"code": 53100370, "message": "m"}"#)), Some(53100370));
+        assert_eq!(
+            find(&failure(r#"{"code": "50000050"}"#)),
+            Some(50000050),
+            "a code in a string"
+        );
+        assert_eq!(
+            find(&failure(r#"{"code": 53100320}, {"code": 53100361}"#)),
+            Some(53100361),
+            "the retryable code is the one that counts"
+        );
+        assert_eq!(
+            find(&failure(r#"{"code": 53100320}, {"code": 53100321}"#)),
+            Some(53100320)
+        );
+        for not in [
+            r#"{"success": true, "reasons": [{"code": 53100370}]}"#,
+            r#"{"id": "x", "status": "Aborted"}"#,
+            r#"{"success": "false", "reasons": [{"code": 53100370}]}"#,
+            r#"{"success": false, "reasons": [{"code": "LOCKED"}]}"#,
+            r#"{"success": false}"#,
+            r#"[{"success": false}]"#,
+            "not json",
+        ] {
+            assert_eq!(find(not), None, "{not}");
+        }
+        let retryable: Vec<u64> = [53100350, 53100361, 53100370, 53100320, 53100351, 53100360]
+            .into_iter()
+            .filter(|&code| ZuoraFailure { code }.retryable())
+            .collect();
+        assert_eq!(retryable, [53100350, 53100361, 53100370]);
+    }
 }

@@ -69,7 +69,7 @@ impl Proxy {
         match forward(&snapshot, request, &mut record).await {
             Ok(response) => {
                 let idle = Some(snapshot.config.live.requests.upstream_body_timeout);
-                record.answer(response.map(Either::Left), idle)
+                record.answer(response, idle)
             }
             Err(error) => {
                 let response = record.refuse(error);
@@ -84,7 +84,7 @@ async fn forward(
     snapshot: &Snapshot,
     request: Request<Incoming>,
     record: &mut Record,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<attempt::Answer>, ProxyError> {
     let limits = &snapshot.config.live.requests;
     let deadline = Deadline(Instant::now() + limits.request_timeout);
     let (parts, body) = request.into_parts();

@@ -7,12 +7,13 @@ use super::Deadline;
 use crate::body::{UpstreamBody, REPLAY_BUFFER_BYTES};
 use crate::error::ProxyError;
 use crate::headers::{self, Injected};
+use crate::routes::IdempotencyKey;
 use crate::tenant::Tenant;
 use crate::token::Token;
 use crate::upstream::error_chain;
 use bytes::Bytes;
 use http::request::Parts;
-use http::{header, HeaderMap, Method, Uri};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
 use prometheus_client::metrics::gauge::Gauge;
@@ -20,6 +21,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
+
+/// Zuora's key for running a POST or PATCH at most once.
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// What the attempts need.
 pub(super) struct Prepared {
@@ -74,6 +78,9 @@ pub(super) async fn prepare(
             org_ids: admitted.rule.org_header.as_ref(),
         },
     );
+    if admitted.route.idempotency_key == IdempotencyKey::Generate && !headers.contains_key(&IDEMPOTENCY_KEY) {
+        headers.insert(IDEMPOTENCY_KEY.clone(), generated_idempotency_key());
+    }
     Ok(Prepared {
         method: parts.method,
         uri,
@@ -83,6 +90,15 @@ pub(super) async fn prepare(
         token,
         guards,
     })
+}
+
+/// A key no other request will have within Zuora's 24 hours: a UUID v4 from the operating
+/// system's generator (36 characters), since a collision would hand one caller another's
+/// stored answer.
+fn generated_idempotency_key() -> HeaderValue {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(text).expect("a UUID is visible ASCII")
 }
 
 /// The tenant's current token, or the next one within its `token_wait`.

@@ -58,6 +58,8 @@ pub(super) struct Record {
     pub token_retry: bool,
     pub retries: u32,
     pub upstream_time: Option<Duration>,
+    /// The reason code of the last Zuora failure found inside a 200 answer, retried or not.
+    pub zuora_reason_code: Option<u64>,
     /// Held until the answer's body ends (the tenant's slot, the in-flight count).
     pub guards: Option<Guards>,
     upstream_status: Option<u16>,
@@ -85,6 +87,7 @@ impl Record {
             token_retry: false,
             retries: 0,
             upstream_time: None,
+            zuora_reason_code: None,
             guards: None,
             upstream_status: None,
             zuora_request_id: None,
@@ -186,6 +189,7 @@ impl Record {
             token_retry: self.token_retry,
             retries: self.retries,
             zuora_request_id: self.zuora_request_id.as_ref(),
+            zuora_reason_code: self.zuora_reason_code,
             limits,
             error: self.error,
         });

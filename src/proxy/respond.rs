@@ -5,13 +5,8 @@ use super::admit::Admitted;
 use super::record::Record;
 use crate::headers::{self, ZUORA_TRACK_ID};
 use http::Response;
-use hyper::body::Incoming;
 
-pub(super) fn respond(
-    mut response: Response<Incoming>,
-    admitted: &Admitted<'_>,
-    record: &mut Record,
-) -> Response<Incoming> {
+pub(super) fn respond<B>(mut response: Response<B>, admitted: &Admitted<'_>, record: &mut Record) -> Response<B> {
     record.upstream_answered(response.status(), response.headers());
     headers::strip_hop_by_hop(response.headers_mut());
     if !response.headers().contains_key(&ZUORA_TRACK_ID) {

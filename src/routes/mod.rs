@@ -31,6 +31,40 @@ pub struct Route {
     pub method: Method,
     pub template: PathTemplate,
     pub retry: RetryPolicy,
+    pub idempotency_key: IdempotencyKey,
+    /// Zuora's `/v1` failures inside a 200 (`"success": false`) are read: logged by reason
+    /// code, and the retryable ones retried as a 429 would be.
+    pub zuora_body_errors: bool,
+}
+
+/// Whether the proxy gives a request an `Idempotency-Key` of its own (a route's
+/// `idempotency_key`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IdempotencyKey {
+    /// Only a key the caller sends goes to Zuora.
+    #[default]
+    Caller,
+    /// A request that comes without a key gets a generated one, the same for each of its
+    /// attempts: Zuora then runs it at most once, so it may be retried.
+    Generate,
+}
+
+impl IdempotencyKey {
+    /// The `idempotency_key` word, as written in the configuration.
+    pub fn parse(text: &str) -> Option<IdempotencyKey> {
+        match text {
+            "caller" => Some(IdempotencyKey::Caller),
+            "generate" => Some(IdempotencyKey::Generate),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdempotencyKey::Caller => "caller",
+            IdempotencyKey::Generate => "generate",
+        }
+    }
 }
 
 label_enum! {
@@ -65,34 +99,27 @@ impl RetryOn {
 pub struct RetryPolicy {
     /// Retries after the first attempt.
     pub attempts: u32,
-    pub on_status: Vec<StatusCode>,
-    pub on_connect: bool,
+    /// The outcomes retried (`retry_on`), each once, in the order written.
+    pub on: Vec<RetryOn>,
     /// Repeating the call does no harm, whatever its method.
     pub idempotent: bool,
 }
 
 impl RetryPolicy {
     /// A request may be retried only when repeating it is harmless: an idempotent method,
-    /// a route marked idempotent, or an `Idempotency-Key` from the caller.
+    /// a route marked idempotent, or an `Idempotency-Key` (the caller's or a generated one).
     pub fn allows(&self, method: &Method, headers: &HeaderMap) -> bool {
         self.attempts > 0 && (self.idempotent || method.is_idempotent() || headers.contains_key("idempotency-key"))
     }
 
     /// Whether this outcome is one the route retries on.
     pub fn retries_on(&self, reason: RetryOn) -> bool {
-        match reason {
-            RetryOn::Connect => self.on_connect,
-            _ => self.on_status.iter().any(|s| RetryOn::of_status(*s) == Some(reason)),
-        }
+        self.on.contains(&reason)
     }
 
     /// `retry_on` as written in the configuration.
     pub fn describe(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.on_status.iter().map(|s| s.as_str().to_string()).collect();
-        if self.on_connect {
-            out.push("connect".into());
-        }
-        out
+        self.on.iter().map(|r| r.as_str().to_string()).collect()
     }
 }
 
@@ -201,6 +228,8 @@ mod tests {
             method,
             template: PathTemplate::parse(path).unwrap(),
             retry: RetryPolicy::default(),
+            idempotency_key: IdempotencyKey::Caller,
+            zuora_body_errors: false,
         })
     }
 

@@ -2,8 +2,8 @@
 
 use super::Issues;
 use crate::config::raw::{Field, RawRoute};
-use crate::routes::{PathTemplate, RetryPolicy, Route};
-use http::{Method, StatusCode};
+use crate::routes::{IdempotencyKey, PathTemplate, RetryOn, RetryPolicy, Route};
+use http::Method;
 use std::sync::Arc;
 
 /// More retries than this only multiply load on a struggling Zuora.
@@ -57,21 +57,23 @@ fn route(issues: &mut Issues, i: usize, r: &RawRoute) -> Option<Route> {
         .flatten()
         .enumerate()
     {
-        match on.trim() {
-            "connect" => retry.on_connect = true,
-            code @ ("429" | "502" | "503" | "504") => retry
-                .on_status
-                .push(StatusCode::from_bytes(code.as_bytes()).expect("listed codes")),
-            other => issues.push(
+        match RetryOn::parse(on.trim()) {
+            Some(reason) if !retry.on.contains(&reason) => retry.on.push(reason),
+            Some(_) => {}
+            None => issues.push(
                 format!("routes.{i}.retry_on.{j}"),
-                format!("{other:?} is not one of \"429\", \"502\", \"503\", \"504\", \"connect\""),
+                format!("{:?} is not one of {}", on.trim(), retry_on_words()),
             ),
         }
     }
+    let idempotency_key = issues
+        .field(&key("idempotency_key"), &r.idempotency_key)
+        .and_then(|k| idempotency_key(issues, &key("idempotency_key"), k, method.as_ref()))
+        .unwrap_or_default();
     if retry.attempts > MAX_RETRY_ATTEMPTS {
         issues.push(key("retry_attempts"), format!("at most {MAX_RETRY_ATTEMPTS}"));
     }
-    if retry.attempts > 0 && retry.on_status.is_empty() && !retry.on_connect {
+    if retry.attempts > 0 && retry.on.is_empty() {
         issues.push(
             key("retry_on"),
             "retry_attempts is set but retry_on names nothing to retry",
@@ -82,7 +84,29 @@ fn route(issues: &mut Issues, i: usize, r: &RawRoute) -> Option<Route> {
         method: method?,
         template: template?,
         retry,
+        idempotency_key,
+        zuora_body_errors: issues.number(&key("zuora_body_errors"), &r.zuora_body_errors, false),
     })
+}
+
+/// Zuora takes `Idempotency-Key` on POST and PATCH only; on another method a generated key
+/// would be ignored while seeming to make the call safe to repeat.
+fn idempotency_key(issues: &mut Issues, key: &str, written: &str, method: Option<&Method>) -> Option<IdempotencyKey> {
+    let Some(parsed) = IdempotencyKey::parse(written.trim()) else {
+        issues.push(key, format!("{written:?} is not one of \"caller\", \"generate\""));
+        return None;
+    };
+    if parsed == IdempotencyKey::Generate && method.is_some_and(|m| m != Method::POST && m != Method::PATCH) {
+        issues.push(key, "Zuora takes an Idempotency-Key on POST and PATCH only");
+        return None;
+    }
+    Some(parsed)
+}
+
+/// The words `retry_on` accepts, quoted, for messages.
+fn retry_on_words() -> String {
+    let words: Vec<String> = RetryOn::ALL.iter().map(|r| format!("{:?}", r.as_str())).collect();
+    words.join(", ")
 }
 
 /// Written in any case, forwarded upper-cased. `http` accepts exactly the RFC 9110 token
@@ -110,9 +134,46 @@ fn method(issues: &mut Issues, key: &str, written: &str) -> Option<Method> {
 mod tests {
     use crate::config::tests::GOOD;
     use crate::config::*;
+    use crate::routes::{IdempotencyKey, RetryOn};
 
     fn with_method(method: &str) -> Result<Config, ConfigError> {
         Config::from_toml(&GOOD.replace("method = \"POST\"", &format!("method = {method:?}")))
+    }
+
+    fn with_route_keys(keys: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(&GOOD.replace("method = \"POST\"", &format!("method = \"POST\"\n{keys}")))
+    }
+
+    #[test]
+    fn retry_on_is_one_list_of_reasons() {
+        let c = with_route_keys("retry_attempts = 2\nretry_on = [\" 503\", \"connect\", \"429\", \"503\"]").unwrap();
+        let retry = &c.live.routes[0].retry;
+        assert_eq!(retry.on, [RetryOn::Status503, RetryOn::Connect, RetryOn::Status429]);
+        assert!(retry.retries_on(RetryOn::Connect) && !retry.retries_on(RetryOn::Status502));
+        assert_eq!(retry.describe(), ["503", "connect", "429"]);
+        let err = with_route_keys("retry_attempts = 1\nretry_on = [\"500\"]").unwrap_err();
+        let issue = err.issues.iter().find(|i| i.key == "routes.0.retry_on.0").unwrap();
+        assert_eq!(
+            issue.message,
+            "\"500\" is not one of \"429\", \"502\", \"503\", \"504\", \"connect\""
+        );
+        let err = with_route_keys("retry_attempts = 1").unwrap_err();
+        assert!(err.issues.iter().any(|i| i.key == "routes.0.retry_on"), "{err}");
+    }
+
+    #[test]
+    fn idempotency_keys_are_generated_only_for_post_and_patch() {
+        let c = with_route_keys("idempotency_key = \"generate\"").unwrap();
+        assert_eq!(c.live.routes[0].idempotency_key, IdempotencyKey::Generate);
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.live.routes[0].idempotency_key, IdempotencyKey::Caller);
+        let c = Config::from_toml(&GOOD.replace("\"POST\"", "\"patch\"\nidempotency_key = \"generate\"")).unwrap();
+        assert_eq!(c.live.routes[0].idempotency_key, IdempotencyKey::Generate);
+        let err = Config::from_toml(&GOOD.replace("\"POST\"", "\"GET\"\nidempotency_key = \"generate\"")).unwrap_err();
+        let issue = err.issues.iter().find(|i| i.key == "routes.0.idempotency_key").unwrap();
+        assert!(issue.message.contains("POST and PATCH"), "{issue}");
+        let err = with_route_keys("idempotency_key = \"always\"").unwrap_err();
+        assert_eq!(err.issues[0].key, "routes.0.idempotency_key", "{err}");
     }
 
     #[test]
