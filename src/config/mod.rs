@@ -356,6 +356,8 @@ impl Config {
                 "retry_attempts": r.retry.attempts,
                 "retry_on": r.retry.describe(),
                 "idempotent": r.retry.idempotent,
+                "idempotency_key": r.idempotency_key.as_str(),
+                "zuora_body_errors": r.zuora_body_errors,
             })).collect::<Vec<_>>(),
             "rules": self.live.rules.iter().map(|r| json!({
                 "name": r.name,
