@@ -23,6 +23,7 @@ mod access_log;
 mod admin;
 mod backoff;
 mod body;
+mod caller_token;
 /// Replicas coordinated through Redis/Valkey (permits, shared token, cool-downs). Public so
 /// that its tests can drive several instances against one real Redis.
 pub mod cluster;

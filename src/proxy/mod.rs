@@ -12,12 +12,14 @@ mod record;
 mod respond;
 
 use crate::body::ResponseBody;
+use crate::caller_token;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::Either;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use record::Record;
 use std::future::Future;
@@ -69,7 +71,7 @@ impl Proxy {
         match forward(&snapshot, request, &mut record).await {
             Ok(response) => {
                 let idle = Some(snapshot.config.live.requests.upstream_body_timeout);
-                record.answer(response.map(Either::Left), idle)
+                record.answer(response, idle)
             }
             Err(error) => {
                 let response = record.refuse(error);
@@ -84,14 +86,20 @@ async fn forward(
     snapshot: &Snapshot,
     request: Request<Incoming>,
     record: &mut Record,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<Either<Incoming, Full<Bytes>>>, ProxyError> {
     let limits = &snapshot.config.live.requests;
     let deadline = Deadline(Instant::now() + limits.request_timeout);
     let (parts, body) = request.into_parts();
     let admitted = admit::admit(snapshot, &parts, record)?;
+    if snapshot.is_caller_token(admitted.route) {
+        // Admitted like any route (so rules apply), then answered here: never sent to Zuora.
+        let answer = caller_token::answer(body, &parts.headers, limits.max_body_bytes, &admitted.track_id);
+        let answer = deadline.bound(None, answer, ProxyError::BodyRead).await?;
+        return Ok(answer.map(Either::Right));
+    }
     let prepared = prepare::prepare(&admitted, parts, body, limits.max_body_bytes, deadline).await?;
     let answer = attempt::attempt(&admitted, prepared, deadline, record).await?;
-    Ok(respond::respond(answer, &admitted, record))
+    Ok(respond::respond(answer, &admitted, record).map(Either::Left))
 }
 
 /// When the whole request must have its answer's head.
