@@ -10,7 +10,8 @@
 //!    `headers`, `body`, `backoff`, `track_id`, `labels`, and `routes::template`,
 //!    `server::framing`, `server::timeouts`.
 //! 2. `routes` (allowlist, rules, caller identity, retry reasons) and `error` (every answer
-//!    the proxy makes itself); `mock` (test infrastructure over `body` and `tls`).
+//!    the proxy makes itself), then `caller_token` (the placeholder token endpoint for SDKs);
+//!    `mock` (test infrastructure over `body` and `tls`).
 //! 3. `config` (raw and validated settings, over `routes` and `secret`) and `metrics`.
 //! 4. `telemetry` (log setup) then `access_log`; `upstream` (the TLS client toward Zuora).
 //! 5. `token` (per-tenant token manager, over `upstream` and `metrics`).
@@ -23,6 +24,7 @@ mod access_log;
 mod admin;
 mod backoff;
 mod body;
+mod caller_token;
 /// Replicas coordinated through Redis/Valkey (permits, shared token, cool-downs). Public so
 /// that its tests can drive several instances against one real Redis.
 pub mod cluster;

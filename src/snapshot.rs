@@ -1,8 +1,11 @@
-//! The configuration in force with what it needs at run time: its tenants and its routes'
+//! The configuration in force with what it needs at run time: its tenants, its allowlist
+//! (the configured routes, behind the caller token endpoint when it is on) and its routes'
 //! metric handles. Swapped whole on reload; a request keeps the snapshot it started with.
 
+use crate::caller_token;
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteMeters, NO_ROUTE};
+use crate::routes::Route;
 use crate::tenant::Tenant;
 use crate::upstream::UpstreamError;
 use std::collections::HashMap;
@@ -11,6 +14,11 @@ use std::sync::Arc;
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub tenants: HashMap<String, Tenant>,
+    /// What requests are resolved against: the caller token route first (it answers its path
+    /// whatever the configured routes say), then `config.live.routes`.
+    allowlist: Vec<Arc<Route>>,
+    /// The caller token route, when `server.caller_token_endpoint` is on.
+    caller_token: Option<Arc<Route>>,
     routes: HashMap<String, RouteMeters>,
     no_route: RouteMeters,
 }
@@ -34,18 +42,30 @@ impl Snapshot {
             };
             tenants.insert(name.clone(), tenant);
         }
-        let routes = config
-            .live
-            .routes
+        let caller_token = config.live.requests.caller_token_endpoint.then(caller_token::route);
+        let allowlist: Vec<Arc<Route>> = caller_token.iter().chain(&config.live.routes).cloned().collect();
+        let routes = allowlist
             .iter()
             .map(|route| (route.name.clone(), metrics.route(&route.name)))
             .collect();
         Ok(Snapshot {
             config: Arc::new(config),
             tenants,
+            allowlist,
+            caller_token,
             routes,
             no_route: metrics.unrouted(NO_ROUTE),
         })
+    }
+
+    /// The routes a request may match, in the order they are tried.
+    pub fn allowlist(&self) -> &[Arc<Route>] {
+        &self.allowlist
+    }
+
+    /// Whether `route` is the caller token endpoint, answered by the proxy itself.
+    pub fn is_caller_token(&self, route: &Arc<Route>) -> bool {
+        self.caller_token.as_ref().is_some_and(|ours| Arc::ptr_eq(ours, route))
     }
 
     /// The handles of a route by name, or of "no route".

@@ -320,7 +320,14 @@ async fn caller_input_never_becomes_a_label_value() {
         !text.to_ascii_uppercase().contains(marker),
         "caller input in the metrics:\n{text}"
     );
-    let routes = ["abort-bulk-job", "job-summary", "job-downloads", "echo", "(none)"];
+    let routes = [
+        "abort-bulk-job",
+        "job-summary",
+        "job-downloads",
+        "echo",
+        "caller-token",
+        "(none)",
+    ];
     // The README's error codes, token fetch results and reload results.
     let codes = [
         "ambiguous_framing",

@@ -35,6 +35,7 @@ pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
+pub const DEFAULT_CALLER_TOKEN_ENDPOINT: bool = true;
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_READY_MIN_TTL_SECS: u64 = 60;
 /// Zuora's own guidance refreshes about five minutes early.
@@ -97,6 +98,9 @@ pub struct RequestLimits {
     pub max_body_bytes: u64,
     /// Zuora's answer body must bring data at least this often; else it is cut.
     pub upstream_body_timeout: Duration,
+    /// `POST /oauth/token` is answered by the proxy with a placeholder (route `caller-token`);
+    /// off, that path is refused like any unlisted one.
+    pub caller_token_endpoint: bool,
 }
 
 /// Settings of the caller-facing TLS listener.
@@ -328,6 +332,7 @@ impl Config {
                 "request_timeout": secs(self.live.requests.request_timeout),
                 "upstream_body_timeout": secs(self.live.requests.upstream_body_timeout),
                 "max_body_bytes": self.live.requests.max_body_bytes,
+                "caller_token_endpoint": self.live.requests.caller_token_endpoint,
                 "shutdown_grace": secs(self.fixed.listener.shutdown_grace),
                 "header_read_timeout": secs(self.fixed.listener.header_read_timeout),
                 "max_header_bytes": self.fixed.listener.max_header_bytes,

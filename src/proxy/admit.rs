@@ -39,7 +39,7 @@ pub(super) fn admit<'s>(
         record.track_id = Some(id.clone());
     }
     let live = &snapshot.config.live;
-    let route = allowed_route(&live.routes, parts, record)?;
+    let route = allowed_route(snapshot.allowlist(), parts, record)?;
     let caller_track_id = caller_track_id?;
     let caller = parts.extensions.get::<ClientIdentity>();
     let rule = routes::select(&live.rules, &route.name, &parts.headers, caller).ok_or(ProxyError::NoMatchingRule)?;

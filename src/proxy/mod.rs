@@ -12,6 +12,7 @@ mod record;
 mod respond;
 
 use crate::body::ResponseBody;
+use crate::caller_token;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
@@ -89,6 +90,12 @@ async fn forward(
     let deadline = Deadline(Instant::now() + limits.request_timeout);
     let (parts, body) = request.into_parts();
     let admitted = admit::admit(snapshot, &parts, record)?;
+    if snapshot.is_caller_token(admitted.route) {
+        // Admitted like any route (so rules apply), then answered here: never sent to Zuora.
+        let answer = caller_token::answer(body, &parts.headers, limits.max_body_bytes, &admitted.track_id);
+        let answer = deadline.bound(None, answer, ProxyError::BodyRead).await?;
+        return Ok(answer.map(Either::Right));
+    }
     let prepared = prepare::prepare(&admitted, parts, body, limits.max_body_bytes, deadline).await?;
     let answer = attempt::attempt(&admitted, prepared, deadline, record).await?;
     Ok(respond::respond(answer, &admitted, record))

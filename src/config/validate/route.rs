@@ -23,6 +23,15 @@ pub(super) fn routes(issues: &mut Issues, raw: &Field<Vec<Field<RawRoute>>>) -> 
             .field(&format!("routes.{i}"), r)
             .and_then(|r| route(issues, i, r))
         {
+            if route.name == crate::caller_token::ROUTE_NAME {
+                issues.push(
+                    format!("routes.{i}.name"),
+                    format!(
+                        "{:?} is the name of the proxy's own token endpoint (server.caller_token_endpoint)",
+                        route.name
+                    ),
+                );
+            }
             if routes.iter().any(|other| other.name == route.name) {
                 issues.push(
                     format!("routes.{i}.name"),
@@ -142,6 +151,13 @@ mod tests {
 
     fn with_route_keys(keys: &str) -> Result<Config, ConfigError> {
         Config::from_toml(&GOOD.replace("method = \"POST\"", &format!("method = \"POST\"\n{keys}")))
+    }
+
+    #[test]
+    fn a_route_may_not_take_the_token_endpoint_s_name() {
+        let text = crate::config::tests::GOOD.replace("name = \"abort-bulk-job\"", "name = \"caller-token\"");
+        let err = crate::config::Config::from_toml(&text).unwrap_err();
+        assert!(err.issues.iter().any(|i| i.key == "routes.0.name"), "{err}");
     }
 
     #[test]

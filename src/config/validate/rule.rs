@@ -1,7 +1,9 @@
 //! Validation of `[[rules]]`: which tenant and Zuora headers a request gets, first match wins.
 
 use super::Issues;
+use crate::caller_token;
 use crate::config::raw::{Field, RawConfig, RawRule, RawServer};
+use crate::config::DEFAULT_CALLER_TOKEN_ENDPOINT;
 use crate::routes::Rule;
 use crate::track_id;
 use http::{HeaderName, HeaderValue};
@@ -14,6 +16,8 @@ pub(super) struct Known<'a> {
     routes: Vec<&'a str>,
     /// `[server.tls]` asks callers for a certificate.
     client_certs: bool,
+    /// `server.caller_token_endpoint` is on, so rules may name its route.
+    caller_token: bool,
 }
 
 impl<'a> Known<'a> {
@@ -34,6 +38,13 @@ impl<'a> Known<'a> {
                 .tls
                 .get()
                 .is_some_and(|t| !matches!(t.client_ca_file, Field::Absent)),
+            // An unreadable value is reported under [server]; rules are checked as if it were
+            // the default rather than refused a second time for it.
+            caller_token: server
+                .caller_token_endpoint
+                .get()
+                .copied()
+                .unwrap_or(DEFAULT_CALLER_TOKEN_ENDPOINT),
         }
     }
 }
@@ -93,7 +104,14 @@ fn rule(issues: &mut Issues, i: usize, r: &RawRule, known: &Known<'_>) -> Option
     }
     let routes = issues.field(&key("routes"), &r.routes);
     for (j, route) in routes.into_iter().flatten().enumerate() {
-        if !known.routes.contains(&route.as_str()) {
+        if route == caller_token::ROUTE_NAME {
+            if !known.caller_token {
+                issues.push(
+                    format!("rules.{i}.routes.{j}"),
+                    format!("{route:?} is the caller token endpoint, which server.caller_token_endpoint turns off"),
+                );
+            }
+        } else if !known.routes.contains(&route.as_str()) {
             issues.push(format!("rules.{i}.routes.{j}"), format!("no route named {route:?}"));
         }
     }
@@ -193,5 +211,23 @@ mod tests {
             err.issues[0].message.contains("duplicate rule name \"billing\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn rules_may_name_the_caller_token_route_while_it_is_on() {
+        let rule = "[[rules]]\nname = \"sdk\"\ntenant = \"default\"\nroutes = [\"caller-token\", \"abort-bulk-job\"]\n";
+        let c = Config::from_toml(&format!("{GOOD}\n{rule}")).unwrap();
+        assert_eq!(
+            c.live.rules[0].routes.as_deref(),
+            Some(&["caller-token".to_string(), "abort-bulk-job".to_string()][..])
+        );
+        let off = GOOD.replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\ncaller_token_endpoint = false",
+        );
+        let err = Config::from_toml(&format!("{off}\n{rule}")).unwrap_err();
+        assert_eq!(err.issues.len(), 1, "{err}");
+        assert_eq!(err.issues[0].key, "rules.0.routes.0");
+        assert!(err.issues[0].message.contains("server.caller_token_endpoint"), "{err}");
     }
 }

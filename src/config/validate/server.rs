@@ -41,6 +41,11 @@ pub(super) fn server(issues: &mut Issues, s: &RawServer) -> (ListenerSettings, R
             &s.upstream_body_timeout,
             DEFAULT_UPSTREAM_BODY_TIMEOUT_SECS,
         ),
+        caller_token_endpoint: issues.number(
+            "server.caller_token_endpoint",
+            &s.caller_token_endpoint,
+            DEFAULT_CALLER_TOKEN_ENDPOINT,
+        ),
     };
     let listener = ListenerSettings {
         listen,
@@ -299,5 +304,39 @@ mod tests {
             keys.contains(&"server.tls.cert_file") && keys.contains(&"server.tls.key_file"),
             "{keys:?}"
         );
+    }
+
+    #[test]
+    fn the_caller_token_endpoint_is_on_unless_turned_off() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert!(c.live.requests.caller_token_endpoint);
+        assert_eq!(c.to_redacted_json()["server"]["caller_token_endpoint"], true);
+        let off = Config::from_toml(&GOOD.replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\ncaller_token_endpoint = false",
+        ))
+        .unwrap();
+        assert!(!off.live.requests.caller_token_endpoint);
+        assert_eq!(off.to_redacted_json()["server"]["caller_token_endpoint"], false);
+        // Environment values are text.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, GOOD).unwrap();
+        let env = [(
+            "ZUORA_PROXY__SERVER__CALLER_TOKEN_ENDPOINT".to_string(),
+            "false".to_string(),
+        )];
+        assert!(
+            !Config::load_with_env(&path, env)
+                .unwrap()
+                .live
+                .requests
+                .caller_token_endpoint
+        );
+        let bad = GOOD.replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\ncaller_token_endpoint = \"maybe\"",
+        );
+        assert!(message_at(&bad, "server.caller_token_endpoint").is_some());
     }
 }
