@@ -3,6 +3,7 @@
 //! generic formatter costs about a quarter of a request's instructions); otherwise it is an
 //! ordinary tracing event. Either way `RUST_LOG` / `log.level` decide (`access=off` works).
 
+use crate::routes::Peer;
 use http::HeaderValue;
 use std::fmt::Write as _;
 use std::time::SystemTime;
@@ -33,6 +34,8 @@ pub struct AccessRecord<'a> {
     /// Zuora's rate and concurrency headers, by log field name.
     pub limits: [(&'static str, Option<&'a HeaderValue>); 6],
     pub error: Option<&'static str>,
+    /// Who connected: `client_addr`, or `peer_uid` / `peer_gid` / `peer_pid` on a Unix socket.
+    pub peer: Option<Peer>,
 }
 
 /// Writes the access line, if `access` is enabled at info.
@@ -48,6 +51,11 @@ pub fn emit(r: &AccessRecord<'_>) {
         v.and_then(|v| v.to_str().ok())
     }
     let [rl_limit, rl_remaining, rl_reset, cl_type, cl_limit, cl_remaining] = r.limits.map(|(_, v)| text(v));
+    let (client_addr, peer_uid, peer_gid, peer_pid) = match r.peer {
+        Some(Peer::Tcp(addr)) => (Some(tracing::field::display(addr)), None, None, None),
+        Some(Peer::Unix { uid, gid, pid }) => (None, Some(uid), Some(gid), pid),
+        None => (None, None, None, None),
+    };
     tracing::info!(
         target: "access",
         track_id = text(r.track_id),
@@ -73,6 +81,10 @@ pub fn emit(r: &AccessRecord<'_>) {
         concurrency_limit_limit = cl_limit,
         concurrency_limit_remaining = cl_remaining,
         error = r.error,
+        client_addr,
+        peer_uid,
+        peer_gid,
+        peer_pid,
         "request"
     );
 }
@@ -116,6 +128,18 @@ fn to_json(r: &AccessRecord<'_>, now: SystemTime) -> String {
         string(&mut out, name, value.map(HeaderValue::as_bytes));
     }
     string(&mut out, "error", r.error.map(str::as_bytes));
+    match r.peer {
+        Some(Peer::Tcp(addr)) => {
+            let _ = write!(out, ",\"client_addr\":\"{addr}\"");
+        }
+        Some(Peer::Unix { uid, gid, pid }) => {
+            let _ = write!(out, ",\"peer_uid\":{uid},\"peer_gid\":{gid}");
+            if let Some(pid) = pid {
+                let _ = write!(out, ",\"peer_pid\":{pid}");
+            }
+        }
+        None => {}
+    }
     out.push_str(",\"target\":\"access\"}\n");
     out
 }
@@ -186,6 +210,7 @@ mod tests {
                 ("concurrency_limit_remaining", None),
             ],
             error: None,
+            peer: Some(Peer::Tcp(([127, 0, 0, 1], 40312).into())),
         };
         let line = to_json(&record, SystemTime::UNIX_EPOCH);
         assert!(line.ends_with("}\n"));
@@ -209,6 +234,29 @@ mod tests {
         assert_eq!(v["ratelimit_limit"], "12500");
         assert!(v.get("ratelimit_remaining").is_none());
         assert!(v.get("error").is_none());
+        assert_eq!(v["client_addr"], "127.0.0.1:40312");
+        assert!(v.get("peer_uid").is_none());
+    }
+
+    #[test]
+    fn a_unix_socket_caller_is_named_by_its_credentials() {
+        let record = AccessRecord {
+            method: "POST",
+            path: "/x",
+            status: 200,
+            peer: Some(Peer::Unix {
+                uid: 1000,
+                gid: 100,
+                pid: Some(4242),
+            }),
+            ..Default::default()
+        };
+        let v: serde_json::Value = serde_json::from_str(&to_json(&record, SystemTime::now())).unwrap();
+        assert_eq!(
+            (&v["peer_uid"], &v["peer_gid"], &v["peer_pid"]),
+            (&1000.into(), &100.into(), &4242.into())
+        );
+        assert!(v.get("client_addr").is_none());
     }
 
     #[test]

@@ -52,11 +52,13 @@ pub use demo::{run as run_demo, DIR_PREFIX as DEMO_DIR_PREFIX, SAMPLE_JOB_ID as 
 pub use telemetry::{init as init_logging, LogGuard};
 pub use token::Phase as TokenPhase;
 
+use config::Listen;
 use metrics::Metrics;
 use proxy::Proxy;
 use server::ConnSettings;
 use snapshot::Snapshot;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -71,11 +73,17 @@ pub enum StartError {
     Upstream(#[from] upstream::UpstreamError),
     #[error("listener TLS: {0}")]
     Tls(#[from] server::tls::TlsError),
+    #[error("Unix socket: {0}")]
+    UnixSocket(#[from] server::unix::UnixSocketError),
 }
 
 /// A started proxy: its bound addresses and the handles to drain and reload it.
 pub struct Running {
+    /// The TCP address callers connect to; unspecified (`0.0.0.0:0`) when they connect to a
+    /// Unix socket, see [`Running::socket_path`].
     pub addr: SocketAddr,
+    /// The Unix socket callers connect to, when `server.listen` is `unix:`.
+    pub socket_path: Option<PathBuf>,
     pub admin_addr: Option<SocketAddr>,
     proxy: Arc<Proxy>,
     stop_proxy: watch::Sender<bool>,
@@ -105,17 +113,33 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         max_connections: config.fixed.listener.max_connections,
         shutdown_grace: config.fixed.listener.shutdown_grace,
         tls: caller_tls,
+        on_refusal: None,
     };
-    let listener = bind(listen).await?;
+    let (listener, addr, socket_path) = match listen {
+        Listen::Tcp(wanted) => {
+            let tcp = bind(wanted).await?;
+            let addr = tcp
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr: wanted, source })?;
+            (server::Listener::Tcp(tcp), addr, None)
+        }
+        Listen::Unix(unix) => {
+            let path = unix.path.as_path();
+            let socket = server::unix::UnixSocketListener::bind(path, unix.mode, unix.group)?;
+            let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+            (server::Listener::Unix(socket), unspecified, Some(path.to_path_buf()))
+        }
+    };
     let admin_listener = match admin_listen {
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
     let proxy = Arc::new(Proxy::new(Snapshot::build(config, &metrics, None)?, metrics));
 
-    let addr = listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr: listen, source })?;
+    let shown = match &socket_path {
+        Some(path) => format!("unix:{}", path.display()),
+        None => addr.to_string(),
+    };
     let (stop_proxy, stop_rx) = watch::channel(false);
     let handler = {
         let proxy = proxy.clone();
@@ -124,7 +148,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             async move { proxy.handle(request).await }
         }
     };
-    let proxy_task = tokio::spawn(server::serve(listener, settings.clone(), handler, stop_rx));
+    let proxy_settings = ConnSettings {
+        on_refusal: Some({
+            let proxy = proxy.clone();
+            Arc::new(move |refusal| record_refusal(&proxy, refusal))
+        }),
+        ..settings.clone()
+    };
+    let proxy_task = tokio::spawn(server::serve(listener, proxy_settings, handler, stop_rx));
 
     let (stop_admin, admin_rx) = watch::channel(false);
     let mut admin_addr = None;
@@ -132,13 +163,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_addr = listener.local_addr().ok();
         let proxy = proxy.clone();
         let handler = move |request| admin::handle(proxy.clone(), request);
-        // The admin listener stays plain HTTP on its own (loopback) address.
+        // The admin listener stays plain HTTP on its own (loopback) address; what its HTTP
+        // layer refuses is no proxy request.
         let settings = ConnSettings { tls: None, ..settings };
         tokio::spawn(server::serve(listener, settings, handler, admin_rx))
     });
-    tracing::info!(listen = %addr, admin = ?admin_addr, "zuora-auth-proxy listening");
+    tracing::info!(listen = %shown, admin = ?admin_addr, "zuora-auth-proxy listening");
     Ok(Running {
         addr,
+        socket_path,
         admin_addr,
         proxy,
         stop_proxy,
@@ -146,6 +179,24 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         proxy_task,
         admin_task,
     })
+}
+
+/// A request the HTTP layer refused before any handler saw it still leaves an access line
+/// and a count under the route `(none)`; its method and path were never read.
+fn record_refusal(proxy: &Proxy, refusal: server::Refusal) {
+    let seconds = refusal.head_time.as_secs_f64();
+    proxy
+        .snapshot()
+        .route_meters(None)
+        .answered(refusal.status.as_u16(), seconds);
+    access_log::emit(&access_log::AccessRecord {
+        status: refusal.status.as_u16(),
+        duration_ms: seconds * 1000.0,
+        total_ms: seconds * 1000.0,
+        error: Some(refusal.code),
+        peer: Some(refusal.peer),
+        ..Default::default()
+    });
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

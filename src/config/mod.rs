@@ -11,6 +11,7 @@ use crate::secret::SecretSource;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,8 @@ pub const CONFIG_PATH_ENV: &str = "ZUORA_PROXY_CONFIG";
 pub const DEFAULT_CONFIG_PATH: &str = "config/zuora-auth-proxy.toml";
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Owner and group may connect; nobody else.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
@@ -82,13 +85,77 @@ pub struct LiveSettings {
 /// The caller-facing listener: bound at start, never changed by a reload.
 #[derive(Debug, Clone)]
 pub struct ListenerSettings {
-    pub listen: SocketAddr,
+    pub listen: Listen,
     pub shutdown_grace: Duration,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub tls: Option<TlsSettings>,
+}
+
+/// Where callers connect: a TCP address, or a Unix socket (`unix:/path` in the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    Unix(UnixSocketSettings),
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Tcp(addr) => addr.fmt(f),
+            Listen::Unix(unix) => write!(f, "unix:{}", unix.path.as_path().display()),
+        }
+    }
+}
+
+/// A Unix-socket listener: its path, and who may connect to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnixSocketSettings {
+    pub path: SocketPath,
+    /// Permission bits of the socket file (connecting needs write permission).
+    pub mode: u32,
+    /// Group the socket file is given, resolved from `server.socket_group`.
+    pub group: Option<u32>,
+}
+
+/// A Unix socket's path, held inline: an address (`sun_path`) has room for 107 bytes and a
+/// NUL, so no longer path could be bound, and a fixed buffer keeps [`Listen`] `Copy` like
+/// the socket address it stands beside.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SocketPath {
+    len: u8,
+    bytes: [u8; SocketPath::MAX_LEN],
+}
+
+impl SocketPath {
+    /// The longest path a Unix socket address holds (Linux `sun_path`, less its NUL).
+    pub const MAX_LEN: usize = 107;
+
+    /// `None` when the path is empty, longer than [`SocketPath::MAX_LEN`] or holds a NUL.
+    pub fn new(path: &Path) -> Option<SocketPath> {
+        let raw = path.as_os_str().as_bytes();
+        if raw.is_empty() || raw.len() > Self::MAX_LEN || raw.contains(&0) {
+            return None;
+        }
+        let mut bytes = [0; Self::MAX_LEN];
+        bytes[..raw.len()].copy_from_slice(raw);
+        Some(SocketPath {
+            len: raw.len() as u8,
+            bytes,
+        })
+    }
+
+    pub fn as_path(&self) -> &Path {
+        Path::new(std::ffi::OsStr::from_bytes(&self.bytes[..usize::from(self.len)]))
+    }
+}
+
+impl fmt::Debug for SocketPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.as_path().fmt(f)
+    }
 }
 
 /// Limits read per request, so a reload changes them for the next request.
@@ -329,6 +396,14 @@ impl Config {
         json!({
             "server": {
                 "listen": self.fixed.listener.listen.to_string(),
+                "socket_mode": match self.fixed.listener.listen {
+                    Listen::Unix(unix) => Some(format!("{:04o}", unix.mode)),
+                    Listen::Tcp(_) => None,
+                },
+                "socket_group": match self.fixed.listener.listen {
+                    Listen::Unix(unix) => unix.group,
+                    Listen::Tcp(_) => None,
+                },
                 "request_timeout": secs(self.live.requests.request_timeout),
                 "upstream_body_timeout": secs(self.live.requests.upstream_body_timeout),
                 "max_body_bytes": self.live.requests.max_body_bytes,
@@ -368,6 +443,8 @@ impl Config {
                 "name": r.name,
                 "routes": r.routes,
                 "when_client_cert_subject": r.when_client_cert_subject,
+                "when_peer_uid": r.when_peer_uid,
+                "when_peer_gid": r.when_peer_gid,
                 "when_headers": r.when_headers.iter().map(|(k, v)| (k.as_str().to_string(), v.clone())).collect::<BTreeMap<_, _>>(),
                 "tenant": r.tenant,
                 "entity_ids": r.entity_ids,

@@ -72,8 +72,12 @@ pub struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, expecting = "a table ([server])")]
 pub struct RawServer {
-    /// Socket address for plain-HTTP callers, e.g. `127.0.0.1:8080`.
+    /// Socket address for callers, e.g. `127.0.0.1:8080`, or `unix:/run/zuora-auth-proxy.sock`.
     pub listen: Field<String>,
+    /// Octal permission bits of a Unix socket (`unix:` listen only), e.g. `"0660"`.
+    pub socket_mode: Field<String>,
+    /// Group (name or gid) a Unix socket is given (`unix:` listen only).
+    pub socket_group: Field<GroupRef>,
     /// Deadline for a whole request: token wait plus upstream until response headers.
     pub request_timeout: Field<String>,
     /// Largest request body accepted, in bytes.
@@ -95,6 +99,14 @@ pub struct RawServer {
     pub caller_token_endpoint: Field<bool>,
     /// Serve HTTPS (and optionally require client certificates) instead of plain HTTP.
     pub tls: Field<RawServerTls>,
+}
+
+/// A group by name or by number; from the environment a number arrives as text.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged, expecting = "a group name or gid")]
+pub enum GroupRef {
+    Id(u32),
+    Name(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -193,6 +205,10 @@ pub struct RawRule {
     /// The caller's client certificate (TLS listener with client_ca_file) must have this
     /// common name, or this whole subject in RFC 4514 form (`CN=billing,O=Acme`).
     pub when_client_cert_subject: Field<String>,
+    /// The caller's uid (`SO_PEERCRED`, Unix-socket listener only) must be one of these.
+    pub when_peer_uid: Field<Vec<u32>>,
+    /// The caller's primary gid (`SO_PEERCRED`, Unix-socket listener only) must be one of these.
+    pub when_peer_gid: Field<Vec<u32>>,
     /// Tenant the request is sent to.
     pub tenant: Field<String>,
     /// Sent as `Zuora-Entity-Ids`.

@@ -4,7 +4,7 @@
 use super::record::Record;
 use crate::error::ProxyError;
 use crate::headers::ZUORA_TRACK_ID;
-use crate::routes::{self, ClientIdentity, Resolution, Route, Rule};
+use crate::routes::{self, ClientIdentity, Peer, Resolution, Route, Rule};
 use crate::server::AmbiguousFraming;
 use crate::snapshot::Snapshot;
 use crate::tenant::Tenant;
@@ -42,7 +42,9 @@ pub(super) fn admit<'s>(
     let route = allowed_route(snapshot.allowlist(), parts, record)?;
     let caller_track_id = caller_track_id?;
     let caller = parts.extensions.get::<ClientIdentity>();
-    let rule = routes::select(&live.rules, &route.name, &parts.headers, caller).ok_or(ProxyError::NoMatchingRule)?;
+    let peer = parts.extensions.get::<Peer>();
+    let rule =
+        routes::select(&live.rules, &route.name, &parts.headers, caller, peer).ok_or(ProxyError::NoMatchingRule)?;
     record.rule = Some(rule.clone());
     let track_id = caller_track_id.unwrap_or_else(|| track_id::generate(rule.track_id_prefix.as_deref()));
     record.track_id = Some(track_id.clone());

@@ -10,7 +10,7 @@ use crate::config::TenantSettings;
 use crate::error::ProxyError;
 use crate::headers::ZUORA_REQUEST_ID;
 use crate::metrics::Metrics;
-use crate::routes::{RetryOn, Route, Rule};
+use crate::routes::{Peer, RetryOn, Route, Rule};
 use crate::snapshot::Snapshot;
 use crate::track_id;
 use bytes::Bytes;
@@ -69,6 +69,8 @@ pub(super) struct Record {
     head: Option<(StatusCode, Duration)>,
     body_bytes: u64,
     error: Option<&'static str>,
+    /// Who connected, as the listener saw it.
+    peer: Option<Peer>,
     written: bool,
 }
 
@@ -95,6 +97,7 @@ impl Record {
             head: None,
             body_bytes: 0,
             error: None,
+            peer: request.extensions().get::<Peer>().copied(),
             written: false,
         }
     }
@@ -192,6 +195,7 @@ impl Record {
             zuora_reason_code: self.zuora_reason_code,
             limits,
             error: self.error,
+            peer: self.peer,
         });
     }
 }

@@ -5,6 +5,7 @@ pub mod template;
 
 use crate::labels::label_enum;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use std::net::SocketAddr;
 use std::sync::Arc;
 pub use template::{PathMatch, PathTemplate};
 
@@ -22,6 +23,17 @@ impl ClientIdentity {
     pub fn matches(&self, wanted: &str) -> bool {
         self.common_name.as_deref() == Some(wanted) || self.subject == wanted
     }
+}
+
+/// Where a caller's connection came from: what `when_peer_uid` / `when_peer_gid` rules match
+/// on, and what the access line names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// A TCP caller's address.
+    Tcp(SocketAddr),
+    /// A Unix-socket caller's credentials, as the kernel recorded them when it connected
+    /// (`SO_PEERCRED`): they cannot be forged by the caller.
+    Unix { uid: u32, gid: u32, pid: Option<i32> },
 }
 
 /// One allowed method + path template.
@@ -133,6 +145,10 @@ pub struct Rule {
     pub when_headers: Vec<(HeaderName, String)>,
     /// The caller's client certificate must have this common name or subject (TLS listener only).
     pub when_client_cert_subject: Option<String>,
+    /// The caller's uid must be one of these (Unix-socket listener only); empty: any caller.
+    pub when_peer_uid: Vec<u32>,
+    /// The caller's primary gid must be one of these (Unix-socket listener only); empty: any.
+    pub when_peer_gid: Vec<u32>,
     pub tenant: String,
     pub entity_ids: Vec<String>,
     pub org_ids: Vec<String>,
@@ -188,8 +204,15 @@ pub fn resolve<'a>(routes: &'a [Arc<Route>], method: &Method, path: &str) -> Res
 }
 
 impl Rule {
-    /// Whether this rule applies to a request for `route` with these headers, from this caller.
-    pub fn applies(&self, route: &str, headers: &HeaderMap, caller: Option<&ClientIdentity>) -> bool {
+    /// Whether this rule applies to a request for `route` with these headers, from this caller
+    /// (its certificate, if any) on this connection.
+    pub fn applies(
+        &self,
+        route: &str,
+        headers: &HeaderMap,
+        caller: Option<&ClientIdentity>,
+        peer: Option<&Peer>,
+    ) -> bool {
         if let Some(routes) = &self.routes {
             if !routes.iter().any(|r| r == route) {
                 return false;
@@ -200,11 +223,26 @@ impl Rule {
                 return false;
             }
         }
+        if !self.peer_matches(peer) {
+            return false;
+        }
         self.when_headers.iter().all(|(name, want)| {
             let mut values = headers.get_all(name).iter();
             // Exactly one value, equal to the wanted one: a repeated header is ambiguous.
             matches!((values.next(), values.next()), (Some(v), None) if v.as_bytes() == want.as_bytes())
         })
+    }
+
+    /// Both lists, when given, must contain the caller's id; a TCP caller has none.
+    fn peer_matches(&self, peer: Option<&Peer>) -> bool {
+        if self.when_peer_uid.is_empty() && self.when_peer_gid.is_empty() {
+            return true;
+        }
+        let Some(Peer::Unix { uid, gid, .. }) = peer else {
+            return false;
+        };
+        (self.when_peer_uid.is_empty() || self.when_peer_uid.contains(uid))
+            && (self.when_peer_gid.is_empty() || self.when_peer_gid.contains(gid))
     }
 }
 
@@ -214,8 +252,9 @@ pub fn select<'a>(
     route: &str,
     headers: &HeaderMap,
     caller: Option<&ClientIdentity>,
+    peer: Option<&Peer>,
 ) -> Option<&'a Arc<Rule>> {
-    rules.iter().find(|rule| rule.applies(route, headers, caller))
+    rules.iter().find(|rule| rule.applies(route, headers, caller, peer))
 }
 
 #[cfg(test)]
@@ -242,6 +281,8 @@ mod tests {
                 .map(|(k, v)| (HeaderName::from_bytes(k.as_bytes()).unwrap(), v.to_string()))
                 .collect(),
             when_client_cert_subject: None,
+            when_peer_uid: vec![],
+            when_peer_gid: vec![],
             tenant: tenant.into(),
             entity_ids: vec![],
             org_ids: vec![],
@@ -252,7 +293,7 @@ mod tests {
     }
 
     fn select_h<'a>(rules: &'a [Arc<Rule>], route: &str, h: &HeaderMap) -> Option<&'a Arc<Rule>> {
-        select(rules, route, h, None)
+        select(rules, route, h, None, None)
     }
 
     #[test]
@@ -269,16 +310,44 @@ mod tests {
             subject: "CN=other".into(),
             common_name: Some("other".into()),
         };
-        assert_eq!(select(&rules, "abort", &h, Some(&billing)).unwrap().name, "mtls");
-        assert_eq!(select(&rules, "abort", &h, Some(&other)).unwrap().name, "fallback");
+        assert_eq!(select(&rules, "abort", &h, Some(&billing), None).unwrap().name, "mtls");
         assert_eq!(
-            select(&rules, "abort", &h, None).unwrap().name,
+            select(&rules, "abort", &h, Some(&other), None).unwrap().name,
+            "fallback"
+        );
+        assert_eq!(
+            select(&rules, "abort", &h, None, None).unwrap().name,
             "fallback",
             "plain HTTP has no subject"
         );
         let mut by_subject = (*rules[0]).clone();
         by_subject.when_client_cert_subject = Some("CN=billing,O=Acme".into());
-        assert!(by_subject.applies("abort", &h, Some(&billing)));
+        assert!(by_subject.applies("abort", &h, Some(&billing), None));
+    }
+
+    #[test]
+    fn peer_credential_rules() {
+        let mut by_uid = (*rule("uid", None, &[], "eu")).clone();
+        by_uid.when_peer_uid = vec![1000, 1001];
+        let mut by_both = (*rule("both", None, &[], "us")).clone();
+        by_both.when_peer_uid = vec![2000];
+        by_both.when_peer_gid = vec![50];
+        let rules = vec![Arc::new(by_uid), Arc::new(by_both)];
+        let h = HeaderMap::new();
+        let unix = |uid, gid| Peer::Unix { uid, gid, pid: Some(7) };
+        let pick = |peer: Option<Peer>| select(&rules, "abort", &h, None, peer.as_ref()).map(|r| r.name.as_str());
+        assert_eq!(pick(Some(unix(1001, 1))), Some("uid"));
+        assert_eq!(pick(Some(unix(2000, 50))), Some("both"));
+        assert_eq!(pick(Some(unix(2000, 51))), None, "both lists must match");
+        assert_eq!(pick(Some(unix(0, 50))), None);
+        assert_eq!(
+            pick(Some(Peer::Tcp(([127, 0, 0, 1], 9).into()))),
+            None,
+            "TCP has no uid"
+        );
+        assert_eq!(pick(None), None);
+        // A rule without peer lists applies to every caller.
+        assert!(rule("any", None, &[], "eu").applies("abort", &h, None, Some(&unix(5, 5))));
     }
 
     const JOB: &str = "/bulk-data/bulk-jobs/3a3e85c4-96e7-486b-ae02-827120104301";

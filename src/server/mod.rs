@@ -1,13 +1,15 @@
-//! Listeners: the accept loop (bounded by `max_connections`), optional TLS toward callers,
-//! per-connection HTTP/1 settings and timeouts, and graceful drain.
+//! Listeners: the accept loop (bounded by `max_connections`) on TCP or a Unix socket,
+//! optional TLS toward callers, per-connection HTTP/1 settings and timeouts, the requests
+//! the HTTP layer refuses itself, and graceful drain.
 
 mod framing;
 pub mod timeouts;
 pub mod tls;
+pub mod unix;
 
 use crate::body::{GuardedBody, ResponseBody};
-use crate::routes::ClientIdentity;
-use http::{Request, Response};
+use crate::routes::{ClientIdentity, Peer};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -20,9 +22,10 @@ use std::time::Duration;
 use timeouts::{Activity, HeadVerdict, TrafficIo};
 use tls::CallerTls;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use unix::UnixSocketListener;
 
 /// After a failed accept (out of file descriptors, say), pause before the next one so the
 /// loop does not spin while the condition lasts.
@@ -40,12 +43,113 @@ pub struct ConnSettings {
     pub shutdown_grace: Duration,
     /// TLS toward callers; plain HTTP when `None`.
     pub tls: Option<CallerTls>,
+    /// Told of every request the HTTP layer answered itself, which no handler ever sees.
+    pub on_refusal: Option<OnRefusal>,
+}
+
+/// See [`ConnSettings::on_refusal`].
+pub type OnRefusal = Arc<dyn Fn(Refusal) + Send + Sync>;
+
+/// A request head hyper refused: it wrote its own answer (empty body) and closed.
+#[derive(Debug, Clone, Copy)]
+pub struct Refusal {
+    pub status: StatusCode,
+    /// `malformed_request`, `request_head_too_large` or `uri_too_long`.
+    pub code: &'static str,
+    pub peer: Peer,
+    /// From the head's first byte to the refusal.
+    pub head_time: Duration,
+}
+
+impl Refusal {
+    /// What hyper answered before it gave up on a connection, if it answered: 400 for a
+    /// malformed head, 431 for one over `max_buf_size`, 414 for a URI over its own limit.
+    /// An HTTP/2 preface or an internal error gets no answer.
+    fn of(error: &hyper::Error) -> Option<(StatusCode, &'static str)> {
+        if !error.is_parse() || error.is_parse_version_h2() || error.is_parse_status() {
+            return None;
+        }
+        let text = error.to_string();
+        if error.is_parse_too_large() {
+            // hyper tells its URI limit from a long head by the message alone.
+            return Some(if text.starts_with("URI too long") {
+                (StatusCode::URI_TOO_LONG, "uri_too_long")
+            } else {
+                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request_head_too_large")
+            });
+        }
+        if text.starts_with("internal error") {
+            return None;
+        }
+        Some((StatusCode::BAD_REQUEST, "malformed_request"))
+    }
+}
+
+/// Where callers connect.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixSocketListener),
+}
+
+impl From<TcpListener> for Listener {
+    fn from(listener: TcpListener) -> Listener {
+        Listener::Tcp(listener)
+    }
+}
+
+/// An accepted connection, before TLS.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Listener {
+    /// The next connection and who made it. A Unix-socket caller whose credentials cannot be
+    /// read is dropped: rules could not tell who it is.
+    async fn accept(&self) -> std::io::Result<(Stream, Peer)> {
+        match self {
+            Listener::Tcp(listener) => {
+                let (stream, addr) = listener.accept().await?;
+                let _ = stream.set_nodelay(true);
+                Ok((Stream::Tcp(stream), Peer::Tcp(addr)))
+            }
+            Listener::Unix(listener) => loop {
+                let (stream, _) = listener.listener().accept().await?;
+                match stream.peer_cred() {
+                    Ok(cred) => {
+                        let peer = Peer::Unix {
+                            uid: cred.uid(),
+                            gid: cred.gid(),
+                            pid: cred.pid(),
+                        };
+                        return Ok((Stream::Unix(stream), peer));
+                    }
+                    Err(error) => tracing::warn!(%error, "caller's credentials unreadable; connection closed"),
+                }
+            },
+        }
+    }
+
+    /// For logs: the address or `unix:` path.
+    fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(listener) => listener
+                .local_addr()
+                .map_or_else(|_| "tcp".to_string(), |addr| addr.to_string()),
+            Listener::Unix(listener) => format!("unix:{}", listener.path().display()),
+        }
+    }
 }
 
 /// Serves `listener` until `shutdown` turns true, then stops accepting, lets in-flight
 /// requests finish (idle keep-alive connections close at once) for at most the grace period.
-pub async fn serve<H, F>(listener: TcpListener, settings: ConnSettings, handler: H, mut shutdown: watch::Receiver<bool>)
-where
+/// A Unix socket's file is removed once it stops accepting.
+pub async fn serve<H, F>(
+    listener: impl Into<Listener>,
+    settings: ConnSettings,
+    handler: H,
+    mut shutdown: watch::Receiver<bool>,
+) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
@@ -57,7 +161,8 @@ where
         .max_buf_size(settings.max_header_bytes.max(8192))
         .keep_alive(true);
     let limit = Arc::new(Semaphore::new(settings.max_connections));
-    let local = listener.local_addr().ok();
+    let listener = listener.into();
+    let local = listener.describe();
     // Connection tasks, so that those still running when the grace expires can be cut.
     let mut connections = JoinSet::new();
     loop {
@@ -71,15 +176,14 @@ where
             accepted = listener.accept() => accepted,
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(conn) => conn,
             Err(error) => {
-                tracing::warn!(listener = ?local, %error, "accept failed");
+                tracing::warn!(listener = %local, %error, "accept failed");
                 tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_PAUSE_MS)).await;
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let connection = Connection {
             builder: builder.clone(),
             handler: handler.clone(),
@@ -88,12 +192,9 @@ where
         };
         connections.spawn(async move {
             let _permit = permit;
-            match &connection.settings.tls {
-                None => connection.run(stream, None).await,
-                Some(tls) => match tls.clone().accept(stream).await {
-                    Ok((stream, identity)) => connection.run(stream, identity).await,
-                    Err(error) => tracing::debug!(%error, "TLS handshake with a caller failed"),
-                },
+            match stream {
+                Stream::Tcp(stream) => connection.start(stream, peer).await,
+                Stream::Unix(stream) => connection.start(stream, peer).await,
             }
         });
     }
@@ -104,7 +205,7 @@ where
         .is_err()
     {
         tracing::warn!(
-            listener = ?local,
+            listener = %local,
             connections = connections.len(),
             grace_s = settings.shutdown_grace.as_secs_f64(),
             "shutdown grace expired; cutting the remaining connections"
@@ -112,7 +213,7 @@ where
         connections.abort_all();
         while connections.join_next().await.is_some() {}
     } else {
-        tracing::info!(listener = ?local, connections = open, "drained");
+        tracing::info!(listener = %local, connections = open, "drained");
     }
 }
 
@@ -133,7 +234,21 @@ where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
-    async fn run<I>(self, io: I, identity: Option<ClientIdentity>)
+    /// Completes the TLS handshake if the listener has TLS, then serves.
+    async fn start<I>(self, io: I, peer: Peer)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        match &self.settings.tls {
+            None => self.run(io, None, peer).await,
+            Some(tls) => match tls.clone().accept(io).await {
+                Ok((io, identity)) => self.run(io, identity, peer).await,
+                Err(error) => tracing::debug!(%error, "TLS handshake with a caller failed"),
+            },
+        }
+    }
+
+    async fn run<I>(self, io: I, identity: Option<ClientIdentity>, peer: Peer)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -145,7 +260,10 @@ where
         );
         let io = TrafficIo::new(io, activity.clone());
         let handler = self.handler;
+        let on_refusal = self.settings.on_refusal.clone();
+        let head_clock = activity.clone();
         let service = service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(peer);
             if let Some(identity) = &identity {
                 request.extensions_mut().insert(identity.clone());
             }
@@ -169,6 +287,9 @@ where
             result = connection => {
                 if let Err(error) = result {
                     tracing::debug!(%error, "connection ended with an error");
+                    if let (Some(hook), Some((status, code))) = (&on_refusal, Refusal::of(&error)) {
+                        hook(Refusal { status, code, peer, head_time: head_clock.head_elapsed() });
+                    }
                 }
             }
             // Dropping the connection closes the socket.

@@ -62,6 +62,14 @@ impl Activity {
         (Busy(self.clone()), verdict)
     }
 
+    /// How long the head being awaited has been arriving (zero when none is).
+    pub fn head_elapsed(&self) -> Duration {
+        match self.head_started.load(Ordering::Acquire) {
+            0 => Duration::ZERO,
+            started => Duration::from_millis(self.now_ms().saturating_sub(started - 1)),
+        }
+    }
+
     fn on_read(&self) {
         let now = self.now_ms();
         self.last_traffic_ms.store(now, Ordering::Release);

@@ -10,7 +10,7 @@ use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -60,7 +60,10 @@ impl CallerTls {
     }
 
     /// Completes the handshake within the handshake timeout.
-    pub async fn accept(&self, stream: TcpStream) -> std::io::Result<(TlsStream<TcpStream>, Option<ClientIdentity>)> {
+    pub async fn accept<S>(&self, stream: S) -> std::io::Result<(TlsStream<S>, Option<ClientIdentity>)>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let tls = tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(stream))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;

@@ -18,6 +18,8 @@ pub(super) struct Known<'a> {
     client_certs: bool,
     /// `server.caller_token_endpoint` is on, so rules may name its route.
     caller_token: bool,
+    /// `server.listen` is a Unix socket, whose callers the kernel names.
+    unix_listener: bool,
 }
 
 impl<'a> Known<'a> {
@@ -45,6 +47,7 @@ impl<'a> Known<'a> {
                 .get()
                 .copied()
                 .unwrap_or(DEFAULT_CALLER_TOKEN_ENDPOINT),
+            unix_listener: server.listen.get().is_some_and(|l| l.starts_with("unix:")),
         }
     }
 }
@@ -75,6 +78,8 @@ pub(super) fn rules(issues: &mut Issues, raw: &Field<Vec<Field<RawRule>>>, known
                 routes: None,
                 when_headers: Vec::new(),
                 when_client_cert_subject: None,
+                when_peer_uid: Vec::new(),
+                when_peer_gid: Vec::new(),
                 tenant: only.to_string(),
                 entity_ids: Vec::new(),
                 org_ids: Vec::new(),
@@ -151,6 +156,23 @@ fn rule(issues: &mut Issues, i: usize, r: &RawRule, known: &Known<'_>) -> Option
             "needs [server.tls] with client_ca_file: plain-HTTP callers have no certificate",
         );
     }
+    let mut peer_ids = |field: &str, ids: &Field<Vec<u32>>| -> Vec<u32> {
+        let written = issues.field(&key(field), ids);
+        if written.is_some_and(Vec::is_empty) {
+            // Read as "no condition", an empty list would let every caller through.
+            issues.push(key(field), "is empty; list at least one id, or leave the key out");
+        }
+        let ids = written.cloned().unwrap_or_default();
+        if !ids.is_empty() && !known.unix_listener {
+            issues.push(
+                key(field),
+                "needs server.listen = \"unix:/path\": only a Unix socket tells who the caller is",
+            );
+        }
+        ids
+    };
+    let when_peer_uid = peer_ids("when_peer_uid", &r.when_peer_uid);
+    let when_peer_gid = peer_ids("when_peer_gid", &r.when_peer_gid);
     let track_id_prefix = issues.field(&key("track_id_prefix"), &r.track_id_prefix);
     if let Some(prefix) = track_id_prefix {
         if !track_id::is_valid_prefix(prefix) {
@@ -173,6 +195,8 @@ fn rule(issues: &mut Issues, i: usize, r: &RawRule, known: &Known<'_>) -> Option
         routes: routes.cloned(),
         when_headers,
         when_client_cert_subject: when_client_cert_subject.cloned(),
+        when_peer_uid,
+        when_peer_gid,
         tenant: tenant?,
         entity_header: header(&entity_ids),
         org_header: header(&org_ids),
@@ -197,6 +221,28 @@ mod tests {
         );
         let err = Config::from_toml(&text).unwrap_err();
         assert_eq!(err.issues[0].key, "rules");
+    }
+
+    #[test]
+    fn peer_rules_need_a_unix_listener() {
+        let rule =
+            "[[rules]]\nname = \"ops\"\ntenant = \"default\"\nwhen_peer_uid = [1000]\nwhen_peer_gid = [10, 11]\n";
+        let err = Config::from_toml(&format!("{GOOD}\n{rule}")).unwrap_err();
+        let keys: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(keys, ["rules.0.when_peer_uid", "rules.0.when_peer_gid"], "{err}");
+        assert!(err.issues[0].message.contains("unix:"), "{err}");
+
+        let unix = GOOD.replace("127.0.0.1:0", "unix:/tmp/p.sock");
+        let c = Config::from_toml(&format!("{unix}\n{rule}")).unwrap();
+        assert_eq!(c.live.rules[0].when_peer_uid, [1000]);
+        assert_eq!(c.live.rules[0].when_peer_gid, [10, 11]);
+
+        let empty = rule.replace("[1000]", "[]");
+        let err = Config::from_toml(&format!("{unix}\n{empty}")).unwrap_err();
+        assert_eq!(err.issues[0].key, "rules.0.when_peer_uid", "{err}");
+        let negative = rule.replace("[1000]", "[-1]");
+        let err = Config::from_toml(&format!("{unix}\n{negative}")).unwrap_err();
+        assert_eq!(err.issues[0].key, "rules.0.when_peer_uid", "{err}");
     }
 
     #[test]

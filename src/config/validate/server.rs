@@ -2,9 +2,12 @@
 //! `[log]`, `[admin]`.
 
 use super::Issues;
-use crate::config::raw::{Field, RawAdmin, RawLog, RawServer, RawServerTls};
+use crate::config::raw::{Field, GroupRef, RawAdmin, RawLog, RawServer, RawServerTls};
 use crate::config::*;
 use crate::routes::Rule;
+
+/// What a listen address names a Unix socket with.
+const UNIX_PREFIX: &str = "unix:";
 
 /// hyper's HTTP/1 parser cannot work with a smaller read buffer.
 const MIN_HEADER_BYTES: u64 = 8192;
@@ -16,11 +19,25 @@ const LEVEL_FORMS: &str = "write a level (off, error, warn, info, debug, trace) 
      comma-separated, e.g. \"warn,access=info\"";
 
 pub(super) fn server(issues: &mut Issues, s: &RawServer) -> (ListenerSettings, RequestLimits) {
-    let placeholder: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let placeholder = Listen::Tcp(([127, 0, 0, 1], 0).into());
     let listen = issues
         .field("server.listen", &s.listen)
         .map_or(DEFAULT_LISTEN, String::as_str);
-    let listen = issues.socket_addr("server.listen", listen).unwrap_or(placeholder);
+    let listen = match listen.strip_prefix(UNIX_PREFIX) {
+        Some(path) => unix_socket(issues, s, path).map(Listen::Unix),
+        None => {
+            for (key, absent) in [
+                ("server.socket_mode", matches!(s.socket_mode, Field::Absent)),
+                ("server.socket_group", matches!(s.socket_group, Field::Absent)),
+            ] {
+                if !absent {
+                    issues.push(key, "only for a Unix socket (server.listen = \"unix:/path\")");
+                }
+            }
+            issues.socket_addr("server.listen", listen).map(Listen::Tcp)
+        }
+    }
+    .unwrap_or(placeholder);
     let max_body_bytes = issues.number("server.max_body_bytes", &s.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
     let max_header_bytes = issues.number("server.max_header_bytes", &s.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
     if max_header_bytes < MIN_HEADER_BYTES {
@@ -77,6 +94,89 @@ pub(super) fn server(issues: &mut Issues, s: &RawServer) -> (ListenerSettings, R
         }
     }
     (listener, requests)
+}
+
+/// A `unix:` listener: its path, mode and group. TLS is refused there: the kernel already
+/// says who the caller is (`when_peer_uid`), and nothing on the socket leaves the host.
+fn unix_socket(issues: &mut Issues, s: &RawServer, path: &str) -> Option<UnixSocketSettings> {
+    let before = issues.errors();
+    let path = SocketPath::new(Path::new(path));
+    if path.is_none() {
+        issues.push(
+            "server.listen",
+            format!(
+                "a Unix socket path must have 1 to {} bytes (the size of a socket address), e.g. \"unix:/run/zuora-auth-proxy.sock\"",
+                SocketPath::MAX_LEN
+            ),
+        );
+    }
+    let mode = match issues.field("server.socket_mode", &s.socket_mode) {
+        None => DEFAULT_SOCKET_MODE,
+        Some(text) => match parse_mode(text) {
+            Some(mode) => mode,
+            None => {
+                issues.push(
+                    "server.socket_mode",
+                    format!("{text:?} is not a permission mode; write octal digits, e.g. \"0660\""),
+                );
+                DEFAULT_SOCKET_MODE
+            }
+        },
+    };
+    let group = match issues.field("server.socket_group", &s.socket_group) {
+        None => None,
+        Some(GroupRef::Id(gid)) => Some(*gid),
+        Some(GroupRef::Name(name)) => match name.trim().parse::<u32>().ok().or_else(|| group_id(name.trim())) {
+            Some(gid) => Some(gid),
+            None => {
+                issues.push("server.socket_group", format!("no group named {name:?} on this host"));
+                None
+            }
+        },
+    };
+    if !matches!(s.tls, Field::Absent) {
+        issues.push(
+            "server.tls",
+            "is not served on a Unix socket: the kernel names each caller (when_peer_uid), and nothing on it leaves the host",
+        );
+    }
+    if issues.errors() != before {
+        return None;
+    }
+    Some(UnixSocketSettings {
+        path: path?,
+        mode,
+        group,
+    })
+}
+
+/// `"0660"`, `"660"` or `"0o660"`: permission bits only (no setuid, setgid or sticky bit).
+fn parse_mode(text: &str) -> Option<u32> {
+    let digits = text.trim();
+    let digits = digits.strip_prefix("0o").unwrap_or(digits);
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return None;
+    }
+    u32::from_str_radix(digits, 8).ok().filter(|mode| *mode <= 0o777)
+}
+
+/// The gid of a group, through the host's name service (files, LDAP, ...), as `chgrp` does.
+fn group_id(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut buf: Vec<libc::c_char> = vec![0; 4096];
+    loop {
+        // SAFETY: `group` and `buf` outlive the call, `buf.len()` is the buffer's size, and
+        // getgrnam_r writes only into them; `found` is either null or points at `group`.
+        let mut group: libc::group = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::group = std::ptr::null_mut();
+        let rc = unsafe { libc::getgrnam_r(name.as_ptr(), &mut group, buf.as_mut_ptr(), buf.len(), &mut found) };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            // A group with many members needs a larger buffer.
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        return (rc == 0 && !found.is_null()).then_some(group.gr_gid);
+    }
 }
 
 fn server_tls(issues: &mut Issues, t: &RawServerTls) -> Option<TlsSettings> {
@@ -165,7 +265,7 @@ fn check_log_level(issues: &mut Issues, filter: &str) {
 }
 
 /// The admin listener and the readiness bar; `listen` is the caller-facing address.
-pub(super) fn admin(issues: &mut Issues, a: &RawAdmin, listen: SocketAddr) -> (Option<SocketAddr>, Duration) {
+pub(super) fn admin(issues: &mut Issues, a: &RawAdmin, listen: Listen) -> (Option<SocketAddr>, Duration) {
     let admin_listen = match issues
         .field("admin.listen", &a.listen)
         .map_or(DEFAULT_ADMIN_LISTEN, String::as_str)
@@ -173,11 +273,13 @@ pub(super) fn admin(issues: &mut Issues, a: &RawAdmin, listen: SocketAddr) -> (O
         text if text.trim().is_empty() => None,
         text => issues.socket_addr("admin.listen", text.trim()),
     };
-    if admin_listen.is_some_and(|admin| same_socket(admin, listen)) {
-        issues.push(
-            "admin.listen",
-            format!("is the address of server.listen ({listen}); give the admin listener its own port"),
-        );
+    if let (Some(admin), Listen::Tcp(listen)) = (admin_listen, listen) {
+        if same_socket(admin, listen) {
+            issues.push(
+                "admin.listen",
+                format!("is the address of server.listen ({listen}); give the admin listener its own port"),
+            );
+        }
     }
     let ready_min_ttl = issues.duration("admin.ready_min_ttl", &a.ready_min_ttl, DEFAULT_READY_MIN_TTL_SECS);
     if ready_min_ttl >= Duration::from_secs(TOKEN_LIFETIME_SECS) {
@@ -263,7 +365,7 @@ mod tests {
         assert!(message_at(&wildcard, "admin.listen").is_some());
         // Port 0 on both: each listener gets its own free port.
         let c = Config::from_toml(&with("[admin]\nlisten = \"127.0.0.1:0\"")).unwrap();
-        assert_eq!(c.fixed.admin_listen, Some(c.fixed.listener.listen));
+        assert_eq!(c.fixed.listener.listen, Listen::Tcp(c.fixed.admin_listen.unwrap()));
         let other_port = GOOD.replace("127.0.0.1:0", "127.0.0.1:8080") + "\n[admin]\nlisten = \"127.0.0.1:8081\"\n";
         Config::from_toml(&other_port).unwrap();
     }
@@ -294,6 +396,77 @@ mod tests {
         );
         let c = Config::from_toml(&text).unwrap();
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    fn unix(extra: &str) -> String {
+        GOOD.replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"unix:/run/zuora-auth-proxy.sock\"\n{extra}"),
+        )
+    }
+
+    #[test]
+    fn a_unix_listener_takes_a_path_a_mode_and_a_group() {
+        let c = Config::from_toml(&unix("")).unwrap();
+        let Listen::Unix(socket) = c.fixed.listener.listen else {
+            panic!("{:?}", c.fixed.listener.listen)
+        };
+        assert_eq!(socket.path.as_path(), Path::new("/run/zuora-auth-proxy.sock"));
+        assert_eq!((socket.mode, socket.group), (0o660, None));
+        assert_eq!(c.fixed.listener.listen.to_string(), "unix:/run/zuora-auth-proxy.sock");
+        let json = c.to_redacted_json();
+        assert_eq!(json["server"]["socket_mode"], "0660");
+
+        let c = Config::from_toml(&unix("socket_mode = \"600\"\nsocket_group = 0")).unwrap();
+        let Listen::Unix(socket) = c.fixed.listener.listen else {
+            panic!()
+        };
+        assert_eq!((socket.mode, socket.group), (0o600, Some(0)));
+        // Group names go through the host's group database; root's group is there everywhere.
+        let c = Config::from_toml(&unix("socket_group = \"root\"")).unwrap();
+        let Listen::Unix(socket) = c.fixed.listener.listen else {
+            panic!()
+        };
+        assert_eq!(socket.group, Some(0));
+        let c = Config::from_toml(&unix("socket_group = \"0\"")).unwrap();
+        let Listen::Unix(socket) = c.fixed.listener.listen else {
+            panic!()
+        };
+        assert_eq!(socket.group, Some(0), "a gid as the environment gives it");
+    }
+
+    #[test]
+    fn unix_listener_mistakes_are_named() {
+        for (extra, key, says) in [
+            ("socket_mode = \"0966\"", "server.socket_mode", "octal"),
+            ("socket_mode = \"4770\"", "server.socket_mode", "octal"),
+            ("socket_mode = \"rw\"", "server.socket_mode", "octal"),
+            (
+                "socket_group = \"no-such-group-zap\"",
+                "server.socket_group",
+                "no group named",
+            ),
+            ("socket_group = [1]", "server.socket_group", "group name or gid"),
+        ] {
+            let message = message_at(&unix(extra), key).unwrap_or_else(|| panic!("{extra} accepted"));
+            assert!(message.contains(says), "{extra}: {message}");
+        }
+        let long = format!("unix:/{}", "s".repeat(SocketPath::MAX_LEN));
+        let text = GOOD.replace("127.0.0.1:0", &long);
+        assert!(message_at(&text, "server.listen").unwrap().contains("107 bytes"));
+        assert!(message_at(&GOOD.replace("127.0.0.1:0", "unix:"), "server.listen").is_some());
+        // Socket keys on a TCP listener would be ignored: they are refused.
+        let tcp = GOOD.replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nsocket_mode = \"0600\"",
+        );
+        assert!(message_at(&tcp, "server.socket_mode").unwrap().contains("Unix socket"));
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("x.pem");
+        std::fs::write(&pem, "pem").unwrap();
+        let tls = format!("[server.tls]\ncert_file = {pem:?}\nkey_file = {pem:?}\n");
+        let text = unix("").replace("[tenants.default]", &format!("{tls}[tenants.default]"));
+        assert!(message_at(&text, "server.tls").unwrap().contains("Unix socket"));
     }
 
     #[test]
