@@ -134,7 +134,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let settings = ConnSettings { tls: None, ..settings };
         tokio::spawn(server::serve(listener, settings, handler, admin_rx))
     });
-    tracing::info!(listen = %addr, admin = ?admin_addr, "zuora-auth-proxy listening");
+    tracing::info!(
+        listen = %addr,
+        admin = admin_addr.map(tracing::field::display),
+        "zuora-auth-proxy listening"
+    );
     Ok(Running {
         addr,
         admin_addr,
