@@ -259,13 +259,20 @@ impl Metrics {
         }
     }
 
-    /// The handles of one configured route; its request series exist from the start, at zero.
+    /// The handles of one configured route; its request series and its retries by every
+    /// reason exist from the start, at zero.
     pub fn route(&self, route: &str) -> RouteMeters {
         let meters = self.unrouted(route);
         let _ = self.requests.get_or_create(&RouteStatus {
             route: meters.name.clone(),
             status: 200,
         });
+        for &reason in RetryOn::ALL {
+            let _ = self.retries.get_or_create(&RouteReason {
+                route: meters.name.clone(),
+                reason,
+            });
+        }
         meters
     }
 
