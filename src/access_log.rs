@@ -18,12 +18,21 @@ pub struct AccessRecord<'a> {
     pub tenant: Option<&'a str>,
     pub method: &'a str,
     pub path: &'a str,
+    /// `HTTP/1.1` and the like.
+    pub protocol: &'static str,
+    pub user_agent: Option<&'a HeaderValue>,
+    /// Request body bytes read, when known.
+    pub request_bytes: Option<u64>,
+    /// The tenant's host and port, once a request was sent there.
+    pub upstream_addr: Option<(&'a str, u16)>,
     pub status: u16,
     pub upstream_status: Option<u16>,
     /// To the answer's head.
     pub duration_ms: f64,
     /// To the answer's last byte (or the moment it was cut).
     pub total_ms: f64,
+    /// To the answer's first body byte (absent for an empty body).
+    pub ttfb_ms: Option<f64>,
     pub response_bytes: u64,
     pub upstream_ms: Option<f64>,
     pub token_retry: bool,
@@ -31,8 +40,11 @@ pub struct AccessRecord<'a> {
     pub zuora_request_id: Option<&'a HeaderValue>,
     /// The reason code of a Zuora `/v1` failure inside a 200 (routes with `zuora_body_errors`).
     pub zuora_reason_code: Option<u64>,
-    /// Zuora's rate and concurrency headers, by log field name.
-    pub limits: [(&'static str, Option<&'a HeaderValue>); 6],
+    /// Zuora's numeric rate and concurrency headers, by log field name (a value that is not
+    /// a number is left out, so that a field always has one type).
+    pub limits: [(&'static str, Option<u64>); 5],
+    /// Zuora's `Concurrency-Limit-Type`, a word.
+    pub concurrency_limit_type: Option<&'a HeaderValue>,
     pub error: Option<&'static str>,
     /// Who connected: `client_addr`, or `peer_uid` / `peer_gid` / `peer_pid` on a Unix socket.
     pub peer: Option<Peer>,
@@ -50,7 +62,8 @@ pub fn emit(r: &AccessRecord<'_>) {
     fn text(v: Option<&HeaderValue>) -> Option<&str> {
         v.and_then(|v| v.to_str().ok())
     }
-    let [rl_limit, rl_remaining, rl_reset, cl_type, cl_limit, cl_remaining] = r.limits.map(|(_, v)| text(v));
+    let [rl_limit, rl_remaining, rl_reset, cl_limit, cl_remaining] = r.limits.map(|(_, v)| v);
+    let upstream_addr = r.upstream_addr.map(|(host, port)| format!("{host}:{port}"));
     let (client_addr, peer_uid, peer_gid, peer_pid) = match r.peer {
         Some(Peer::Tcp(addr)) => (Some(tracing::field::display(addr)), None, None, None),
         Some(Peer::Unix { uid, gid, pid }) => (None, Some(uid), Some(gid), pid),
@@ -64,10 +77,15 @@ pub fn emit(r: &AccessRecord<'_>) {
         tenant = r.tenant,
         method = r.method,
         path = r.path,
+        protocol = r.protocol,
+        user_agent = text(r.user_agent),
+        request_bytes = r.request_bytes,
+        upstream_addr = upstream_addr.as_deref(),
         status = r.status,
         upstream_status = r.upstream_status,
         duration_ms = r.duration_ms,
         total_ms = r.total_ms,
+        ttfb_ms = r.ttfb_ms,
         response_bytes = r.response_bytes,
         upstream_ms = r.upstream_ms,
         token_retry = r.token_retry,
@@ -77,7 +95,7 @@ pub fn emit(r: &AccessRecord<'_>) {
         ratelimit_limit = rl_limit,
         ratelimit_remaining = rl_remaining,
         ratelimit_reset = rl_reset,
-        concurrency_limit_type = cl_type,
+        concurrency_limit_type = text(r.concurrency_limit_type),
         concurrency_limit_limit = cl_limit,
         concurrency_limit_remaining = cl_remaining,
         error = r.error,
@@ -103,6 +121,15 @@ fn to_json(r: &AccessRecord<'_>, now: SystemTime) -> String {
     string(&mut out, "tenant", r.tenant.map(str::as_bytes));
     string(&mut out, "method", Some(r.method.as_bytes()));
     string(&mut out, "path", Some(r.path.as_bytes()));
+    string(&mut out, "protocol", Some(r.protocol.as_bytes()));
+    string(&mut out, "user_agent", r.user_agent.map(HeaderValue::as_bytes));
+    if let Some(n) = r.request_bytes {
+        let _ = write!(out, ",\"request_bytes\":{n}");
+    }
+    if let Some((host, port)) = r.upstream_addr {
+        // A host from a validated URL: no character that needs escaping.
+        let _ = write!(out, ",\"upstream_addr\":\"{host}:{port}\"");
+    }
     let _ = write!(out, ",\"status\":{}", r.status);
     if let Some(s) = r.upstream_status {
         let _ = write!(out, ",\"upstream_status\":{s}");
@@ -112,6 +139,9 @@ fn to_json(r: &AccessRecord<'_>, now: SystemTime) -> String {
         ",\"duration_ms\":{},\"total_ms\":{},\"response_bytes\":{}",
         r.duration_ms, r.total_ms, r.response_bytes
     );
+    if let Some(ms) = r.ttfb_ms {
+        let _ = write!(out, ",\"ttfb_ms\":{ms}");
+    }
     if let Some(ms) = r.upstream_ms {
         let _ = write!(out, ",\"upstream_ms\":{ms}");
     }
@@ -125,8 +155,15 @@ fn to_json(r: &AccessRecord<'_>, now: SystemTime) -> String {
         let _ = write!(out, ",\"zuora_reason_code\":{code}");
     }
     for (name, value) in r.limits {
-        string(&mut out, name, value.map(HeaderValue::as_bytes));
+        if let Some(n) = value {
+            let _ = write!(out, ",\"{name}\":{n}");
+        }
     }
+    string(
+        &mut out,
+        "concurrency_limit_type",
+        r.concurrency_limit_type.map(HeaderValue::as_bytes),
+    );
     string(&mut out, "error", r.error.map(str::as_bytes));
     match r.peer {
         Some(Peer::Tcp(addr)) => {
@@ -183,7 +220,8 @@ mod tests {
     fn json_line_has_every_present_field_and_parses() {
         let track = HeaderValue::from_static("acme-1");
         let zuora = HeaderValue::from_static("zr-1");
-        let limit = HeaderValue::from_static("12500");
+        let cl_type = HeaderValue::from_static("Default");
+        let agent = HeaderValue::from_static("billing-worker/1.0");
         let record = AccessRecord {
             track_id: Some(&track),
             route: Some("abort-bulk-job"),
@@ -191,10 +229,15 @@ mod tests {
             tenant: Some("default"),
             method: "POST",
             path: "/bulk-data/\"odd\\path\u{1}/é",
+            protocol: "HTTP/1.1",
+            user_agent: Some(&agent),
+            request_bytes: Some(17),
+            upstream_addr: Some(("rest.test.zuora.com", 443)),
             status: 200,
             upstream_status: Some(200),
             duration_ms: 1.25,
             total_ms: 2.5,
+            ttfb_ms: Some(2.0),
             response_bytes: 41,
             upstream_ms: Some(0.5),
             token_retry: true,
@@ -202,13 +245,13 @@ mod tests {
             zuora_request_id: Some(&zuora),
             zuora_reason_code: Some(53100370),
             limits: [
-                ("ratelimit_limit", Some(&limit)),
+                ("ratelimit_limit", Some(12500)),
                 ("ratelimit_remaining", None),
-                ("ratelimit_reset", None),
-                ("concurrency_limit_type", None),
-                ("concurrency_limit_limit", None),
+                ("ratelimit_reset", Some(60)),
+                ("concurrency_limit_limit", Some(40)),
                 ("concurrency_limit_remaining", None),
             ],
+            concurrency_limit_type: Some(&cl_type),
             error: None,
             peer: Some(Peer::Tcp(([127, 0, 0, 1], 40312).into())),
         };
@@ -231,7 +274,15 @@ mod tests {
         assert_eq!(v["retries"], 2);
         assert_eq!(v["zuora_request_id"], "zr-1");
         assert_eq!(v["zuora_reason_code"], 53100370);
-        assert_eq!(v["ratelimit_limit"], "12500");
+        assert_eq!(v["protocol"], "HTTP/1.1");
+        assert_eq!(v["user_agent"], "billing-worker/1.0");
+        assert_eq!(v["request_bytes"], 17);
+        assert_eq!(v["upstream_addr"], "rest.test.zuora.com:443");
+        assert_eq!(v["ttfb_ms"], 2.0);
+        assert_eq!(v["ratelimit_limit"], 12500);
+        assert_eq!(v["ratelimit_reset"], 60);
+        assert_eq!(v["concurrency_limit_limit"], 40);
+        assert_eq!(v["concurrency_limit_type"], "Default");
         assert!(v.get("ratelimit_remaining").is_none());
         assert!(v.get("error").is_none());
         assert_eq!(v["client_addr"], "127.0.0.1:40312");
@@ -281,6 +332,10 @@ mod tests {
             "zuora_request_id",
             "zuora_reason_code",
             "track_id",
+            "upstream_addr",
+            "ttfb_ms",
+            "user_agent",
+            "request_bytes",
         ] {
             assert!(v.get(absent).is_none(), "{absent}");
         }

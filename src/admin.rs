@@ -90,12 +90,20 @@ pub fn refresh_gauges(proxy: &Proxy) {
     proxy.metrics().set_log_lines_dropped(crate::telemetry::dropped_lines());
     let snapshot = proxy.snapshot();
     let now = Instant::now();
+    let wall = std::time::SystemTime::now();
     for tenant in snapshot.tenants.values() {
-        let remaining = match tenant.tokens.state().token {
+        let token = tenant.tokens.state().token;
+        let remaining = match &token {
             Some(t) if t.expires_at > now => (t.expires_at - now).as_secs_f64(),
             Some(t) => -(now - t.expires_at).as_secs_f64(),
             None => -1.0,
         };
         proxy.metrics().set_token_expires_in(tenant.name(), remaining);
+        // The token's monotonic deadline, placed on the wall clock as of this scrape.
+        let expiry = token.map(|t| match t.expires_at.checked_duration_since(now) {
+            Some(ahead) => wall + ahead,
+            None => wall - (now - t.expires_at),
+        });
+        proxy.metrics().set_token_expiry(tenant.name(), expiry);
     }
 }

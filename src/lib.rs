@@ -1,7 +1,9 @@
 //! zuora-auth-proxy: a loopback sidecar that forwards allowlisted Zuora REST calls with an
 //! OAuth token it obtains and refreshes itself, so that callers never hold Zuora credentials.
 //!
-//! [`start`] binds the listeners and returns a [`Running`] proxy; the binary adds signals.
+//! [`start`] binds the listeners and returns a [`Running`] proxy; the binary adds signals,
+//! the configuration file watch ([`Running::watch_config`]) and systemd's readiness
+//! protocol ([`sd_notify`]).
 //! [`Probe`] is what tests and tooling may observe besides HTTP; [`mock`] is the fake Zuora
 //! that `demo` and the tests run against.
 //!
@@ -58,8 +60,9 @@ use proxy::Proxy;
 use server::ConnSettings;
 use snapshot::Snapshot;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -168,7 +171,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let settings = ConnSettings { tls: None, ..settings };
         tokio::spawn(server::serve(listener, settings, handler, admin_rx))
     });
-    tracing::info!(listen = %shown, admin = ?admin_addr, "zuora-auth-proxy listening");
+    tracing::info!(
+        listen = %shown,
+        admin = admin_addr.map(tracing::field::display),
+        "zuora-auth-proxy listening"
+    );
     Ok(Running {
         addr,
         socket_path,
@@ -203,6 +210,59 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// How often the configuration file is looked at for a change (as often as the listener
+/// certificate can change: a handshake after its files changed sees the new one).
+pub const CONFIG_POLL: Duration = Duration::from_secs(1);
+
+/// One version of a file, as far as a watcher can tell without reading it. Kubernetes
+/// updates a mounted ConfigMap by swapping a symlink, which shows as a new inode behind the
+/// same path; an edit in place changes the modification time or the length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+impl FileStamp {
+    /// The file behind `path`, symlinks followed; `None` while it cannot be read (in the
+    /// middle of a swap, say).
+    fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            modified: meta.modified().ok(),
+            len: meta.len(),
+        })
+    }
+}
+
+/// Tells systemd (`Type=notify`) about the service's state, e.g. `READY=1` or
+/// `STOPPING=1`, by a datagram to `$NOTIFY_SOCKET` (sd_notify(3)); `Ok(false)` when not
+/// started by systemd. A few lines rather than a crate: one datagram to one address.
+pub fn sd_notify(state: &str) -> std::io::Result<bool> {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(false);
+    };
+    let sender = std::os::unix::net::UnixDatagram::unbound()?;
+    let bytes = socket.as_encoded_bytes();
+    match bytes.strip_prefix(b"@") {
+        // An abstract socket address (Linux), named without the leading `@`.
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sender.send_to_addr(state.as_bytes(), &addr)?;
+        }
+        None => {
+            sender.send_to(state.as_bytes(), Path::new(&socket))?;
+        }
+    }
+    Ok(true)
 }
 
 /// A tenant's token as tests and tooling may see it: never its value.
@@ -308,6 +368,25 @@ impl Running {
         }
         self.proxy.swap_snapshot(snapshot);
         Ok(())
+    }
+
+    /// Watches the configuration file and reloads it ([`Running::reload_from`], as SIGHUP
+    /// does) each time it changes, looking every [`CONFIG_POLL`]. Runs until dropped. A
+    /// version that fails validation is reported once, and the next change is awaited.
+    pub async fn watch_config(&self, path: &Path) {
+        let mut seen = FileStamp::of(path);
+        let mut ticks = tokio::time::interval(CONFIG_POLL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let now = FileStamp::of(path);
+            // A file gone for a moment (a swap in progress) is waited for, not reloaded.
+            if now.is_some() && now != seen {
+                seen = now;
+                tracing::info!(path = %path.display(), "configuration file changed");
+                let _ = self.reload_from(path);
+            }
+        }
     }
 
     /// Reloads from a file (what SIGHUP does): validates, swaps, logs the outcome and counts

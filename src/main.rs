@@ -1,18 +1,42 @@
-//! The `zuora-auth-proxy` binary: arguments, logging, configuration, signals.
+//! The `zuora-auth-proxy` binary: arguments, logging, configuration, signals, the watch
+//! of the configuration file, systemd notifications, and `wait` for a start command.
 
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use zuora_auth_proxy::{Config, DEFAULT_CONFIG_PATH};
+
+const AFTER_HELP: &str = "\
+Environment:
+  ZUORA_PROXY_CONFIG             configuration file when --config is not given
+  ZUORA_PROXY__<SECTION>__<KEY>  overrides any configuration key, `__` between levels,
+                                 e.g. ZUORA_PROXY__TENANTS__DEFAULT__CLIENT_ID
+  RUST_LOG                       log filter; wins over log.level
+  HTTPS_PROXY, NO_PROXY          egress proxy toward Zuora, unless a tenant sets proxy_url
+  NOTIFY_SOCKET                  set by systemd (Type=notify): READY=1 and STOPPING=1 are sent
+
+Signals (run):
+  SIGTERM, SIGINT  drain: /readyz turns 503, in-flight requests finish within
+                   server.shutdown_grace, then exit 0; a second signal exits at once (1)
+  SIGHUP           reload the configuration file (it is also watched: a change, a
+                   Kubernetes ConfigMap update included, is reloaded within a second)
+
+Exit codes:
+  0   success (a drain finished, check-config found the file valid, wait saw /readyz 200)
+  1   failure at run time (cannot bind, cannot start, second signal, wait timed out)
+  2   usage error (unknown command or option)
+  78  configuration error (EX_CONFIG): the file is missing or invalid";
 
 #[derive(Parser)]
 #[command(
     name = "zuora-auth-proxy",
     version,
-    about = "Forwards allowlisted Zuora REST calls from local services, with an OAuth token it manages itself"
+    about = "Forwards allowlisted Zuora REST calls from local services, with an OAuth token it manages itself",
+    after_help = AFTER_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -23,8 +47,18 @@ struct Cli {
 enum Command {
     /// Serve (the default when no command is given).
     Run(ConfigArg),
-    /// Validate the configuration, print it with secrets redacted; exit 2 if invalid.
+    /// Validate the configuration, print it with secrets redacted; exit 78 if invalid.
     CheckConfig(ConfigArg),
+    /// Wait until a running proxy's /readyz answers 200 (for an application's start
+    /// command); exit 1 if it has not within the timeout.
+    Wait {
+        /// The proxy's admin address.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
+        /// How long to wait, e.g. `30s`, `2m`.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// Run against a built-in mock Zuora on loopback: no credentials needed.
     Demo {
         /// Send one sample abort through the proxy, print the answer and exit.
@@ -46,8 +80,14 @@ struct ConfigArg {
     config: PathBuf,
 }
 
-/// Exit code for an invalid configuration.
-const EXIT_CONFIG: u8 = 2;
+/// Exit code for an invalid configuration: sysexits(3)'s `EX_CONFIG`, distinct from clap's
+/// usage errors (2), so that a supervisor can tell a bad file from a bad command line
+/// (systemd's `RestartPreventExitStatus=78`).
+const EXIT_CONFIG: u8 = 78;
+/// How often `wait` asks `/readyz`.
+const WAIT_POLL: Duration = Duration::from_millis(250);
+/// How long `wait` gives one `/readyz` request.
+const WAIT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -81,6 +121,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Wait { admin, timeout } => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(wait_ready(admin, timeout)),
+            Err(e) => {
+                eprintln!("cannot start the async runtime: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Demo { once, listen, admin } => match async_runtime() {
             Ok(runtime) => runtime.block_on(demo(once, listen, &admin)),
             Err(e) => {
@@ -151,12 +198,19 @@ async fn serve(config: Config, path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    loop {
-        tokio::select! {
-            () = stop.next() => break,
-            _ = hup.recv() => reload(&running, &path),
+    notify("READY=1");
+    {
+        let watch = running.watch_config(&path);
+        tokio::pin!(watch);
+        loop {
+            tokio::select! {
+                () = stop.next() => break,
+                _ = hup.recv() => reload(&running, &path),
+                () = &mut watch => {}
+            }
         }
     }
+    notify("STOPPING=1");
     running.begin_shutdown();
     tokio::select! {
         () = running.wait() => ExitCode::SUCCESS,
@@ -197,6 +251,43 @@ async fn demo(once: bool, listen: SocketAddr, admin: &str) -> ExitCode {
                 None => return second_signal(),
             },
         }
+    }
+}
+
+/// Tells systemd, if it started the process; a failure is logged, never fatal.
+fn notify(state: &str) {
+    if let Err(error) = zuora_auth_proxy::sd_notify(state) {
+        tracing::warn!(%error, state, "cannot notify systemd");
+    }
+}
+
+/// Asks `http://<admin>/readyz` until it answers 200 or `timeout` passes.
+async fn wait_ready(admin: SocketAddr, timeout: Duration) -> ExitCode {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let url = format!("http://{admin}/readyz");
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let request = hyper::Request::get(&url)
+            .body(http_body_util::Empty::new())
+            .expect("a valid request");
+        let last = match tokio::time::timeout(WAIT_REQUEST_TIMEOUT, client.request(request)).await {
+            Ok(Ok(response)) if response.status() == hyper::StatusCode::OK => {
+                eprintln!("{url}: ready");
+                return ExitCode::SUCCESS;
+            }
+            Ok(Ok(response)) => format!("status {}", response.status().as_u16()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer within 2 s".to_string(),
+        };
+        if tokio::time::Instant::now() + WAIT_POLL >= deadline {
+            eprintln!(
+                "{url}: not ready within {} ({last})",
+                humantime::format_duration(timeout)
+            );
+            return ExitCode::FAILURE;
+        }
+        tokio::time::sleep(WAIT_POLL).await;
     }
 }
 

@@ -2,6 +2,7 @@
 //! enums only, never from caller input, so the series count stays bounded. Per-route and
 //! per-tenant handles are resolved once per configuration ([`RouteMeters`],
 //! [`TenantMeters`], [`FetchMeters`]), so a request never looks up a family by a new label.
+//! The `process_*` metrics are read from `/proc/self` at each scrape ([`process`]).
 
 use crate::labels::{label_enum, Name};
 use crate::routes::RetryOn;
@@ -12,9 +13,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Metric, Registry};
 use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
 
 /// Route label of requests that matched no route.
 pub const NO_ROUTE: &str = "(none)";
+
+/// Zuora statuses whose `zuora_proxy_upstream_responses_total` series exist from the start
+/// for every tenant, so that `increase()` sees their first occurrence.
+pub const COMMON_UPSTREAM_STATUSES: [u16; 13] = [200, 201, 204, 400, 401, 403, 404, 409, 429, 500, 502, 503, 504];
 
 label_enum! {
     /// Outcome of one token endpoint call.
@@ -55,6 +61,17 @@ pub struct TenantLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantStatus {
+    pub tenant: Name,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TenantResult {
     pub tenant: Name,
     pub result: FetchResult,
@@ -86,11 +103,17 @@ fn latency_histogram() -> Histogram {
 /// Every metric the proxy exports.
 pub struct Metrics {
     registry: Registry,
+    /// Unprefixed: the `process_*` names every exporter shares.
+    process: Registry,
     requests: Family<RouteStatus, Counter>,
     request_duration: HistogramFamily<RouteLabel>,
     upstream_duration: HistogramFamily<TenantLabel>,
     token_fetches: Family<TenantResult, Counter>,
     token_expires_in: Family<TenantLabel, Gauge<f64, AtomicU64>>,
+    token_expiry: Family<TenantLabel, Gauge<f64, AtomicU64>>,
+    upstream_responses: Family<TenantStatus, Counter>,
+    ratelimit_remaining: Family<TenantLabel, Gauge>,
+    open_connections: Gauge,
     in_flight: Family<TenantLabel, Gauge>,
     proxy_errors: Family<CodeLabel, Counter>,
     config_reloads: Family<ResultLabel, Counter>,
@@ -140,6 +163,30 @@ impl Metrics {
                 "Seconds until the current token expires (negative: expired or none)",
                 Family::default(),
             ),
+            token_expiry: add(
+                &mut r,
+                "token_expiry_timestamp_seconds",
+                "When the current token expires, in seconds since the Unix epoch (absent while there is none)",
+                Family::default(),
+            ),
+            upstream_responses: add(
+                &mut r,
+                "upstream_responses",
+                "Responses from Zuora, retried and replayed attempts included, by tenant and status",
+                Family::default(),
+            ),
+            ratelimit_remaining: add(
+                &mut r,
+                "ratelimit_remaining",
+                "RateLimit-Remaining of Zuora's latest answer that carried one, by tenant",
+                Family::default(),
+            ),
+            open_connections: add(
+                &mut r,
+                "open_connections",
+                "Caller connections open on the proxy listener",
+                Gauge::default(),
+            ),
             in_flight: add(
                 &mut r,
                 "in_flight",
@@ -183,7 +230,21 @@ impl Metrics {
                 Counter::default(),
             ),
             registry: Registry::default(),
+            process: Registry::default(),
         };
+        let build_info: Family<VersionLabel, Gauge> = add(
+            &mut r,
+            "build_info",
+            "Always 1; the version label names the running build",
+            Family::default(),
+        );
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        let mut process = Registry::default();
+        process.register_collector(Box::new(process::Process));
         // Series that alerts use with increase()/rate() exist from the start, at zero.
         for &result in ReloadResult::ALL {
             let _ = m.config_reloads.get_or_create(&ResultLabel { result });
@@ -191,16 +252,27 @@ impl Metrics {
         for code in crate::error::CODES.into_iter().chain(crate::error::AFTER_HEAD_CODES) {
             let _ = m.proxy_errors.get_or_create(&CodeLabel { code });
         }
-        Metrics { registry: r, ..m }
+        Metrics {
+            registry: r,
+            process,
+            ..m
+        }
     }
 
-    /// The handles of one configured route; its request series exist from the start, at zero.
+    /// The handles of one configured route; its request series and its retries by every
+    /// reason exist from the start, at zero.
     pub fn route(&self, route: &str) -> RouteMeters {
         let meters = self.unrouted(route);
         let _ = self.requests.get_or_create(&RouteStatus {
             route: meters.name.clone(),
             status: 200,
         });
+        for &reason in RetryOn::ALL {
+            let _ = self.retries.get_or_create(&RouteReason {
+                route: meters.name.clone(),
+                reason,
+            });
+        }
         meters
     }
 
@@ -229,7 +301,18 @@ impl Metrics {
             queue_length: self.queue_length.get_or_create(&label).clone(),
             queue_wait: self.queue_wait.get_or_create(&label).clone(),
             upstream_duration: self.upstream_duration.get_or_create(&label).clone(),
+            responses: UpstreamResponses::new(&self.upstream_responses, &label.tenant),
+            ratelimit_remaining: RateLimitRemaining {
+                family: self.ratelimit_remaining.clone(),
+                label,
+            },
         }
+    }
+
+    /// The gauge of open caller connections, for the listener to move.
+    #[allow(dead_code)] // the listener (`server::serve`) does not take it yet
+    pub fn open_connections(&self) -> Gauge {
+        self.open_connections.clone()
     }
 
     /// The token fetch counters of one tenant, every result at zero from the start.
@@ -254,6 +337,22 @@ impl Metrics {
             tenant: Name::new(tenant),
         };
         self.token_expires_in.get_or_create(&label).set(seconds);
+    }
+
+    /// The wall-clock moment the tenant's token expires; `None` removes the series.
+    pub fn set_token_expiry(&self, tenant: &str, expires_at: Option<SystemTime>) {
+        let label = TenantLabel {
+            tenant: Name::new(tenant),
+        };
+        match expires_at {
+            Some(at) => {
+                let seconds = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO);
+                self.token_expiry.get_or_create(&label).set(seconds.as_secs_f64());
+            }
+            None => {
+                self.token_expiry.remove(&label);
+            }
+        }
     }
 
     pub fn proxy_error(&self, code: &'static str) {
@@ -282,6 +381,15 @@ impl Metrics {
         self.queue_wait.remove(&label);
         self.upstream_duration.remove(&label);
         self.token_expires_in.remove(&label);
+        self.token_expiry.remove(&label);
+        self.ratelimit_remaining.remove(&label);
+        // Every status a response can have (the family cannot be filtered by tenant).
+        for status in 100..=999 {
+            self.upstream_responses.remove(&TenantStatus {
+                tenant: label.tenant.clone(),
+                status,
+            });
+        }
         for &result in FetchResult::ALL {
             self.token_fetches.remove(&TenantResult {
                 tenant: label.tenant.clone(),
@@ -294,6 +402,7 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            .and_then(|()| prometheus_client::encoding::prometheus_text::encode(&mut out, &self.process))
             .expect("writing to a String cannot fail");
         out
     }
@@ -336,6 +445,68 @@ pub struct TenantMeters {
     pub queue_length: Gauge,
     pub queue_wait: Histogram,
     pub upstream_duration: Histogram,
+    pub responses: UpstreamResponses,
+    pub ratelimit_remaining: RateLimitRemaining,
+}
+
+/// One tenant's response counters by Zuora's status; the common ones exist from the start.
+#[derive(Clone)]
+pub struct UpstreamResponses {
+    tenant: Name,
+    family: Family<TenantStatus, Counter>,
+    common: Vec<(u16, Counter)>,
+}
+
+impl UpstreamResponses {
+    fn new(family: &Family<TenantStatus, Counter>, tenant: &Name) -> UpstreamResponses {
+        let common = COMMON_UPSTREAM_STATUSES
+            .iter()
+            .map(|&status| {
+                let label = TenantStatus {
+                    tenant: tenant.clone(),
+                    status,
+                };
+                (status, family.get_or_create(&label).clone())
+            })
+            .collect();
+        UpstreamResponses {
+            tenant: tenant.clone(),
+            family: family.clone(),
+            common,
+        }
+    }
+
+    pub fn count(&self, status: u16) {
+        match self.common.iter().find(|(s, _)| *s == status) {
+            Some((_, counter)) => {
+                counter.inc();
+            }
+            // Any other status is still a number below 1000: the series count stays bounded.
+            None => {
+                self.family
+                    .get_or_create(&TenantStatus {
+                        tenant: self.tenant.clone(),
+                        status,
+                    })
+                    .inc();
+            }
+        }
+    }
+}
+
+/// One tenant's last `RateLimit-Remaining`: absent until Zuora has sent one, since a zero
+/// placeholder would read as no headroom.
+#[derive(Clone)]
+pub struct RateLimitRemaining {
+    family: Family<TenantLabel, Gauge>,
+    label: TenantLabel,
+}
+
+impl RateLimitRemaining {
+    pub fn set(&self, remaining: u64) {
+        let value = i64::try_from(remaining).unwrap_or(i64::MAX);
+        self.family.get_or_create(&self.label).set(value);
+    }
 }
 
 /// One tenant's token fetch counters, by result.
@@ -353,9 +524,199 @@ impl FetchMeters {
 /// `Content-Type` of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
+/// The standard `process_*` metrics of the Prometheus client libraries, read from
+/// `/proc/self` when scraped. A small reader rather than a crate: four numbers from four
+/// files, with no system call beyond reading them.
+mod process {
+    use prometheus_client::collector::Collector;
+    use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+    use prometheus_client::metrics::counter::ConstCounter;
+    use prometheus_client::metrics::gauge::ConstGauge;
+    use std::fmt::Error;
+
+    /// `/proc` counts times in USER_HZ ticks, which the kernel fixes at 100 for user space on
+    /// every architecture this runs on (x86-64, arm64), whatever the kernel's own HZ.
+    const USER_HZ: f64 = 100.0;
+
+    #[derive(Debug)]
+    pub struct Process;
+
+    /// What one read of `/proc/self` found; a file that cannot be read leaves its fields out.
+    #[derive(Debug, Default, PartialEq)]
+    pub struct Sample {
+        pub cpu_seconds: Option<f64>,
+        pub start_time_seconds: Option<f64>,
+        pub resident_bytes: Option<u64>,
+        pub open_fds: Option<u64>,
+    }
+
+    pub fn sample() -> Sample {
+        let times = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| parse_stat(&s));
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| boot_time(&s));
+        let resident = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| resident_bytes(&s));
+        Sample {
+            cpu_seconds: times.map(|t| (t.utime + t.stime) as f64 / USER_HZ),
+            start_time_seconds: times
+                .zip(boot)
+                .map(|(t, boot)| boot as f64 + t.starttime as f64 / USER_HZ),
+            resident_bytes: resident,
+            open_fds: std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as u64),
+        }
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct Times {
+        pub utime: u64,
+        pub stime: u64,
+        pub starttime: u64,
+    }
+
+    /// Fields 14, 15 and 22 of `/proc/self/stat` (proc(5)); the command name, field 2, may
+    /// hold spaces and parentheses, so fields are counted from its last `)`.
+    pub fn parse_stat(stat: &str) -> Option<Times> {
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // `rest` starts at field 3.
+        let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+        Some(Times {
+            utime: field(14)?,
+            stime: field(15)?,
+            starttime: field(22)?,
+        })
+    }
+
+    /// `btime` of `/proc/stat`: the boot time in seconds since the epoch.
+    pub fn boot_time(stat: &str) -> Option<u64> {
+        stat.lines().find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())
+    }
+
+    /// `VmRSS` of `/proc/self/status`, which the kernel gives in kB.
+    pub fn resident_bytes(status: &str) -> Option<u64> {
+        let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+        let kb = line.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+        Some(kb * 1024)
+    }
+
+    impl Collector for Process {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), Error> {
+            let s = sample();
+            if let Some(v) = s.cpu_seconds {
+                let counter = ConstCounter::new(v);
+                let metric = encoder.encode_descriptor(
+                    "process_cpu_seconds",
+                    "Total user and system CPU time spent in seconds",
+                    None,
+                    counter.metric_type(),
+                )?;
+                counter.encode(metric)?;
+            }
+            let gauges = [
+                (
+                    "process_start_time_seconds",
+                    "Start time of the process since unix epoch in seconds",
+                    s.start_time_seconds,
+                ),
+                (
+                    "process_resident_memory_bytes",
+                    "Resident memory size in bytes",
+                    s.resident_bytes.map(|b| b as f64),
+                ),
+                (
+                    "process_open_fds",
+                    "Number of open file descriptors",
+                    s.open_fds.map(|n| n as f64),
+                ),
+            ];
+            for (name, help, value) in gauges {
+                let Some(value) = value else { continue };
+                let gauge = ConstGauge::new(value);
+                let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+                gauge.encode(metric)?;
+            }
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_files_parse_as_proc5_describes_them() {
+        // A command name with a space and a parenthesis, which a naive split would misread.
+        let stat = "4242 (zuora (auth) x) S 1 4242 4242 0 -1 4194560 1890 0 0 0 250 75 0 0 20 0 9 0 123456 \
+                    1000000 2000 18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 17 1 0 0 0 0 0";
+        assert_eq!(
+            process::parse_stat(stat),
+            Some(process::Times {
+                utime: 250,
+                stime: 75,
+                starttime: 123456
+            })
+        );
+        assert_eq!(process::parse_stat("garbage"), None);
+        assert_eq!(
+            process::boot_time("cpu 1 2 3\nbtime 1700000000\nprocesses 9\n"),
+            Some(1_700_000_000)
+        );
+        assert_eq!(
+            process::resident_bytes("Name:\tzuora\nVmRSS:\t    8120 kB\nThreads:\t9\n"),
+            Some(8120 * 1024)
+        );
+        let live = process::sample();
+        assert!(live.cpu_seconds.is_some() && live.start_time_seconds.is_some());
+        assert!(live.resident_bytes.is_some_and(|b| b > 0));
+        assert!(live.open_fds.is_some_and(|n| n >= 3));
+    }
+
+    #[test]
+    fn new_series_exist_from_the_start_and_token_expiry_has_no_sentinel() {
+        let m = Metrics::new();
+        let meters = m.tenant("eu");
+        let text = m.encode();
+        assert!(
+            text.contains("zuora_proxy_upstream_responses_total{tenant=\"eu\",status=\"429\"} 0"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("zuora_proxy_ratelimit_remaining{"),
+            "no placeholder headroom: {text}"
+        );
+        assert!(!text.contains("zuora_proxy_token_expiry_timestamp_seconds{"), "{text}");
+        assert!(text.contains("# TYPE process_cpu_seconds_total counter"), "{text}");
+        assert!(text.contains("# TYPE process_open_fds gauge"), "{text}");
+        meters.responses.count(429);
+        meters.responses.count(418);
+        meters.ratelimit_remaining.set(7);
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        m.set_token_expiry("eu", Some(at));
+        let text = m.encode();
+        assert!(
+            text.contains("zuora_proxy_upstream_responses_total{tenant=\"eu\",status=\"429\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("zuora_proxy_upstream_responses_total{tenant=\"eu\",status=\"418\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("zuora_proxy_ratelimit_remaining{tenant=\"eu\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("zuora_proxy_token_expiry_timestamp_seconds{tenant=\"eu\"} 1700000000"),
+            "{text}"
+        );
+        m.set_token_expiry("eu", None);
+        assert!(!m.encode().contains("zuora_proxy_token_expiry_timestamp_seconds{"));
+        m.forget_tenant("eu");
+        assert!(!m.encode().contains("tenant=\"eu\""), "{}", m.encode());
+    }
 
     #[test]
     fn encodes_registered_families_with_fixed_labels() {

@@ -368,6 +368,8 @@ async fn caller_input_never_becomes_a_label_value() {
                 "code" => codes.contains(&value.as_str()),
                 "result" => results.contains(&value.as_str()),
                 "le" => value == "+Inf" || value.parse::<f64>().is_ok(),
+                // zuora_proxy_build_info: the build's own version.
+                "version" => value == env!("CARGO_PKG_VERSION"),
                 // Fixed reason codes (retries): lower-case words only.
                 "reason" => value
                     .bytes()

@@ -91,7 +91,7 @@ fn version_and_help_exit_zero() {
 }
 
 #[test]
-fn check_config_names_every_bad_value_and_exits_2() {
+fn check_config_names_every_bad_value_and_exits_78() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(
         dir.path(),
@@ -111,7 +111,7 @@ refresh_margin = "5 parsecs"
         ),
     );
     let out = output(bin().args(["check-config", "--config"]).arg(&path));
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
     let stderr = text(&out.stderr);
     for key in [
         "server.listen",
@@ -126,14 +126,14 @@ refresh_margin = "5 parsecs"
 }
 
 #[test]
-fn check_config_names_unknown_keys_and_exits_2() {
+fn check_config_names_unknown_keys_and_exits_78() {
     let dir = tempfile::tempdir().unwrap();
     let text_ = good_config("https://rest.test.zuora.com", "s", None, "info")
         .replace("[admin]", "[admin]\nlisen = \"typo\"")
         .replace("[tenants.default]", "[tenants.default]\nbase_ur = \"x\"");
     let path = write(dir.path(), "unknown.toml", &text_);
     let out = output(bin().args(["check-config", "--config"]).arg(&path));
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
     let stderr = text(&out.stderr);
     for key in ["admin.lisen", "tenants.default.base_ur"] {
         assert!(stderr.contains(key), "{key} not named in: {stderr}");
@@ -160,7 +160,7 @@ client_secret = "s"
         ),
     );
     let out = output(bin().args(["check-config", "--config"]).arg(&path));
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
     let stderr = text(&out.stderr);
     for key in ["server.lisen", "server.listen", "tenants.default.base_url"] {
         assert!(stderr.contains(key), "{key} not named in: {stderr}");
@@ -193,16 +193,16 @@ fn check_config_prints_a_good_file_with_the_secret_redacted() {
 }
 
 #[test]
-fn a_missing_or_invalid_file_exits_2_for_check_and_run() {
+fn a_missing_or_invalid_file_exits_78_for_check_and_run() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.toml");
     let out = output(bin().args(["check-config", "--config"]).arg(&missing));
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
     assert!(text(&out.stderr).contains("missing.toml"));
     // `run` refuses to serve an invalid file, with the same code and without starting.
     let broken = write(dir.path(), "broken.toml", "[server]\nlisten = \"nowhere\"\n");
     let out = output(bin().args(["run", "--config"]).arg(&broken));
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains("server.listen") && stderr.contains("tenants"),

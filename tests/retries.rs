@@ -106,7 +106,8 @@ async fn a_post_without_idempotency_is_sent_exactly_once() {
     assert_eq!(h.mock.received().len(), 1);
     assert_eq!(
         retries(&h, r#"zuora_proxy_retries_total{route="abort-bulk-job",reason="503"}"#).await,
-        None
+        Some(0.0),
+        "the series exists from the start and was never counted"
     );
     assert_eq!(access_line("post-once")["retries"], 0);
 }

@@ -122,7 +122,7 @@ fn an_unreadable_listener_certificate_is_a_json_error_line() {
 fn a_configuration_that_does_not_load_is_plain_text() {
     let dir = tempfile::tempdir().unwrap();
     let output = run(dir.path(), &config("not an address", "", ""));
-    assert_eq!(output.status.code(), Some(2), "{:?}", output.status);
+    assert_eq!(output.status.code(), Some(78), "{:?}", output.status);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("server.listen"), "{stderr}");
     assert!(

@@ -14,7 +14,7 @@ use crate::routes::{Peer, RetryOn, Route, Rule};
 use crate::snapshot::Snapshot;
 use crate::track_id;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Full;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,18 +22,20 @@ use tokio::time::Instant;
 
 /// Longest path written to the access log; the rest is cut.
 const MAX_LOGGED_PATH: usize = 256;
+/// Longest `User-Agent` written to the access log; the rest is cut.
+const MAX_LOGGED_USER_AGENT: usize = 256;
 /// Status logged for a request whose caller left before it was answered (nginx's 499).
 const CALLER_GONE_STATUS: u16 = 499;
 
-/// Response headers from Zuora copied into the access log, with their field names.
-static LOGGED_RESPONSE_HEADERS: [(HeaderName, &str); 6] = [
+static CONCURRENCY_LIMIT_TYPE: HeaderName = HeaderName::from_static("concurrency-limit-type");
+/// Index of `RateLimit-Remaining` in [`LOGGED_RESPONSE_HEADERS`].
+const RATELIMIT_REMAINING: usize = 1;
+
+/// Zuora's numeric response headers copied into the access log, with their field names.
+static LOGGED_RESPONSE_HEADERS: [(HeaderName, &str); 5] = [
     (HeaderName::from_static("ratelimit-limit"), "ratelimit_limit"),
     (HeaderName::from_static("ratelimit-remaining"), "ratelimit_remaining"),
     (HeaderName::from_static("ratelimit-reset"), "ratelimit_reset"),
-    (
-        HeaderName::from_static("concurrency-limit-type"),
-        "concurrency_limit_type",
-    ),
     (
         HeaderName::from_static("concurrency-limit-limit"),
         "concurrency_limit_limit",
@@ -51,6 +53,10 @@ pub(super) struct Record {
     started: Instant,
     method: Method,
     uri: Uri,
+    version: Version,
+    user_agent: Option<HeaderValue>,
+    /// The request's declared body length; `None` for a chunked body.
+    declared_body: Option<u64>,
     pub track_id: Option<HeaderValue>,
     pub route: Option<Arc<Route>>,
     pub rule: Option<Arc<Rule>>,
@@ -64,9 +70,12 @@ pub(super) struct Record {
     pub guards: Option<Guards>,
     upstream_status: Option<u16>,
     zuora_request_id: Option<HeaderValue>,
-    limits: [Option<HeaderValue>; LOGGED_RESPONSE_HEADERS.len()],
+    limits: [Option<u64>; LOGGED_RESPONSE_HEADERS.len()],
+    concurrency_limit_type: Option<HeaderValue>,
     /// Status and time of the answer's head, once sent.
     head: Option<(StatusCode, Duration)>,
+    /// When the answer's first body byte went out.
+    first_byte: Option<Duration>,
     body_bytes: u64,
     error: Option<&'static str>,
     /// Who connected, as the listener saw it.
@@ -82,6 +91,9 @@ impl Record {
             started: Instant::now(),
             method: request.method().clone(),
             uri: request.uri().clone(),
+            version: request.version(),
+            user_agent: request.headers().get(header::USER_AGENT).cloned(),
+            declared_body: declared_body(request.headers()),
             track_id: None,
             route: None,
             rule: None,
@@ -94,7 +106,9 @@ impl Record {
             upstream_status: None,
             zuora_request_id: None,
             limits: Default::default(),
+            concurrency_limit_type: None,
             head: None,
+            first_byte: None,
             body_bytes: 0,
             error: None,
             peer: request.extensions().get::<Peer>().copied(),
@@ -111,6 +125,17 @@ impl Record {
 
     pub fn retried(&self, reason: RetryOn) {
         self.snapshot.route_meters(self.route_name()).retried(reason);
+        // A retry on a status means Zuora answered with it; the answer itself was dropped.
+        let status = match reason {
+            RetryOn::Status429 => 429,
+            RetryOn::Status502 => 502,
+            RetryOn::Status503 => 503,
+            RetryOn::Status504 => 504,
+            RetryOn::Connect => return,
+        };
+        if let Some(meters) = self.tenant_meters() {
+            meters.responses.count(status);
+        }
     }
 
     /// Zuora's status and the headers worth logging.
@@ -118,7 +143,34 @@ impl Record {
         self.upstream_status = Some(status.as_u16());
         self.zuora_request_id = headers.get(&ZUORA_REQUEST_ID).cloned();
         for (slot, (name, _)) in self.limits.iter_mut().zip(&LOGGED_RESPONSE_HEADERS) {
-            *slot = headers.get(name).cloned();
+            *slot = headers.get(name).and_then(number);
+        }
+        self.concurrency_limit_type = headers.get(&CONCURRENCY_LIMIT_TYPE).cloned();
+        if let Some(meters) = self.tenant_meters() {
+            meters.responses.count(status.as_u16());
+            if let Some(remaining) = self.limits[RATELIMIT_REMAINING] {
+                meters.ratelimit_remaining.set(remaining);
+            }
+        }
+    }
+
+    fn tenant_meters(&self) -> Option<&crate::metrics::TenantMeters> {
+        let tenant = self.tenant.as_deref()?;
+        Some(&self.snapshot.tenants.get(&tenant.name)?.meters)
+    }
+
+    /// Request body bytes read. A request refused at admission had none read; a body of
+    /// declared length up to the replay buffer is read whole before anything else happens,
+    /// so past that phase its length is what was read. A streamed body is counted by
+    /// nobody yet: unknown.
+    fn request_bytes(&self) -> Option<u64> {
+        if self.tenant.is_none() {
+            return Some(0);
+        }
+        match (self.declared_body, self.error) {
+            (_, Some("body_too_large" | "invalid_body")) => None,
+            (Some(n), _) if n <= crate::body::REPLAY_BUFFER_BYTES => Some(n),
+            _ => None,
         }
     }
 
@@ -157,6 +209,12 @@ impl Record {
         if let Some(code) = after_head.filter(|_| self.error.is_none()) {
             self.error = Some(code);
         }
+        if self.token_retry {
+            // The refused attempt's 401 was answered by Zuora too.
+            if let Some(meters) = self.tenant_meters() {
+                meters.responses.count(401);
+            }
+        }
         let meters = self.snapshot.route_meters(self.route_name());
         meters.answered(status, head_time.as_secs_f64());
         if let Some(code) = self.error {
@@ -172,10 +230,22 @@ impl Record {
             Some((cut, _)) => &path[..cut],
             None => path,
         };
-        let mut limits: [(&'static str, Option<&HeaderValue>); 6] = Default::default();
+        let mut limits: [(&'static str, Option<u64>); LOGGED_RESPONSE_HEADERS.len()] = Default::default();
         for (slot, ((_, field), value)) in limits.iter_mut().zip(LOGGED_RESPONSE_HEADERS.iter().zip(&self.limits)) {
-            *slot = (field, value.as_ref());
+            *slot = (field, *value);
         }
+        let upstream_addr = self
+            .tenant
+            .as_deref()
+            .filter(|_| self.upstream_time.is_some())
+            .and_then(|t| Some((t.base_url.host_str()?, t.base_url.port_or_known_default()?)));
+        let user_agent = self
+            .user_agent
+            .as_ref()
+            .map(|ua| match ua.as_bytes().get(..MAX_LOGGED_USER_AGENT) {
+                Some(cut) => HeaderValue::from_bytes(cut).unwrap_or_else(|_| ua.clone()),
+                None => ua.clone(),
+            });
         access_log::emit(&AccessRecord {
             track_id: self.track_id.as_ref(),
             route: self.route_name(),
@@ -183,10 +253,15 @@ impl Record {
             tenant: self.tenant.as_deref().map(|t| t.name.as_str()),
             method: self.method.as_str(),
             path,
+            protocol: protocol(self.version),
+            user_agent: user_agent.as_ref(),
+            request_bytes: self.request_bytes(),
+            upstream_addr,
             status,
             upstream_status: self.upstream_status,
             duration_ms: millis(head_time),
             total_ms: millis(total),
+            ttfb_ms: self.first_byte.map(millis),
             response_bytes: self.body_bytes,
             upstream_ms: self.upstream_time.map(millis),
             token_retry: self.token_retry,
@@ -194,6 +269,7 @@ impl Record {
             zuora_request_id: self.zuora_request_id.as_ref(),
             zuora_reason_code: self.zuora_reason_code,
             limits,
+            concurrency_limit_type: self.concurrency_limit_type.as_ref(),
             error: self.error,
             peer: self.peer,
         });
@@ -202,6 +278,9 @@ impl Record {
 
 impl Watch for Record {
     fn data(&mut self, bytes: usize) {
+        if self.first_byte.is_none() && bytes > 0 {
+            self.first_byte = Some(self.started.elapsed());
+        }
         self.body_bytes += bytes as u64;
     }
 
@@ -215,6 +294,31 @@ impl Drop for Record {
     /// was answered (hyper drops the request's future).
     fn drop(&mut self) {
         self.write(BodyEnd::Abandoned);
+    }
+}
+
+/// A header that should hold a non-negative integer, as one.
+fn number(value: &HeaderValue) -> Option<u64> {
+    value.to_str().ok()?.trim().parse().ok()
+}
+
+/// The request's `Content-Length`; no body at all counts as zero, a chunked one as unknown.
+fn declared_body(headers: &HeaderMap) -> Option<u64> {
+    match headers.get(header::CONTENT_LENGTH) {
+        Some(value) => number(value),
+        None if headers.contains_key(header::TRANSFER_ENCODING) => None,
+        None => Some(0),
+    }
+}
+
+fn protocol(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP",
     }
 }
 
