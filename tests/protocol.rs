@@ -1,0 +1,109 @@
+//! Framing and protocol in both directions (RFC 9110 / 9112): what Zuora's answer may not carry
+//! through to the caller (a stale `Content-Length`, a coding the proxy does not decode, a
+//! stray `101`, its own HTTP version), an early answer that must be relayed, and the
+//! caller's mistakes (a malformed or slow chunked body, a bad `Host`) that are the caller's
+//! errors, not Zuora's. Answers are read off raw sockets where the wire itself is the point.
+
+mod support {
+    pub mod client;
+    pub mod fixtures;
+    pub mod harness;
+    pub mod metrics;
+    pub mod raw;
+}
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use support::fixtures::*;
+use support::harness::*;
+use support::metrics::Metrics;
+use support::raw::{read_response, RawResponse};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use zuora_auth_proxy::mock::ApiMode;
+
+async fn started(builder: HarnessBuilder) -> Harness {
+    let h = builder.start().await;
+    h.wait_for_token().await;
+    h
+}
+
+fn errors(h: &Harness, code: &str) -> f64 {
+    Metrics::parse(&h.proxy.probe().metrics_text())
+        .value_or_zero(&format!("zuora_proxy_proxy_errors_total{{code=\"{code}\"}}"))
+}
+
+/// Writes `raw`, then reads one response and everything else until the proxy closes:
+/// the response, and the raw bytes as they came (status line included).
+async fn exchange(addr: SocketAddr, raw: &[u8]) -> (RawResponse, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut wire = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut chunk = [0u8; 16384];
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => panic!("still open after 10 s: {:?}", String::from_utf8_lossy(&wire)),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => wire.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let mut buf = wire.clone();
+    let response = read_response(&mut &[][..], &mut buf, Duration::from_secs(1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    (response, wire)
+}
+
+/// A GET of the job summary that asks to close, as raw bytes.
+fn summary_get() -> String {
+    format!(
+        "GET {} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n",
+        job_path("summary")
+    )
+}
+
+fn assert_summary_body(response: &RawResponse) {
+    let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap_or_else(|e| {
+        panic!(
+            "not the whole summary ({e}): {:?}",
+            String::from_utf8_lossy(&response.body)
+        )
+    });
+    assert_eq!(json["id"], JOB, "{json}");
+    assert_eq!(json["name"], "mock job", "{json}");
+}
+
+// ---- Zuora's answers ----
+
+#[tokio::test]
+async fn an_answer_with_both_lengths_reaches_the_caller_without_the_stale_content_length() {
+    let h = started(Harness::builder()).await;
+    h.mock.set_api_mode(ApiMode::BothLengths);
+    let (response, wire) = exchange(h.proxy.addr, summary_get().as_bytes()).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(
+        response.header("content-length"),
+        None,
+        "{}",
+        String::from_utf8_lossy(&wire)
+    );
+    assert_summary_body(&response);
+    assert_eq!(errors(&h, "upstream_body_incomplete"), 0.0);
+}
+
+#[tokio::test]
+async fn an_http_1_0_status_line_from_zuora_is_not_echoed() {
+    let h = started(Harness::builder()).await;
+    h.mock.set_api_mode(ApiMode::Http10);
+    let (response, wire) = exchange(h.proxy.addr, summary_get().as_bytes()).await;
+    assert!(
+        wire.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "{}",
+        String::from_utf8_lossy(&wire)
+    );
+    assert_summary_body(&response);
+}
+
+// ---- the caller's requests ----
