@@ -5,6 +5,7 @@
 //! after its read timeout.
 
 use bytes::Bytes;
+use http::{header, HeaderMap};
 use http_body_util::{Either, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::future::Future;
@@ -23,6 +24,24 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Bodies at most this large are buffered, so a request can be replayed.
 pub const REPLAY_BUFFER_BYTES: u64 = 64 * 1024;
+
+/// Whether a message's framing is one the proxy decodes: no `Transfer-Encoding`, or exactly
+/// `chunked`. hyper decodes the final `chunked` and hands on the rest still coded (`gzip,
+/// chunked`), and it would decode a doubled `chunked` once, so anything else must be refused
+/// rather than passed on as if it were the message's bytes.
+pub fn transfer_coding_is_decoded(headers: &HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(only), None) => only.eq_ignore_ascii_case(b"chunked"),
+        _ => false,
+    }
+}
 
 /// A body the proxy wrote itself, with nobody watching it.
 pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
@@ -202,6 +221,27 @@ mod tests {
         }
         fn end(&mut self, how: BodyEnd) {
             self.0.lock().unwrap().1.push(how);
+        }
+    }
+
+    #[test]
+    fn only_plain_chunked_is_a_decoded_transfer_coding() {
+        let cases: [(&[&str], bool); 8] = [
+            (&[], true),
+            (&["chunked"], true),
+            (&["Chunked "], true),
+            (&["gzip, chunked"], false),
+            (&["gzip", "chunked"], false),
+            (&["chunked, chunked"], false),
+            (&["identity"], false),
+            (&["gzip"], false),
+        ];
+        for (values, decoded) in cases {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(header::TRANSFER_ENCODING, v.parse().unwrap());
+            }
+            assert_eq!(transfer_coding_is_decoded(&headers), decoded, "{values:?}");
         }
     }
 

@@ -25,6 +25,8 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("the request body could not be read")]
     BodyRead,
+    #[error("the request uses a transfer coding other than chunked, which the proxy does not decode")]
+    UnsupportedTransferCoding,
     #[error("no valid Zuora access token could be obtained in time")]
     TokenUnavailable,
     #[error("too many requests are in flight to this Zuora tenant; retry later")]
@@ -35,12 +37,14 @@ pub enum ProxyError {
     UpstreamFailed,
     #[error("Zuora did not answer in time")]
     UpstreamTimeout,
+    #[error("Zuora's answer cannot be passed on: an unsolicited interim answer or a transfer coding the proxy does not decode")]
+    UpstreamInvalidResponse,
     #[error("the proxy could not forward this request; see its log")]
     Internal,
 }
 
 /// Every code [`ProxyError::code`] can return, for metrics that start at zero.
-pub const CODES: [&str; 14] = [
+pub const CODES: [&str; 16] = [
     "ambiguous_framing",
     "route_not_found",
     "method_not_allowed",
@@ -49,11 +53,13 @@ pub const CODES: [&str; 14] = [
     "no_matching_rule",
     "body_too_large",
     "invalid_body",
+    "unsupported_transfer_coding",
     "token_unavailable",
     "overloaded",
     "upstream_unreachable",
     "upstream_failed",
     "upstream_timeout",
+    "upstream_invalid_response",
     "internal_error",
 ];
 
@@ -73,11 +79,13 @@ impl ProxyError {
             ProxyError::NoMatchingRule => "no_matching_rule",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BodyRead => "invalid_body",
+            ProxyError::UnsupportedTransferCoding => "unsupported_transfer_coding",
             ProxyError::TokenUnavailable => "token_unavailable",
             ProxyError::Overloaded => "overloaded",
             ProxyError::UpstreamUnreachable => "upstream_unreachable",
             ProxyError::UpstreamFailed => "upstream_failed",
             ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::UpstreamInvalidResponse => "upstream_invalid_response",
             ProxyError::Internal => "internal_error",
         }
     }
@@ -90,10 +98,13 @@ impl ProxyError {
             | ProxyError::InvalidTrackId
             | ProxyError::BodyRead
             | ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
+            ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::NoMatchingRule => StatusCode::FORBIDDEN,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::TokenUnavailable | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamUnreachable | ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamUnreachable | ProxyError::UpstreamFailed | ProxyError::UpstreamInvalidResponse => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -153,11 +164,17 @@ mod tests {
             (ProxyError::NoMatchingRule, 403, "no_matching_rule"),
             (ProxyError::BodyTooLarge { limit: 10 }, 413, "body_too_large"),
             (ProxyError::BodyRead, 400, "invalid_body"),
+            (
+                ProxyError::UnsupportedTransferCoding,
+                501,
+                "unsupported_transfer_coding",
+            ),
             (ProxyError::TokenUnavailable, 503, "token_unavailable"),
             (ProxyError::Overloaded, 503, "overloaded"),
             (ProxyError::UpstreamUnreachable, 502, "upstream_unreachable"),
             (ProxyError::UpstreamFailed, 502, "upstream_failed"),
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
+            (ProxyError::UpstreamInvalidResponse, 502, "upstream_invalid_response"),
             (ProxyError::Internal, 500, "internal_error"),
         ];
         let track = HeaderValue::from_static("t-1");

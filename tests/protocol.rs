@@ -75,6 +75,17 @@ fn assert_summary_body(response: &RawResponse) {
     assert_eq!(json["name"], "mock job", "{json}");
 }
 
+/// The refusal checks of [`assert_refusal`], on a raw response.
+fn assert_raw_refusal(response: &RawResponse, status: u16, code: &str) {
+    assert_eq!(
+        (response.status, response.header("x-zuora-proxy-error")),
+        (status, Some(code)),
+        "{response:?}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(json["error"], code);
+}
+
 // ---- Zuora's answers ----
 
 #[tokio::test]
@@ -94,6 +105,46 @@ async fn an_answer_with_both_lengths_reaches_the_caller_without_the_stale_conten
 }
 
 #[tokio::test]
+async fn an_answer_in_a_transfer_coding_the_proxy_does_not_decode_is_502() {
+    let h = started(Harness::builder()).await;
+    for coding in ["gzip, chunked", "gzip", "chunked, chunked", "x-custom, chunked"] {
+        h.mock.set_api_mode(ApiMode::TransferCoding(coding.into()));
+        let answer = support::client::get(&h.url(&job_path("summary"))).await;
+        support::client::assert_refusal(&answer, 502, "upstream_invalid_response");
+        assert!(
+            !answer.body.starts_with(&[0x1f, 0x8b]),
+            "{coding}: coded bytes reached the caller"
+        );
+    }
+    assert_eq!(errors(&h, "upstream_invalid_response"), 4.0);
+    // Plain chunked is what the proxy decodes: the answer passes.
+    h.mock.set_api_mode(ApiMode::TransferCoding("chunked".into()));
+    let (response, _) = exchange(h.proxy.addr, summary_get().as_bytes()).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_summary_body(&response);
+}
+
+#[tokio::test]
+async fn an_unsolicited_101_is_502_and_other_interim_answers_are_skipped() {
+    let h = started(Harness::builder()).await;
+    h.mock.set_api_mode(ApiMode::Informational(101));
+    let (response, wire) = exchange(h.proxy.addr, summary_get().as_bytes()).await;
+    assert_raw_refusal(&response, 502, "upstream_invalid_response");
+    assert!(wire.starts_with(b"HTTP/1.1 502 "), "{}", String::from_utf8_lossy(&wire));
+    assert!(!wire.windows(5).any(|w| w == b"hello"), "the upgraded stream leaked");
+    for code in [102, 103] {
+        h.mock.set_api_mode(ApiMode::Informational(code));
+        let (response, wire) = exchange(h.proxy.addr, summary_get().as_bytes()).await;
+        assert!(
+            wire.starts_with(b"HTTP/1.1 200 "),
+            "{code}: {}",
+            String::from_utf8_lossy(&wire)
+        );
+        assert_summary_body(&response);
+    }
+}
+
+#[tokio::test]
 async fn an_http_1_0_status_line_from_zuora_is_not_echoed() {
     let h = started(Harness::builder()).await;
     h.mock.set_api_mode(ApiMode::Http10);
@@ -107,3 +158,25 @@ async fn an_http_1_0_status_line_from_zuora_is_not_echoed() {
 }
 
 // ---- the caller's requests ----
+
+#[tokio::test]
+async fn a_request_in_a_transfer_coding_the_proxy_does_not_decode_is_501() {
+    let h = started(Harness::builder()).await;
+    for coding in ["gzip, chunked", "chunked, chunked", "identity, chunked"] {
+        let raw = format!(
+            "POST {} HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: {coding}\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            job_path("echo")
+        );
+        let (response, _) = exchange(h.proxy.addr, raw.as_bytes()).await;
+        assert_raw_refusal(&response, 501, "unsupported_transfer_coding");
+    }
+    // A coding list that does not end in chunked cannot be framed: the HTTP layer's 400.
+    let raw = format!(
+        "POST {} HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\nhello",
+        job_path("echo")
+    );
+    let (response, _) = exchange(h.proxy.addr, raw.as_bytes()).await;
+    assert_eq!(response.status, 400, "{response:?}");
+    assert!(h.mock.received().is_empty(), "{:?}", h.mock.received());
+    assert_eq!(errors(&h, "unsupported_transfer_coding"), 3.0);
+}

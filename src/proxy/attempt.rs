@@ -6,14 +6,14 @@ use super::prepare::{self, body_error, Prepared};
 use super::record::Record;
 use super::Deadline;
 use crate::backoff::{self, Backoff};
-use crate::body::UpstreamBody;
+use crate::body::{transfer_coding_is_decoded, UpstreamBody};
 use crate::error::ProxyError;
 use crate::headers;
 use crate::routes::{RetryOn, Route};
 use crate::tenant::Tenant;
 use crate::upstream::describe_client_error;
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http::{header, HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use std::time::{Duration, SystemTime};
@@ -168,7 +168,7 @@ async fn send(
     *request.method_mut() = method.clone();
     *request.uri_mut() = uri.clone();
     *request.headers_mut() = headers;
-    tenant.client.request(request).await.map_err(|e| {
+    let response = tenant.client.request(request).await.map_err(|e| {
         let error = if e.is_connect() {
             ProxyError::UpstreamUnreachable
         } else {
@@ -179,5 +179,29 @@ async fn send(
         };
         tracing::debug!(tenant = %tenant.name(), error = %describe_client_error(&e), "upstream request failed");
         error
-    })
+    })?;
+    passable(&response).map_err(|what| {
+        tracing::warn!(
+            tenant = %tenant.name(),
+            status = response.status().as_u16(),
+            transfer_encoding = ?response.headers().get(header::TRANSFER_ENCODING),
+            "Zuora's answer not passed on: {what}"
+        );
+        ProxyError::UpstreamInvalidResponse
+    })?;
+    Ok(response)
+}
+
+/// Whether an answer can go to the caller as it is. hyper skips interim answers but a `101`,
+/// which no request of the proxy asks for (it never sends `Upgrade`): what follows is not
+/// HTTP. A body in a coding the proxy does not decode would reach the caller still coded,
+/// with no header left to say so.
+fn passable(response: &Response<Incoming>) -> Result<(), &'static str> {
+    if response.status().is_informational() {
+        return Err("an unsolicited interim answer");
+    }
+    if !transfer_coding_is_decoded(response.headers()) {
+        return Err("a transfer coding the proxy does not decode");
+    }
+    Ok(())
 }

@@ -4,7 +4,7 @@
 
 use super::admit::Admitted;
 use super::Deadline;
-use crate::body::{UpstreamBody, REPLAY_BUFFER_BYTES};
+use crate::body::{transfer_coding_is_decoded, UpstreamBody, REPLAY_BUFFER_BYTES};
 use crate::error::ProxyError;
 use crate::headers::{self, Injected};
 use crate::tenant::Tenant;
@@ -115,6 +115,11 @@ pub(super) enum OutgoingBody {
 
 impl OutgoingBody {
     async fn read(body: Incoming, headers: &HeaderMap, max: u64) -> Result<OutgoingBody, ProxyError> {
+        // hyper took off the final `chunked` only: what is left would reach Zuora still coded
+        // with nothing saying so (Transfer-Encoding is hop-by-hop).
+        if !transfer_coding_is_decoded(headers) {
+            return Err(ProxyError::UnsupportedTransferCoding);
+        }
         if body.is_end_stream() {
             return Ok(OutgoingBody::Buffered(Bytes::new()));
         }
