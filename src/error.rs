@@ -11,6 +11,8 @@ use http_body_util::Full;
 pub enum ProxyError {
     #[error("the request has both Content-Length and Transfer-Encoding; its framing is ambiguous")]
     AmbiguousFraming,
+    #[error("an HTTP/1.1 request needs exactly one Host header, and neither it nor the target may carry userinfo")]
+    InvalidHost,
     #[error("no allowed route matches this path")]
     RouteNotFound,
     #[error("this path is allowed only with another method")]
@@ -44,8 +46,9 @@ pub enum ProxyError {
 }
 
 /// Every code [`ProxyError::code`] can return, for metrics that start at zero.
-pub const CODES: [&str; 16] = [
+pub const CODES: [&str; 17] = [
     "ambiguous_framing",
+    "invalid_host",
     "route_not_found",
     "method_not_allowed",
     "invalid_path_parameter",
@@ -72,6 +75,7 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::AmbiguousFraming => "ambiguous_framing",
+            ProxyError::InvalidHost => "invalid_host",
             ProxyError::RouteNotFound => "route_not_found",
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
             ProxyError::InvalidPathParameter { .. } => "invalid_path_parameter",
@@ -97,7 +101,8 @@ impl ProxyError {
             ProxyError::InvalidPathParameter { .. }
             | ProxyError::InvalidTrackId
             | ProxyError::BodyRead
-            | ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
+            | ProxyError::AmbiguousFraming
+            | ProxyError::InvalidHost => StatusCode::BAD_REQUEST,
             ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::NoMatchingRule => StatusCode::FORBIDDEN,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -144,6 +149,7 @@ mod tests {
     async fn every_error_maps_to_its_row() {
         let rows = [
             (ProxyError::AmbiguousFraming, 400, "ambiguous_framing"),
+            (ProxyError::InvalidHost, 400, "invalid_host"),
             (ProxyError::RouteNotFound, 404, "route_not_found"),
             (
                 ProxyError::MethodNotAllowed {

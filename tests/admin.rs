@@ -324,6 +324,7 @@ async fn caller_input_never_becomes_a_label_value() {
     // The README's error codes, token fetch results and reload results.
     let codes = [
         "ambiguous_framing",
+        "invalid_host",
         "route_not_found",
         "method_not_allowed",
         "invalid_path_parameter",

@@ -180,3 +180,42 @@ async fn a_request_in_a_transfer_coding_the_proxy_does_not_decode_is_501() {
     assert!(h.mock.received().is_empty(), "{:?}", h.mock.received());
     assert_eq!(errors(&h, "unsupported_transfer_coding"), 3.0);
 }
+
+#[tokio::test]
+async fn a_missing_duplicate_or_userinfo_host_is_400() {
+    let h = started(Harness::builder()).await;
+    let abort = abort_path();
+    let cases = [
+        ("no Host", format!("POST {abort} HTTP/1.1\r\n")),
+        (
+            "two Hosts",
+            format!("POST {abort} HTTP/1.1\r\nHost: proxy\r\nHost: other\r\n"),
+        ),
+        (
+            "userinfo in Host",
+            format!("POST {abort} HTTP/1.1\r\nHost: user:pw@proxy\r\n"),
+        ),
+        (
+            "userinfo in the target",
+            format!("POST http://user:pw@proxy{abort} HTTP/1.1\r\nHost: proxy\r\n"),
+        ),
+    ];
+    for (what, head) in &cases {
+        let raw = format!("{head}Zuora-Track-Id: bad-host\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let (response, _) = exchange(h.proxy.addr, raw.as_bytes()).await;
+        assert_raw_refusal(&response, 400, "invalid_host");
+        assert_eq!(response.header("zuora-track-id"), Some("bad-host"), "{what}");
+    }
+    assert!(h.mock.received().is_empty(), "{:?}", h.mock.received());
+    assert_eq!(errors(&h, "invalid_host"), 4.0);
+    // HTTP/1.0 has no Host requirement; an absolute-form target without userinfo is fine.
+    for head in [
+        format!("POST {abort} HTTP/1.0\r\n"),
+        format!("POST http://proxy{abort} HTTP/1.1\r\nHost: proxy\r\n"),
+    ] {
+        let raw = format!("{head}Content-Length: 0\r\nConnection: close\r\n\r\n");
+        let (response, _) = exchange(h.proxy.addr, raw.as_bytes()).await;
+        assert_eq!(response.status, 200, "{head}: {response:?}");
+    }
+    assert_eq!(h.mock.received().len(), 2);
+}
