@@ -10,6 +10,8 @@ use http_body_util::{Either, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Sleep;
@@ -18,7 +20,7 @@ use tokio::time::Sleep;
 pub type ResponseBody = WatchedBody<Either<Incoming, Full<Bytes>>>;
 
 /// What Zuora receives: a buffered (replayable) body, or the caller's stream under a cap.
-pub type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
+pub type UpstreamBody = Either<Full<Bytes>, CallerBody<Limited<Incoming>>>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -169,6 +171,80 @@ impl<B: Body> Drop for WatchedBody<B> {
     }
 }
 
+/// The caller's body streamed toward Zuora, telling its [`CallerProgress`] whether it failed
+/// or is waiting for the caller. When the upstream request fails or runs out of time, hyper's
+/// error cannot say which side was at fault; this can: a malformed chunk or a caller that
+/// stopped sending is the caller's error, not Zuora's.
+pub struct CallerBody<B> {
+    inner: B,
+    progress: CallerProgress,
+}
+
+/// Where a [`CallerBody`] stands; cheap to clone and read from another task.
+#[derive(Clone, Debug, Default)]
+pub struct CallerProgress(Arc<AtomicU8>);
+
+const SENDING: u8 = 0;
+/// Its last poll found nothing from the caller: whoever waits, waits for the caller.
+const WAITING: u8 = 1;
+const ENDED: u8 = 2;
+const FAILED: u8 = 3;
+
+impl CallerProgress {
+    /// The caller's body could not be read (malformed, over the cap, the caller gone).
+    pub fn failed(&self) -> bool {
+        self.0.load(Ordering::Acquire) == FAILED
+    }
+
+    /// The body is not over and the last read of it was left waiting for the caller's bytes.
+    pub fn waiting_on_caller(&self) -> bool {
+        self.0.load(Ordering::Acquire) == WAITING
+    }
+
+    fn set(&self, state: u8) {
+        self.0.store(state, Ordering::Release);
+    }
+}
+
+impl<B> CallerBody<B> {
+    pub fn new(inner: B) -> CallerBody<B> {
+        CallerBody {
+            inner,
+            progress: CallerProgress::default(),
+        }
+    }
+
+    pub fn progress(&self) -> CallerProgress {
+        self.progress.clone()
+    }
+}
+
+impl<B: Body + Unpin> Body for CallerBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let state = match &polled {
+            Poll::Pending => WAITING,
+            Poll::Ready(Some(Err(_))) => FAILED,
+            Poll::Ready(None) => ENDED,
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => ENDED,
+            Poll::Ready(Some(Ok(_))) => SENDING,
+        };
+        self.progress.set(state);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A body holding `guard` (a connection's busy mark) until the body ends or is dropped.
 pub struct GuardedBody<B> {
     inner: B,
@@ -267,6 +343,50 @@ mod tests {
         ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
             self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
         }
+    }
+
+    /// A body of one frame, then an error.
+    struct Broken(bool);
+
+    impl Body for Broken {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            let first = std::mem::replace(&mut self.0, false);
+            Poll::Ready(Some(if first {
+                Ok(Frame::data(Bytes::from_static(b"ab")))
+            } else {
+                Err(std::io::Error::other("bad chunk"))
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_caller_body_tells_whether_it_waits_for_the_caller_or_failed() {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut body = CallerBody::new(Chan(rx));
+        let progress = body.progress();
+        assert!(!progress.waiting_on_caller() && !progress.failed());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        assert!(progress.waiting_on_caller());
+        tx.send(Bytes::from_static(b"ab")).await.unwrap();
+        assert!(body.frame().await.unwrap().is_ok());
+        assert!(!progress.waiting_on_caller(), "a frame came: nobody waits");
+        drop(tx);
+        assert!(body.frame().await.is_none());
+        assert!(!progress.waiting_on_caller() && !progress.failed(), "ended");
+
+        let mut body = CallerBody::new(Broken(true));
+        let progress = body.progress();
+        assert!(body.frame().await.unwrap().is_ok());
+        assert!(!progress.failed());
+        assert!(body.frame().await.unwrap().is_err());
+        assert!(progress.failed());
     }
 
     #[tokio::test]

@@ -27,6 +27,8 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("the request body could not be read")]
     BodyRead,
+    #[error("the request body did not arrive within the request timeout")]
+    BodyTimeout,
     #[error("the request uses a transfer coding other than chunked, which the proxy does not decode")]
     UnsupportedTransferCoding,
     #[error("no valid Zuora access token could be obtained in time")]
@@ -46,7 +48,7 @@ pub enum ProxyError {
 }
 
 /// Every code [`ProxyError::code`] can return, for metrics that start at zero.
-pub const CODES: [&str; 17] = [
+pub const CODES: [&str; 18] = [
     "ambiguous_framing",
     "invalid_host",
     "route_not_found",
@@ -56,6 +58,7 @@ pub const CODES: [&str; 17] = [
     "no_matching_rule",
     "body_too_large",
     "invalid_body",
+    "body_timeout",
     "unsupported_transfer_coding",
     "token_unavailable",
     "overloaded",
@@ -83,6 +86,7 @@ impl ProxyError {
             ProxyError::NoMatchingRule => "no_matching_rule",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BodyRead => "invalid_body",
+            ProxyError::BodyTimeout => "body_timeout",
             ProxyError::UnsupportedTransferCoding => "unsupported_transfer_coding",
             ProxyError::TokenUnavailable => "token_unavailable",
             ProxyError::Overloaded => "overloaded",
@@ -103,6 +107,7 @@ impl ProxyError {
             | ProxyError::BodyRead
             | ProxyError::AmbiguousFraming
             | ProxyError::InvalidHost => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::NoMatchingRule => StatusCode::FORBIDDEN,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -170,6 +175,7 @@ mod tests {
             (ProxyError::NoMatchingRule, 403, "no_matching_rule"),
             (ProxyError::BodyTooLarge { limit: 10 }, 413, "body_too_large"),
             (ProxyError::BodyRead, 400, "invalid_body"),
+            (ProxyError::BodyTimeout, 408, "body_timeout"),
             (
                 ProxyError::UnsupportedTransferCoding,
                 501,

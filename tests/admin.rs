@@ -332,6 +332,7 @@ async fn caller_input_never_becomes_a_label_value() {
         "no_matching_rule",
         "body_too_large",
         "invalid_body",
+        "body_timeout",
         "unsupported_transfer_coding",
         "token_unavailable",
         "overloaded",

@@ -159,6 +159,13 @@ async fn an_http_1_0_status_line_from_zuora_is_not_echoed() {
 
 // ---- the caller's requests ----
 
+fn chunked_post(body: &str) -> String {
+    format!(
+        "POST {} HTTP/1.1\r\nHost: proxy\r\nZuora-Track-Id: bad-chunks\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{body}",
+        job_path("echo")
+    )
+}
+
 #[tokio::test]
 async fn a_request_in_a_transfer_coding_the_proxy_does_not_decode_is_501() {
     let h = started(Harness::builder()).await;
@@ -179,6 +186,66 @@ async fn a_request_in_a_transfer_coding_the_proxy_does_not_decode_is_501() {
     assert_eq!(response.status, 400, "{response:?}");
     assert!(h.mock.received().is_empty(), "{:?}", h.mock.received());
     assert_eq!(errors(&h, "unsupported_transfer_coding"), 3.0);
+}
+
+#[tokio::test]
+async fn a_malformed_chunked_request_body_is_the_callers_400() {
+    let h = started(Harness::builder()).await;
+    let cases = [
+        ("a bad chunk size", "zz\r\nhello\r\n0\r\n\r\n"),
+        (
+            "an overflowing chunk size",
+            "fffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        ),
+        ("data longer than its size", "3\r\nhello\r\n0\r\n\r\n"),
+    ];
+    for (n, (what, body)) in cases.iter().enumerate() {
+        let (response, _) = exchange(h.proxy.addr, chunked_post(body).as_bytes()).await;
+        assert_raw_refusal(&response, 400, "invalid_body");
+        assert_eq!(response.header("zuora-track-id"), Some("bad-chunks"), "{what}");
+        assert_eq!(errors(&h, "invalid_body"), (n + 1) as f64, "{what}");
+    }
+    assert_eq!(errors(&h, "upstream_failed"), 0.0);
+    // A well-formed chunked body goes through on the same proxy.
+    let (response, _) = exchange(h.proxy.addr, chunked_post("5\r\nhello\r\n0\r\n\r\n").as_bytes()).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    let received = h.mock.received();
+    assert_eq!(received.last().map(|r| &r.body[..]), Some(&b"hello"[..]));
+}
+
+#[tokio::test]
+async fn a_chunked_request_body_slower_than_the_request_timeout_is_the_callers_408() {
+    let h = started(Harness::builder().server("request_timeout", "\"1s\"")).await;
+    let mut stream = TcpStream::connect(h.proxy.addr).await.unwrap();
+    stream
+        .write_all(chunked_post("5\r\nhello\r\n").as_bytes())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let response = read_response(&mut stream, &mut buf, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_raw_refusal(&response, 408, "body_timeout");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert_eq!(errors(&h, "upstream_timeout"), 0.0);
+    assert_eq!(errors(&h, "body_timeout"), 1.0);
+}
+
+#[tokio::test]
+async fn a_slow_zuora_behind_a_whole_chunked_body_is_still_504() {
+    let h = started(Harness::builder().server("request_timeout", "\"1s\"")).await;
+    h.mock.set_api_mode(ApiMode::Delay(Duration::from_secs(3)));
+    let mut stream = TcpStream::connect(h.proxy.addr).await.unwrap();
+    stream
+        .write_all(chunked_post("5\r\nhello\r\n0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let response = read_response(&mut stream, &mut buf, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_raw_refusal(&response, 504, "upstream_timeout");
 }
 
 #[tokio::test]

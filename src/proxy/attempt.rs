@@ -6,7 +6,7 @@ use super::prepare::{self, body_error, Prepared};
 use super::record::Record;
 use super::Deadline;
 use crate::backoff::{self, Backoff};
-use crate::body::{transfer_coding_is_decoded, UpstreamBody};
+use crate::body::{transfer_coding_is_decoded, CallerProgress, UpstreamBody};
 use crate::error::ProxyError;
 use crate::headers;
 use crate::routes::{RetryOn, Route};
@@ -50,6 +50,7 @@ pub(super) async fn attempt(
         .then_some(admitted.route.as_ref());
     // Only a buffered body can be sent twice; a streamed one gets exactly one attempt.
     let replay = p.body.replayable();
+    let caller = p.body.progress();
     let mut first = Some(p.body.into_upstream());
     let mut backoff = Backoff::new(RETRY_BACKOFF_BASE, RETRY_BACKOFF_MAX);
     let started = Instant::now();
@@ -57,6 +58,7 @@ pub(super) async fn attempt(
         let (attempt_headers, attempt_body) = next_attempt(&mut first, replay.as_ref(), &mut p.headers);
         let sent = send(tenant, &p.method, &p.uri, attempt_headers, attempt_body, p.max_body);
         let result = deadline.bound(None, sent, ProxyError::UpstreamTimeout).await;
+        let result = result.map_err(|error| callers_fault(error, caller.as_ref()));
         if matches!(&result, Ok(r) if r.status() == StatusCode::UNAUTHORIZED) {
             // Whatever happens to this request, the next ones need another token (only the
             // first request to see this token refused causes a fetch).
@@ -164,6 +166,10 @@ async fn send(
     body: UpstreamBody,
     max_body: u64,
 ) -> Result<Response<Incoming>, ProxyError> {
+    let caller = match &body {
+        Either::Right(streamed) => Some(streamed.progress()),
+        Either::Left(_) => None,
+    };
     let mut request = Request::new(body);
     *request.method_mut() = method.clone();
     *request.uri_mut() = uri.clone();
@@ -174,6 +180,8 @@ async fn send(
         } else {
             match body_error(&e, max_body) {
                 ProxyError::BodyTooLarge { limit } => ProxyError::BodyTooLarge { limit },
+                // hyper's error does not say whose bytes broke: the caller's body knows.
+                _ if caller.as_ref().is_some_and(CallerProgress::failed) => ProxyError::BodyRead,
                 _ => ProxyError::UpstreamFailed,
             }
         };
@@ -190,6 +198,15 @@ async fn send(
         ProxyError::UpstreamInvalidResponse
     })?;
     Ok(response)
+}
+
+/// A request that ran out of time while its streamed body still waited for the caller's
+/// bytes timed out on the caller, not on Zuora (which cannot answer a request it has not got).
+fn callers_fault(error: ProxyError, caller: Option<&CallerProgress>) -> ProxyError {
+    match error {
+        ProxyError::UpstreamTimeout if caller.is_some_and(CallerProgress::waiting_on_caller) => ProxyError::BodyTimeout,
+        other => other,
+    }
 }
 
 /// Whether an answer can go to the caller as it is. hyper skips interim answers but a `101`,
