@@ -144,6 +144,50 @@ async fn an_unsolicited_101_is_502_and_other_interim_answers_are_skipped() {
     }
 }
 
+/// A streamed request body of `total` bytes in 16 KiB frames that never ends on its own:
+/// the caller is still sending when Zuora answers.
+fn endless_body(total: usize) -> http_body_util::StreamBody<EndlessFrames> {
+    use futures_util::StreamExt;
+    use hyper::body::Frame;
+    let frames =
+        futures_util::stream::iter((0..total / 16384).map(|_| Ok(Frame::data(bytes::Bytes::from(vec![b'x'; 16384])))))
+            .chain(futures_util::stream::pending());
+    http_body_util::StreamBody::new(frames.boxed())
+}
+
+type EndlessFrames = futures_util::stream::BoxStream<'static, Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>>;
+
+#[tokio::test]
+#[ignore = "needs the upstream connection to absorb writes once Zuora has gone (EarlyAnswer in upstream.rs)"]
+async fn an_early_answer_before_the_body_is_read_is_relayed() {
+    let h = started(Harness::builder().server("max_body_bytes", "16777216")).await;
+    for status in [413u16, 401] {
+        h.mock.set_api_mode(ApiMode::EarlyAnswer { status });
+        let request = http::Request::post(h.url(&job_path("echo")))
+            .header("zuora-track-id", format!("early-{status}"))
+            .body(endless_body(8 * 1024 * 1024))
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), support::client::send(request))
+            .await
+            .unwrap_or_else(|_| panic!("{status}: no answer"));
+        assert_eq!(answer.status.as_u16(), status, "{answer:?}");
+        assert_eq!(answer.header("x-zuora-proxy-error"), None, "{answer:?}");
+        assert_eq!(
+            answer.header("zuora-track-id"),
+            Some(format!("early-{status}").as_str())
+        );
+        assert!(answer.header("zuora-request-id").is_some(), "{answer:?}");
+        let json = answer.json();
+        assert!(json["message"].is_string(), "{json}");
+        if status == 401 {
+            assert!(answer.header("www-authenticate").is_some(), "{answer:?}");
+        }
+    }
+    assert_eq!(errors(&h, "upstream_failed"), 0.0);
+    let in_flight = Metrics::parse(&h.proxy.probe().metrics_text()).value("zuora_proxy_in_flight{tenant=\"default\"}");
+    assert_eq!(in_flight, 0.0, "the answers' slots came back");
+}
+
 #[tokio::test]
 async fn an_http_1_0_status_line_from_zuora_is_not_echoed() {
     let h = started(Harness::builder()).await;
