@@ -5,10 +5,13 @@
 //! after its read timeout.
 
 use bytes::Bytes;
+use http::{header, HeaderMap};
 use http_body_util::{Either, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Sleep;
@@ -17,12 +20,30 @@ use tokio::time::Sleep;
 pub type ResponseBody = WatchedBody<Either<Incoming, Full<Bytes>>>;
 
 /// What Zuora receives: a buffered (replayable) body, or the caller's stream under a cap.
-pub type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
+pub type UpstreamBody = Either<Full<Bytes>, CallerBody<Limited<Incoming>>>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Bodies at most this large are buffered, so a request can be replayed.
 pub const REPLAY_BUFFER_BYTES: u64 = 64 * 1024;
+
+/// Whether a message's framing is one the proxy decodes: no `Transfer-Encoding`, or exactly
+/// `chunked`. hyper decodes the final `chunked` and hands on the rest still coded (`gzip,
+/// chunked`), and it would decode a doubled `chunked` once, so anything else must be refused
+/// rather than passed on as if it were the message's bytes.
+pub fn transfer_coding_is_decoded(headers: &HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(only), None) => only.eq_ignore_ascii_case(b"chunked"),
+        _ => false,
+    }
+}
 
 /// A body the proxy wrote itself, with nobody watching it.
 pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
@@ -150,6 +171,80 @@ impl<B: Body> Drop for WatchedBody<B> {
     }
 }
 
+/// The caller's body streamed toward Zuora, telling its [`CallerProgress`] whether it failed
+/// or is waiting for the caller. When the upstream request fails or runs out of time, hyper's
+/// error cannot say which side was at fault; this can: a malformed chunk or a caller that
+/// stopped sending is the caller's error, not Zuora's.
+pub struct CallerBody<B> {
+    inner: B,
+    progress: CallerProgress,
+}
+
+/// Where a [`CallerBody`] stands; cheap to clone and read from another task.
+#[derive(Clone, Debug, Default)]
+pub struct CallerProgress(Arc<AtomicU8>);
+
+const SENDING: u8 = 0;
+/// Its last poll found nothing from the caller: whoever waits, waits for the caller.
+const WAITING: u8 = 1;
+const ENDED: u8 = 2;
+const FAILED: u8 = 3;
+
+impl CallerProgress {
+    /// The caller's body could not be read (malformed, over the cap, the caller gone).
+    pub fn failed(&self) -> bool {
+        self.0.load(Ordering::Acquire) == FAILED
+    }
+
+    /// The body is not over and the last read of it was left waiting for the caller's bytes.
+    pub fn waiting_on_caller(&self) -> bool {
+        self.0.load(Ordering::Acquire) == WAITING
+    }
+
+    fn set(&self, state: u8) {
+        self.0.store(state, Ordering::Release);
+    }
+}
+
+impl<B> CallerBody<B> {
+    pub fn new(inner: B) -> CallerBody<B> {
+        CallerBody {
+            inner,
+            progress: CallerProgress::default(),
+        }
+    }
+
+    pub fn progress(&self) -> CallerProgress {
+        self.progress.clone()
+    }
+}
+
+impl<B: Body + Unpin> Body for CallerBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let state = match &polled {
+            Poll::Pending => WAITING,
+            Poll::Ready(Some(Err(_))) => FAILED,
+            Poll::Ready(None) => ENDED,
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => ENDED,
+            Poll::Ready(Some(Ok(_))) => SENDING,
+        };
+        self.progress.set(state);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A body holding `guard` (a connection's busy mark) until the body ends or is dropped.
 pub struct GuardedBody<B> {
     inner: B,
@@ -205,6 +300,27 @@ mod tests {
         }
     }
 
+    #[test]
+    fn only_plain_chunked_is_a_decoded_transfer_coding() {
+        let cases: [(&[&str], bool); 8] = [
+            (&[], true),
+            (&["chunked"], true),
+            (&["Chunked "], true),
+            (&["gzip, chunked"], false),
+            (&["gzip", "chunked"], false),
+            (&["chunked, chunked"], false),
+            (&["identity"], false),
+            (&["gzip"], false),
+        ];
+        for (values, decoded) in cases {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(header::TRANSFER_ENCODING, v.parse().unwrap());
+            }
+            assert_eq!(transfer_coding_is_decoded(&headers), decoded, "{values:?}");
+        }
+    }
+
     #[tokio::test]
     async fn a_body_sent_whole_ends_complete_once() {
         let seen = Seen::default();
@@ -227,6 +343,50 @@ mod tests {
         ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
             self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
         }
+    }
+
+    /// A body of one frame, then an error.
+    struct Broken(bool);
+
+    impl Body for Broken {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            let first = std::mem::replace(&mut self.0, false);
+            Poll::Ready(Some(if first {
+                Ok(Frame::data(Bytes::from_static(b"ab")))
+            } else {
+                Err(std::io::Error::other("bad chunk"))
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_caller_body_tells_whether_it_waits_for_the_caller_or_failed() {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut body = CallerBody::new(Chan(rx));
+        let progress = body.progress();
+        assert!(!progress.waiting_on_caller() && !progress.failed());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        assert!(progress.waiting_on_caller());
+        tx.send(Bytes::from_static(b"ab")).await.unwrap();
+        assert!(body.frame().await.unwrap().is_ok());
+        assert!(!progress.waiting_on_caller(), "a frame came: nobody waits");
+        drop(tx);
+        assert!(body.frame().await.is_none());
+        assert!(!progress.waiting_on_caller() && !progress.failed(), "ended");
+
+        let mut body = CallerBody::new(Broken(true));
+        let progress = body.progress();
+        assert!(body.frame().await.unwrap().is_ok());
+        assert!(!progress.failed());
+        assert!(body.frame().await.unwrap().is_err());
+        assert!(progress.failed());
     }
 
     #[tokio::test]

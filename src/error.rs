@@ -11,6 +11,8 @@ use http_body_util::Full;
 pub enum ProxyError {
     #[error("the request has both Content-Length and Transfer-Encoding; its framing is ambiguous")]
     AmbiguousFraming,
+    #[error("an HTTP/1.1 request needs exactly one Host header, and neither it nor the target may carry userinfo")]
+    InvalidHost,
     #[error("no allowed route matches this path")]
     RouteNotFound,
     #[error("this path is allowed only with another method")]
@@ -25,6 +27,10 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("the request body could not be read")]
     BodyRead,
+    #[error("the request body did not arrive within the request timeout")]
+    BodyTimeout,
+    #[error("the request uses a transfer coding other than chunked, which the proxy does not decode")]
+    UnsupportedTransferCoding,
     #[error("no valid Zuora access token could be obtained in time")]
     TokenUnavailable,
     #[error("too many requests are in flight to this Zuora tenant; retry later")]
@@ -35,13 +41,16 @@ pub enum ProxyError {
     UpstreamFailed,
     #[error("Zuora did not answer in time")]
     UpstreamTimeout,
+    #[error("Zuora's answer cannot be passed on: an unsolicited interim answer or a transfer coding the proxy does not decode")]
+    UpstreamInvalidResponse,
     #[error("the proxy could not forward this request; see its log")]
     Internal,
 }
 
 /// Every code [`ProxyError::code`] can return, for metrics that start at zero.
-pub const CODES: [&str; 14] = [
+pub const CODES: [&str; 18] = [
     "ambiguous_framing",
+    "invalid_host",
     "route_not_found",
     "method_not_allowed",
     "invalid_path_parameter",
@@ -49,11 +58,14 @@ pub const CODES: [&str; 14] = [
     "no_matching_rule",
     "body_too_large",
     "invalid_body",
+    "body_timeout",
+    "unsupported_transfer_coding",
     "token_unavailable",
     "overloaded",
     "upstream_unreachable",
     "upstream_failed",
     "upstream_timeout",
+    "upstream_invalid_response",
     "internal_error",
 ];
 
@@ -66,6 +78,7 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::AmbiguousFraming => "ambiguous_framing",
+            ProxyError::InvalidHost => "invalid_host",
             ProxyError::RouteNotFound => "route_not_found",
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
             ProxyError::InvalidPathParameter { .. } => "invalid_path_parameter",
@@ -73,11 +86,14 @@ impl ProxyError {
             ProxyError::NoMatchingRule => "no_matching_rule",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BodyRead => "invalid_body",
+            ProxyError::BodyTimeout => "body_timeout",
+            ProxyError::UnsupportedTransferCoding => "unsupported_transfer_coding",
             ProxyError::TokenUnavailable => "token_unavailable",
             ProxyError::Overloaded => "overloaded",
             ProxyError::UpstreamUnreachable => "upstream_unreachable",
             ProxyError::UpstreamFailed => "upstream_failed",
             ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::UpstreamInvalidResponse => "upstream_invalid_response",
             ProxyError::Internal => "internal_error",
         }
     }
@@ -89,11 +105,16 @@ impl ProxyError {
             ProxyError::InvalidPathParameter { .. }
             | ProxyError::InvalidTrackId
             | ProxyError::BodyRead
-            | ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
+            | ProxyError::AmbiguousFraming
+            | ProxyError::InvalidHost => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::NoMatchingRule => StatusCode::FORBIDDEN,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::TokenUnavailable | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamUnreachable | ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamUnreachable | ProxyError::UpstreamFailed | ProxyError::UpstreamInvalidResponse => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -133,6 +154,7 @@ mod tests {
     async fn every_error_maps_to_its_row() {
         let rows = [
             (ProxyError::AmbiguousFraming, 400, "ambiguous_framing"),
+            (ProxyError::InvalidHost, 400, "invalid_host"),
             (ProxyError::RouteNotFound, 404, "route_not_found"),
             (
                 ProxyError::MethodNotAllowed {
@@ -153,11 +175,18 @@ mod tests {
             (ProxyError::NoMatchingRule, 403, "no_matching_rule"),
             (ProxyError::BodyTooLarge { limit: 10 }, 413, "body_too_large"),
             (ProxyError::BodyRead, 400, "invalid_body"),
+            (ProxyError::BodyTimeout, 408, "body_timeout"),
+            (
+                ProxyError::UnsupportedTransferCoding,
+                501,
+                "unsupported_transfer_coding",
+            ),
             (ProxyError::TokenUnavailable, 503, "token_unavailable"),
             (ProxyError::Overloaded, 503, "overloaded"),
             (ProxyError::UpstreamUnreachable, 502, "upstream_unreachable"),
             (ProxyError::UpstreamFailed, 502, "upstream_failed"),
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
+            (ProxyError::UpstreamInvalidResponse, 502, "upstream_invalid_response"),
             (ProxyError::Internal, 500, "internal_error"),
         ];
         let track = HeaderValue::from_static("t-1");

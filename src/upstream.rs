@@ -7,6 +7,7 @@ use crate::tls::{crypto_provider, read_certs, PemError};
 use http::Uri;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -128,7 +129,7 @@ pub struct Egress {
 struct TunnelTimeout;
 
 impl tower_service::Service<Uri> for Egress {
-    type Response = TokioIo<TcpStream>;
+    type Response = EarlyAnswer<TokioIo<TcpStream>>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -144,7 +145,7 @@ impl tower_service::Service<Uri> for Egress {
             self.proxy.intercept(&dst)
         };
         match intercept {
-            None => Box::pin(async move { http.call(dst).await.map_err(Into::into) }),
+            None => Box::pin(async move { http.call(dst).await.map(EarlyAnswer::new).map_err(Into::into) }),
             Some(intercept) => {
                 let mut tunnel = Tunnel::new(intercept.uri().clone(), http);
                 if let Some(auth) = intercept.basic_auth() {
@@ -154,12 +155,112 @@ impl tower_service::Service<Uri> for Egress {
                 let limit = self.connect_timeout;
                 Box::pin(async move {
                     match tokio::time::timeout(limit, tunnel.call(dst)).await {
-                        Ok(result) => result.map_err(Into::into),
+                        Ok(result) => result.map(EarlyAnswer::new).map_err(Into::into),
                         Err(_) => Err(TunnelTimeout.into()),
                     }
                 })
             }
         }
+    }
+}
+
+/// A connection to Zuora that keeps an early answer readable. Zuora may answer (413, 401)
+/// before it has read the whole request body and close; writing the rest of the body then
+/// fails (EPIPE, reset), and hyper, which fails the request on a write error, would lose the
+/// answer already waiting to be read. Once the peer is gone, writes are discarded instead:
+/// hyper goes on to read the answer, and the connection ends when its read side does (it is
+/// never reused: the peer has closed it).
+pub struct EarlyAnswer<T> {
+    inner: T,
+    peer_gone: bool,
+}
+
+impl<T> EarlyAnswer<T> {
+    fn new(inner: T) -> EarlyAnswer<T> {
+        EarlyAnswer {
+            inner,
+            peer_gone: false,
+        }
+    }
+
+    /// `written`, unless it says the peer went away: then everything counts as written.
+    fn absorb(&mut self, written: Poll<std::io::Result<usize>>, len: usize) -> Poll<std::io::Result<usize>> {
+        match written {
+            Poll::Ready(Err(e)) if peer_gone(&e) => {
+                tracing::debug!(error = %e, "Zuora stopped reading the request; its answer is still read");
+                self.peer_gone = true;
+                Poll::Ready(Ok(len))
+            }
+            other => other,
+        }
+    }
+}
+
+fn peer_gone(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    matches!(error.kind(), BrokenPipe | ConnectionReset | ConnectionAborted)
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for EarlyAnswer<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for EarlyAnswer<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        if self.peer_gone {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.absorb(written, buf.len())
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let len = bufs.iter().map(|b| b.len()).sum();
+        if self.peer_gone {
+            return Poll::Ready(Ok(len));
+        }
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.absorb(written, len)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.peer_gone {
+            return Poll::Ready(Ok(()));
+        }
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Ready(Err(e)) if peer_gone(&e) => {
+                self.peer_gone = true;
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.peer_gone {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<T: Connection> Connection for EarlyAnswer<T> {
+    fn connected(&self) -> Connected {
+        self.inner.connected()
     }
 }
 

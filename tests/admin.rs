@@ -331,6 +331,7 @@ async fn caller_input_never_becomes_a_label_value() {
     // The README's error codes, token fetch results and reload results.
     let codes = [
         "ambiguous_framing",
+        "invalid_host",
         "route_not_found",
         "method_not_allowed",
         "invalid_path_parameter",
@@ -338,11 +339,14 @@ async fn caller_input_never_becomes_a_label_value() {
         "no_matching_rule",
         "body_too_large",
         "invalid_body",
+        "body_timeout",
+        "unsupported_transfer_coding",
         "token_unavailable",
         "overloaded",
         "upstream_unreachable",
         "upstream_failed",
         "upstream_timeout",
+        "upstream_invalid_response",
         "internal_error",
         "caller_gone",
         "upstream_body_incomplete",

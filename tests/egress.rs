@@ -128,7 +128,7 @@ proxy_url = "http://{USER}:{PASSWORD_IN_URL}@127.0.0.1:3128"
     std::fs::write(&path, text.replace("proxy_url = \"http://", "proxy_url = \"socks5://")).unwrap();
     let output = check_config(&path);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
     assert!(stderr.contains("tenants.default.proxy_url"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }

@@ -10,7 +10,7 @@ use crate::snapshot::Snapshot;
 use crate::tenant::Tenant;
 use crate::track_id;
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue};
+use http::{header, HeaderMap, HeaderValue, Uri, Version};
 use std::sync::Arc;
 
 /// A request the proxy will forward, and what its rule decided.
@@ -37,6 +37,9 @@ pub(super) fn admit<'s>(
     let caller_track_id = caller_track_id(&parts.headers);
     if let Ok(Some(id)) = &caller_track_id {
         record.track_id = Some(id.clone());
+    }
+    if !valid_host(parts) {
+        return Err(ProxyError::InvalidHost);
     }
     let live = &snapshot.config.live;
     let route = allowed_route(snapshot.allowlist(), parts, record)?;
@@ -79,6 +82,23 @@ fn allowed_route<'s>(
         Resolution::MethodNotAllowed { allow } => Err(ProxyError::MethodNotAllowed { allow }),
         Resolution::NotFound => Err(ProxyError::RouteNotFound),
     }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host` (HTTP/1.0 may omit it), and
+/// userinfo belongs in neither `Host` nor an absolute-form target (RFC 9110 §4.2.4). The
+/// proxy never routes by either, but a request that breaks these rules is not one to pass on.
+fn valid_host(parts: &Parts) -> bool {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return false,
+        (None, None) => return parts.version < Version::HTTP_11 && !has_userinfo(&parts.uri),
+        (Some(host), None) => host,
+    };
+    !host.as_bytes().contains(&b'@') && !has_userinfo(&parts.uri)
+}
+
+fn has_userinfo(uri: &Uri) -> bool {
+    uri.authority().is_some_and(|a| a.as_str().contains('@'))
 }
 
 /// The caller's `Zuora-Track-Id`: absent, or present once and valid.

@@ -8,7 +8,7 @@ use super::prepare::{self, body_error, Prepared};
 use super::record::Record;
 use super::Deadline;
 use crate::backoff::{self, Backoff};
-use crate::body::UpstreamBody;
+use crate::body::{transfer_coding_is_decoded, CallerProgress, UpstreamBody};
 use crate::error::ProxyError;
 use crate::headers;
 use crate::routes::{RetryOn, Route};
@@ -60,6 +60,7 @@ pub(super) async fn attempt(
         .then_some(admitted.route.as_ref());
     // Only a buffered body can be sent twice; a streamed one gets exactly one attempt.
     let replay = p.body.replayable();
+    let caller = p.body.progress();
     let mut first = Some(p.body.into_upstream());
     let mut backoff = Backoff::new(RETRY_BACKOFF_BASE, RETRY_BACKOFF_MAX);
     let started = Instant::now();
@@ -67,6 +68,7 @@ pub(super) async fn attempt(
         let (attempt_headers, attempt_body) = next_attempt(&mut first, replay.as_ref(), &mut p.headers);
         let sent = send(tenant, &p.method, &p.uri, attempt_headers, attempt_body, p.max_body);
         let result = deadline.bound(None, sent, ProxyError::UpstreamTimeout).await;
+        let result = result.map_err(|error| callers_fault(error, caller.as_ref()));
         let (result, failure) = match result {
             Ok(response) if admitted.route.zuora_body_errors && may_hold_failure(&p.method, &response) => {
                 let read = deadline.bound(None, read_failure(response), ProxyError::UpstreamTimeout);
@@ -271,22 +273,61 @@ async fn send(
     body: UpstreamBody,
     max_body: u64,
 ) -> Result<Response<Incoming>, ProxyError> {
+    let caller = match &body {
+        Either::Right(streamed) => Some(streamed.progress()),
+        Either::Left(_) => None,
+    };
     let mut request = Request::new(body);
     *request.method_mut() = method.clone();
     *request.uri_mut() = uri.clone();
     *request.headers_mut() = headers;
-    tenant.client.request(request).await.map_err(|e| {
+    let response = tenant.client.request(request).await.map_err(|e| {
         let error = if e.is_connect() {
             ProxyError::UpstreamUnreachable
         } else {
             match body_error(&e, max_body) {
                 ProxyError::BodyTooLarge { limit } => ProxyError::BodyTooLarge { limit },
+                // hyper's error does not say whose bytes broke: the caller's body knows.
+                _ if caller.as_ref().is_some_and(CallerProgress::failed) => ProxyError::BodyRead,
                 _ => ProxyError::UpstreamFailed,
             }
         };
         tracing::debug!(tenant = %tenant.name(), error = %describe_client_error(&e), "upstream request failed");
         error
-    })
+    })?;
+    passable(&response).map_err(|what| {
+        tracing::warn!(
+            tenant = %tenant.name(),
+            status = response.status().as_u16(),
+            transfer_encoding = ?response.headers().get(header::TRANSFER_ENCODING),
+            "Zuora's answer not passed on: {what}"
+        );
+        ProxyError::UpstreamInvalidResponse
+    })?;
+    Ok(response)
+}
+
+/// A request that ran out of time while its streamed body still waited for the caller's
+/// bytes timed out on the caller, not on Zuora (which cannot answer a request it has not got).
+fn callers_fault(error: ProxyError, caller: Option<&CallerProgress>) -> ProxyError {
+    match error {
+        ProxyError::UpstreamTimeout if caller.is_some_and(CallerProgress::waiting_on_caller) => ProxyError::BodyTimeout,
+        other => other,
+    }
+}
+
+/// Whether an answer can go to the caller as it is. hyper skips interim answers but a `101`,
+/// which no request of the proxy asks for (it never sends `Upgrade`): what follows is not
+/// HTTP. A body in a coding the proxy does not decode would reach the caller still coded,
+/// with no header left to say so.
+fn passable(response: &Response<Incoming>) -> Result<(), &'static str> {
+    if response.status().is_informational() {
+        return Err("an unsolicited interim answer");
+    }
+    if !transfer_coding_is_decoded(response.headers()) {
+        return Err("a transfer coding the proxy does not decode");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

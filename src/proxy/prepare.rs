@@ -4,7 +4,7 @@
 
 use super::admit::Admitted;
 use super::Deadline;
-use crate::body::{UpstreamBody, REPLAY_BUFFER_BYTES};
+use crate::body::{transfer_coding_is_decoded, CallerBody, CallerProgress, UpstreamBody, REPLAY_BUFFER_BYTES};
 use crate::error::ProxyError;
 use crate::headers::{self, Injected};
 use crate::routes::IdempotencyKey;
@@ -52,7 +52,7 @@ pub(super) async fn prepare(
 ) -> Result<Prepared, ProxyError> {
     let tenant = admitted.tenant;
     let body = OutgoingBody::read(body, &parts.headers, max_body);
-    let body = deadline.bound(None, body, ProxyError::BodyRead).await?;
+    let body = deadline.bound(None, body, ProxyError::BodyTimeout).await?;
     let uri = tenant.uri_for(parts.uri.path_and_query()).map_err(|error| {
         tracing::error!(tenant = %tenant.name(), %error, "request not forwarded");
         ProxyError::Internal
@@ -126,11 +126,16 @@ pub(super) enum OutgoingBody {
     /// Small enough to hold, so it can be sent again after a 401.
     Buffered(Bytes),
     /// Streamed through under the size cap; not replayable.
-    Streamed(Limited<Incoming>),
+    Streamed(CallerBody<Limited<Incoming>>),
 }
 
 impl OutgoingBody {
     async fn read(body: Incoming, headers: &HeaderMap, max: u64) -> Result<OutgoingBody, ProxyError> {
+        // hyper took off the final `chunked` only: what is left would reach Zuora still coded
+        // with nothing saying so (Transfer-Encoding is hop-by-hop).
+        if !transfer_coding_is_decoded(headers) {
+            return Err(ProxyError::UnsupportedTransferCoding);
+        }
         if body.is_end_stream() {
             return Ok(OutgoingBody::Buffered(Bytes::new()));
         }
@@ -149,7 +154,15 @@ impl OutgoingBody {
                     .map_err(|e| body_error(&*e, max))?;
                 Ok(OutgoingBody::Buffered(collected.to_bytes()))
             }
-            _ => Ok(OutgoingBody::Streamed(Limited::new(body, limit))),
+            _ => Ok(OutgoingBody::Streamed(CallerBody::new(Limited::new(body, limit)))),
+        }
+    }
+
+    /// How a streamed body is doing, to tell the caller's faults from Zuora's.
+    pub fn progress(&self) -> Option<CallerProgress> {
+        match self {
+            OutgoingBody::Buffered(_) => None,
+            OutgoingBody::Streamed(body) => Some(body.progress()),
         }
     }
 
