@@ -73,6 +73,10 @@ pub const CODES: [&str; 18] = [
 /// answer): they appear in the access line and `proxy_errors_total`, never in a body.
 pub const AFTER_HEAD_CODES: [&str; 3] = ["caller_gone", "upstream_body_incomplete", "upstream_body_timeout"];
 
+/// Codes of the requests the HTTP layer refused itself (its own empty 400, 431 or 414), in
+/// the access line and `proxy_errors_total`.
+pub const HTTP_LAYER_CODES: [&str; 3] = ["malformed_request", "request_head_too_large", "uri_too_long"];
+
 impl ProxyError {
     /// The stable code, also the value of `x-zuora-proxy-error` and a metrics label.
     pub fn code(&self) -> &'static str {

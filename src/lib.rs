@@ -117,6 +117,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown_grace: config.fixed.listener.shutdown_grace,
         tls: caller_tls,
         on_refusal: None,
+        open: None,
     };
     let (listener, addr, socket_path) = match listen {
         Listen::Tcp(wanted) => {
@@ -152,6 +153,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
     };
     let proxy_settings = ConnSettings {
+        open: Some(proxy.metrics().open_connections()),
         on_refusal: Some({
             let proxy = proxy.clone();
             Arc::new(move |refusal| record_refusal(&proxy, refusal))
@@ -196,6 +198,7 @@ fn record_refusal(proxy: &Proxy, refusal: server::Refusal) {
         .snapshot()
         .route_meters(None)
         .answered(refusal.status.as_u16(), seconds);
+    proxy.metrics().proxy_error(refusal.code);
     access_log::emit(&access_log::AccessRecord {
         status: refusal.status.as_u16(),
         duration_ms: seconds * 1000.0,

@@ -249,7 +249,8 @@ impl Metrics {
         for &result in ReloadResult::ALL {
             let _ = m.config_reloads.get_or_create(&ResultLabel { result });
         }
-        for code in crate::error::CODES.into_iter().chain(crate::error::AFTER_HEAD_CODES) {
+        let codes = crate::error::CODES.into_iter().chain(crate::error::AFTER_HEAD_CODES);
+        for code in codes.chain(crate::error::HTTP_LAYER_CODES) {
             let _ = m.proxy_errors.get_or_create(&CodeLabel { code });
         }
         Metrics {

@@ -113,3 +113,16 @@ async fn a_caller_that_leaves_before_its_answer_leaves_a_line() {
     );
     eventually("the slot came back", async || (in_flight(&h) == 0.0).then_some(())).await;
 }
+
+#[tokio::test]
+async fn open_caller_connections_are_counted_while_they_last() {
+    let h = Harness::builder().start().await;
+    let open = |h: &Harness| metrics(h).value_or_zero("zuora_proxy_open_connections");
+    assert_eq!(open(&h), 0.0);
+    let first = tokio::net::TcpStream::connect(h.proxy.addr).await.unwrap();
+    let second = tokio::net::TcpStream::connect(h.proxy.addr).await.unwrap();
+    eventually("two connections counted", async || (open(&h) == 2.0).then_some(())).await;
+    drop(first);
+    drop(second);
+    eventually("both gone", async || (open(&h) == 0.0).then_some(())).await;
+}

@@ -351,6 +351,9 @@ async fn caller_input_never_becomes_a_label_value() {
         "caller_gone",
         "upstream_body_incomplete",
         "upstream_body_timeout",
+        "malformed_request",
+        "request_head_too_large",
+        "uri_too_long",
     ];
     let results = [
         "ok",

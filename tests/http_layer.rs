@@ -79,6 +79,9 @@ async fn a_head_over_max_header_bytes_is_answered_431_and_counted() {
     assert_eq!(fits.status, 404);
     eventually("the 404 counted", async || (no_route(&h, 404) == 1.0).then_some(())).await;
     assert_eq!(no_route(&h, 431), 1.0, "one refusal, counted once");
+    let errors = Metrics::parse(&h.proxy.probe().metrics_text())
+        .value_or_zero("zuora_proxy_proxy_errors_total{code=\"request_head_too_large\"}");
+    assert_eq!(errors, 1.0, "counted by its code too");
 }
 
 #[tokio::test]

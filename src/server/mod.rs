@@ -15,6 +15,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use prometheus_client::metrics::gauge::Gauge;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -45,6 +46,28 @@ pub struct ConnSettings {
     pub tls: Option<CallerTls>,
     /// Told of every request the HTTP layer answered itself, which no handler ever sees.
     pub on_refusal: Option<OnRefusal>,
+    /// Counts the connections being served.
+    pub open: Option<Gauge>,
+}
+
+/// One served connection on the `open` gauge, for as long as its task lives.
+struct Open(Option<Gauge>);
+
+impl Open {
+    fn enter(gauge: &Option<Gauge>) -> Open {
+        if let Some(gauge) = gauge {
+            gauge.inc();
+        }
+        Open(gauge.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(gauge) = &self.0 {
+            gauge.dec();
+        }
+    }
 }
 
 /// See [`ConnSettings::on_refusal`].
@@ -190,8 +213,10 @@ pub async fn serve<H, F>(
             settings: settings.clone(),
             watcher: graceful.watcher(),
         };
+        let open = Open::enter(&settings.open);
         connections.spawn(async move {
             let _permit = permit;
+            let _open = open;
             match stream {
                 Stream::Tcp(stream) => connection.start(stream, peer).await,
                 Stream::Unix(stream) => connection.start(stream, peer).await,
