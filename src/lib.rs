@@ -69,6 +69,8 @@ pub enum StartError {
     Upstream(#[from] upstream::UpstreamError),
     #[error("listener TLS: {0}")]
     Tls(#[from] server::tls::TlsError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 /// A started proxy: its bound addresses and the handles to drain and reload it.
@@ -109,7 +111,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
-    let proxy = Arc::new(Proxy::new(Snapshot::build(config, &metrics, None)?, metrics));
+    // A Redis that does not answer is no reason to refuse to start: the replica starts in
+    // local mode and joins when Redis answers.
+    let cluster = match &config.fixed.cluster {
+        Some(settings) => Some(cluster::Cluster::start(settings.clone()).await?),
+        None => None,
+    };
+    let snapshot = Snapshot::build(config, &metrics, None, cluster.as_ref())?;
+    let proxy = Arc::new(Proxy::new(snapshot, metrics));
 
     let addr = listener
         .local_addr()
@@ -245,7 +254,7 @@ impl Running {
         for warning in &config.warnings {
             tracing::warn!(key = %warning.key, message = %warning.message, "configuration warning");
         }
-        let snapshot = Snapshot::build(config, self.proxy.metrics(), Some(&previous))?;
+        let snapshot = Snapshot::build(config, self.proxy.metrics(), Some(&previous), previous.cluster.as_ref())?;
         for gone in previous
             .tenants
             .keys()

@@ -1,6 +1,7 @@
 //! The configuration in force with what it needs at run time: its tenants and its routes'
 //! metric handles. Swapped whole on reload; a request keeps the snapshot it started with.
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteMeters, NO_ROUTE};
 use crate::tenant::Tenant;
@@ -11,17 +12,20 @@ use std::sync::Arc;
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub tenants: HashMap<String, Tenant>,
+    /// The replica's cluster handle (`[cluster]`), made at start and kept by every reload.
+    pub cluster: Option<Cluster>,
     routes: HashMap<String, RouteMeters>,
     no_route: RouteMeters,
 }
 
 impl Snapshot {
     /// Builds the tenants of `config`. A tenant whose settings did not change since
-    /// `previous` keeps its client and its token.
+    /// `previous` keeps its client and its token. `cluster` is the one made at start.
     pub fn build(
         config: Config,
         metrics: &Arc<Metrics>,
         previous: Option<&Snapshot>,
+        cluster: Option<&Cluster>,
     ) -> Result<Snapshot, UpstreamError> {
         let mut tenants = HashMap::new();
         for (name, settings) in &config.live.tenants {
@@ -30,7 +34,7 @@ impl Snapshot {
                 .filter(|t| *t.settings == **settings);
             let tenant = match kept {
                 Some(tenant) => tenant.carry_over(metrics),
-                None => Tenant::start(settings, metrics)?,
+                None => Tenant::start(settings, metrics, cluster)?,
             };
             tenants.insert(name.clone(), tenant);
         }
@@ -43,6 +47,7 @@ impl Snapshot {
         Ok(Snapshot {
             config: Arc::new(config),
             tenants,
+            cluster: cluster.cloned(),
             routes,
             no_route: metrics.unrouted(NO_ROUTE),
         })

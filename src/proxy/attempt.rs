@@ -57,6 +57,7 @@ pub(super) async fn attempt(
         let (attempt_headers, attempt_body) = next_attempt(&mut first, replay.as_ref(), &mut p.headers);
         let sent = send(tenant, &p.method, &p.uri, attempt_headers, attempt_body, p.max_body);
         let result = deadline.bound(None, sent, ProxyError::UpstreamTimeout).await;
+        p.guards.cluster.iter().for_each(|cluster| cluster.saw(&result));
         if matches!(&result, Ok(r) if r.status() == StatusCode::UNAUTHORIZED) {
             // Whatever happens to this request, the next ones need another token (only the
             // first request to see this token refused causes a fetch).
