@@ -8,7 +8,7 @@
 //! Layering: every module imports only modules on a floor below its own.
 //! 1. Leaves, importing nothing of the crate: `tls` (crypto provider, PEM), `secret`,
 //!    `headers`, `body`, `backoff`, `track_id`, `labels`, and `routes::template`,
-//!    `server::framing`, `server::timeouts`.
+//!    `server::framing`, `server::timeouts`, and `cluster` (Redis coordination).
 //! 2. `routes` (allowlist, rules, caller identity, retry reasons) and `error` (every answer
 //!    the proxy makes itself); `mock` (test infrastructure over `body` and `tls`).
 //! 3. `config` (raw and validated settings, over `routes` and `secret`) and `metrics`.
@@ -88,7 +88,7 @@ pub struct Running {
 /// serves. Ports `0` pick free ports; see [`Running::addr`].
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_cluster(config.fixed.cluster.is_some()));
     let listen = config.fixed.listener.listen;
     let admin_listen = config.fixed.admin_listen;
     let caller_tls = config
