@@ -8,7 +8,7 @@ use crate::backoff;
 use crate::cluster::{Cluster, Permit, Refusal, TenantKey};
 use crate::error::ProxyError;
 use crate::routes::Rule;
-use crate::tenant::{self, Tenant};
+use crate::tenant::{self, Tenant, TenantCluster};
 use http::{Response, StatusCode};
 use std::time::SystemTime;
 use tokio::sync::OwnedSemaphorePermit;
@@ -35,6 +35,17 @@ pub(super) async fn govern(
     let Some(shared) = &tenant.cluster else {
         return Ok(None);
     };
+    // Boxed: the permit wait is a large future, and every request's future would carry its
+    // size even without a cluster.
+    Box::pin(wait(tenant, shared, rule, deadline)).await.map(Some)
+}
+
+async fn wait(
+    tenant: &Tenant,
+    shared: &TenantCluster,
+    rule: &Rule,
+    deadline: Deadline,
+) -> Result<ClusterGuard, ProxyError> {
     let cluster = &shared.cluster;
     let key = tenant::permit_key(&tenant.settings, rule.entity_header.as_ref());
     let until = deadline.0.min(Instant::now() + tenant.settings.queue_timeout);
@@ -62,11 +73,11 @@ pub(super) async fn govern(
             }
         }
     };
-    Ok(Some(ClusterGuard {
+    Ok(ClusterGuard {
         cluster: cluster.clone(),
         key,
         _held: held,
-    }))
+    })
 }
 
 impl ClusterGuard {
