@@ -72,7 +72,20 @@ fn readiness(proxy: &Proxy) -> Response<ResponseBody> {
             json!({ "state": label, "expires_in_s": expires_in.map(|s| s.floor()) }),
         );
     }
-    let body = json!({ "ready": ready, "draining": draining, "tenants": tenants });
+    // Redis down is reported, never a reason to be unready: the fallback serves, and a Redis
+    // outage must not take every replica out of service at once.
+    let cluster = snapshot.cluster.as_ref().map(|c| {
+        let stats = c.stats();
+        json!({
+            "mode": if stats.up { "cluster" } else { "local" },
+            "permits_held": stats.permits_held,
+            "permits_waiting": stats.permits_waiting,
+        })
+    });
+    let mut body = json!({ "ready": ready, "draining": draining, "tenants": tenants });
+    if let Some(cluster) = cluster {
+        body["cluster"] = cluster;
+    }
     let mut response = Response::new(full(format!("{body}\n")));
     *response.status_mut() = if ready {
         StatusCode::OK
@@ -89,6 +102,9 @@ fn readiness(proxy: &Proxy) -> Response<ResponseBody> {
 pub fn refresh_gauges(proxy: &Proxy) {
     proxy.metrics().set_log_lines_dropped(crate::telemetry::dropped_lines());
     let snapshot = proxy.snapshot();
+    if let Some(cluster) = &snapshot.cluster {
+        proxy.metrics().set_cluster_stats(&cluster.stats());
+    }
     let now = Instant::now();
     let wall = std::time::SystemTime::now();
     for tenant in snapshot.tenants.values() {

@@ -10,7 +10,7 @@
 //! Layering: every module imports only modules on a floor below its own.
 //! 1. Leaves, importing nothing of the crate: `tls` (crypto provider, PEM), `secret`,
 //!    `headers`, `body`, `backoff`, `track_id`, `labels`, and `routes::template`,
-//!    `server::framing`, `server::timeouts`.
+//!    `server::framing`, `server::timeouts`, and `cluster` (Redis coordination).
 //! 2. `routes` (allowlist, rules, caller identity, retry reasons) and `error` (every answer
 //!    the proxy makes itself), then `caller_token` (the placeholder token endpoint for SDKs);
 //!    `mock` (test infrastructure over `body` and `tls`).
@@ -78,6 +78,8 @@ pub enum StartError {
     Tls(#[from] server::tls::TlsError),
     #[error("Unix socket: {0}")]
     UnixSocket(#[from] server::unix::UnixSocketError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 /// A started proxy: its bound addresses and the handles to drain and reload it.
@@ -99,7 +101,7 @@ pub struct Running {
 /// serves. Ports `0` pick free ports; see [`Running::addr`].
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_cluster(config.fixed.cluster.is_some()));
     let listen = config.fixed.listener.listen;
     let admin_listen = config.fixed.admin_listen;
     let caller_tls = config
@@ -138,7 +140,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
-    let proxy = Arc::new(Proxy::new(Snapshot::build(config, &metrics, None)?, metrics));
+    // A Redis that does not answer is no reason to refuse to start: the replica starts in
+    // local mode and joins when Redis answers.
+    let cluster = match &config.fixed.cluster {
+        Some(settings) => Some(cluster::Cluster::start(settings.clone()).await?),
+        None => None,
+    };
+    let snapshot = Snapshot::build(config, &metrics, None, cluster.as_ref())?;
+    let proxy = Arc::new(Proxy::new(snapshot, metrics));
 
     let shown = match &socket_path {
         Some(path) => format!("unix:{}", path.display()),
@@ -361,7 +370,7 @@ impl Running {
         for warning in &config.warnings {
             tracing::warn!(key = %warning.key, message = %warning.message, "configuration warning");
         }
-        let snapshot = Snapshot::build(config, self.proxy.metrics(), Some(&previous))?;
+        let snapshot = Snapshot::build(config, self.proxy.metrics(), Some(&previous), previous.cluster.as_ref())?;
         for gone in previous
             .tenants
             .keys()

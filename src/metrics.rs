@@ -121,6 +121,8 @@ pub struct Metrics {
     queue_wait: HistogramFamily<TenantLabel>,
     retries: Family<RouteReason, Counter>,
     log_lines_dropped: Counter,
+    /// Registered only with `[cluster]`, so that a proxy without one exports what it did.
+    cluster: Option<ClusterMetrics>,
 }
 
 /// Registers `metric` under `name` and hands it back.
@@ -130,8 +132,10 @@ fn add<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metri
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    /// Every metric, plus the `cluster_*` series when `cluster` is true (`[cluster]` is set).
+    pub fn with_cluster(cluster: bool) -> Metrics {
         let mut r = Registry::with_prefix("zuora_proxy");
+        let cluster = cluster.then(|| ClusterMetrics::register(&mut r));
         let m = Metrics {
             requests: add(
                 &mut r,
@@ -229,6 +233,7 @@ impl Metrics {
                 "Log lines dropped because standard error did not keep up",
                 Counter::default(),
             ),
+            cluster,
             registry: Registry::default(),
             process: Registry::default(),
         };
@@ -396,6 +401,13 @@ impl Metrics {
                 tenant: label.tenant.clone(),
                 result,
             });
+        }
+    }
+
+    /// Brings the `cluster_*` series up to the cluster's own counters (at scrape time).
+    pub fn set_cluster_stats(&self, stats: &crate::cluster::StatsSnapshot) {
+        if let Some(cluster) = &self.cluster {
+            cluster.set(stats);
         }
     }
 
@@ -643,6 +655,147 @@ mod process {
     }
 }
 
+label_enum! {
+    /// Why a cluster permit was not granted.
+    pub enum RefusalReason {
+        Overloaded => "overloaded",
+        Unavailable => "unavailable",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: RefusalReason,
+}
+
+/// The cluster room's gauges and counters, read off [`crate::cluster::StatsSnapshot`].
+struct ClusterMetrics {
+    up: Gauge,
+    permits_held: Gauge,
+    permits_waiting: Gauge,
+    permits_granted: Counter,
+    permit_waits: Counter,
+    permits_refused: Family<ReasonLabel, Counter>,
+    lease_renewals: Counter,
+    fallback_transitions: Counter,
+    redis_errors: Counter,
+    shared_token_reads: Counter,
+    shared_token_stores: Counter,
+    shared_token_invalidations: Counter,
+    shared_token_unreadable: Counter,
+    cooldowns_published: Counter,
+    cooldowns_received: Counter,
+}
+
+impl ClusterMetrics {
+    fn register(r: &mut Registry) -> ClusterMetrics {
+        let permits_refused: Family<ReasonLabel, Counter> = add(
+            r,
+            "cluster_permits_refused",
+            "Cluster permits not granted, by reason (overloaded: answered 503; unavailable: the fallback cap applied)",
+            Family::default(),
+        );
+        for &reason in RefusalReason::ALL {
+            let _ = permits_refused.get_or_create(&ReasonLabel { reason });
+        }
+        let gauge = |r: &mut Registry, name: &str, help: &str| add(r, name, help, Gauge::default());
+        let counter = |r: &mut Registry, name: &str, help: &str| add(r, name, help, Counter::default());
+        ClusterMetrics {
+            up: gauge(
+                r,
+                "cluster_up",
+                "1 while Redis answers and the replica runs in cluster mode, 0 in local mode",
+            ),
+            permits_held: gauge(r, "cluster_permits_held", "Cluster permits this replica holds now"),
+            permits_waiting: gauge(
+                r,
+                "cluster_permits_waiting",
+                "Requests of this replica waiting for a cluster permit now",
+            ),
+            permits_granted: counter(r, "cluster_permits_granted", "Cluster permits granted"),
+            permit_waits: counter(r, "cluster_permit_waits", "Cluster permits granted only after waiting"),
+            permits_refused,
+            lease_renewals: counter(
+                r,
+                "cluster_lease_renewals",
+                "Permit leases renewed while a long request was in flight",
+            ),
+            fallback_transitions: counter(
+                r,
+                "cluster_fallback_transitions",
+                "Switches from cluster mode to local mode",
+            ),
+            redis_errors: counter(
+                r,
+                "cluster_redis_errors",
+                "Redis calls that failed or took longer than cluster.timeout",
+            ),
+            shared_token_reads: counter(
+                r,
+                "cluster_shared_token_reads",
+                "Tokens taken from Redis instead of fetched from Zuora",
+            ),
+            shared_token_stores: counter(
+                r,
+                "cluster_shared_token_stores",
+                "Tokens this replica fetched and shared",
+            ),
+            shared_token_invalidations: counter(
+                r,
+                "cluster_shared_token_invalidations",
+                "Shared tokens deleted after Zuora refused them",
+            ),
+            shared_token_unreadable: counter(
+                r,
+                "cluster_shared_token_unreadable",
+                "Shared tokens that did not open with this replica's client secret",
+            ),
+            cooldowns_published: counter(
+                r,
+                "cluster_cooldowns_published",
+                "Cool-downs this replica published after a 429",
+            ),
+            cooldowns_received: counter(
+                r,
+                "cluster_cooldowns_received",
+                "Cool-downs received from other replicas",
+            ),
+        }
+    }
+
+    fn set(&self, s: &crate::cluster::StatsSnapshot) {
+        self.up.set(i64::from(s.up));
+        self.permits_held.set(s.permits_held);
+        self.permits_waiting.set(s.permits_waiting);
+        let refused = |reason| self.permits_refused.get_or_create(&ReasonLabel { reason }).clone();
+        for (counter, total) in [
+            (&self.permits_granted, s.permits_granted),
+            (&self.permit_waits, s.permit_waits),
+            (&refused(RefusalReason::Overloaded), s.permits_refused_overloaded),
+            (&refused(RefusalReason::Unavailable), s.permits_refused_unavailable),
+            (&self.lease_renewals, s.lease_renewals),
+            (&self.fallback_transitions, s.fallback_transitions),
+            (&self.redis_errors, s.redis_errors),
+            (&self.shared_token_reads, s.shared_token_reads),
+            (&self.shared_token_stores, s.shared_token_stores),
+            (&self.shared_token_invalidations, s.shared_token_invalidations),
+            (&self.shared_token_unreadable, s.shared_token_unreadable),
+            (&self.cooldowns_published, s.cooldowns_published),
+            (&self.cooldowns_received, s.cooldowns_received),
+        ] {
+            catch_up(counter, total);
+        }
+    }
+}
+
+/// Raises a counter to a total counted elsewhere (it never goes down).
+fn catch_up(counter: &Counter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -677,7 +830,7 @@ mod tests {
 
     #[test]
     fn new_series_exist_from_the_start_and_token_expiry_has_no_sentinel() {
-        let m = Metrics::new();
+        let m = Metrics::with_cluster(false);
         let meters = m.tenant("eu");
         let text = m.encode();
         assert!(
@@ -721,7 +874,7 @@ mod tests {
 
     #[test]
     fn encodes_registered_families_with_fixed_labels() {
-        let m = Metrics::new();
+        let m = Metrics::with_cluster(false);
         m.route("abort").answered(200, 0.01);
         m.token_fetches("default").count(FetchResult::Ok);
         m.route("abort").retried(RetryOn::Status503);

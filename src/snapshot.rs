@@ -3,6 +3,7 @@
 //! metric handles. Swapped whole on reload; a request keeps the snapshot it started with.
 
 use crate::caller_token;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteMeters, NO_ROUTE};
 use crate::routes::Route;
@@ -19,17 +20,20 @@ pub struct Snapshot {
     allowlist: Vec<Arc<Route>>,
     /// The caller token route, when `server.caller_token_endpoint` is on.
     caller_token: Option<Arc<Route>>,
+    /// The replica's cluster handle (`[cluster]`), made at start and kept by every reload.
+    pub cluster: Option<Cluster>,
     routes: HashMap<String, RouteMeters>,
     no_route: RouteMeters,
 }
 
 impl Snapshot {
     /// Builds the tenants of `config`. A tenant whose settings did not change since
-    /// `previous` keeps its client and its token.
+    /// `previous` keeps its client and its token. `cluster` is the one made at start.
     pub fn build(
         config: Config,
         metrics: &Arc<Metrics>,
         previous: Option<&Snapshot>,
+        cluster: Option<&Cluster>,
     ) -> Result<Snapshot, UpstreamError> {
         let mut tenants = HashMap::new();
         for (name, settings) in &config.live.tenants {
@@ -38,7 +42,7 @@ impl Snapshot {
                 .filter(|t| *t.settings == **settings);
             let tenant = match kept {
                 Some(tenant) => tenant.carry_over(metrics),
-                None => Tenant::start(settings, metrics)?,
+                None => Tenant::start(settings, metrics, cluster)?,
             };
             tenants.insert(name.clone(), tenant);
         }
@@ -53,6 +57,7 @@ impl Snapshot {
             tenants,
             allowlist,
             caller_token,
+            cluster: cluster.cloned(),
             routes,
             no_route: metrics.unrouted(NO_ROUTE),
         })

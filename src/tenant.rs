@@ -1,11 +1,13 @@
 //! One Zuora tenant ready to serve: its settings, its upstream client (shared by API and
 //! token calls), its token manager, its concurrency slots and its metric handles.
 
+use crate::cluster::{Cluster, TenantKey};
 use crate::config::TenantSettings;
 use crate::metrics::{Metrics, TenantMeters};
 use crate::token::TokenManager;
 use crate::upstream::{self, UpstreamClient, UpstreamError};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::HeaderValue;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -17,9 +19,39 @@ pub struct Tenant {
     /// Slots for requests in flight (`max_concurrency`), granted in arrival order.
     pub slots: Arc<Semaphore>,
     pub meters: TenantMeters,
+    /// With `[cluster]`: the shared governor and this tenant's fallback cap.
+    pub cluster: Option<TenantCluster>,
     authority: Authority,
     /// The base URL's path without its trailing slash ("" for Zuora's hosts).
     base_path: String,
+}
+
+/// A tenant's share of the cluster: the handle, the key its token is shared under, and the
+/// local cap that replaces the cluster-wide one while Redis is unavailable.
+#[derive(Clone)]
+pub struct TenantCluster {
+    pub cluster: Cluster,
+    /// Base URL + client id: one token per OAuth client, whatever the entity.
+    pub token_key: TenantKey,
+    /// `fallback_max_concurrency` slots, used only while the cluster is down.
+    pub fallback: Arc<Semaphore>,
+}
+
+impl TenantCluster {
+    fn new(cluster: &Cluster, settings: &TenantSettings) -> TenantCluster {
+        TenantCluster {
+            cluster: cluster.clone(),
+            token_key: TenantKey::new(settings.base_url.as_str(), &settings.client_id, None),
+            fallback: Arc::new(Semaphore::new(settings.fallback_max_concurrency)),
+        }
+    }
+}
+
+/// The key permits and cool-downs are counted under: Zuora counts concurrency per entity when
+/// a rule sets `Zuora-Entity-Ids`, else per tenant.
+pub fn permit_key(settings: &TenantSettings, entity: Option<&HeaderValue>) -> TenantKey {
+    let entity = entity.and_then(|v| v.to_str().ok());
+    TenantKey::new(settings.base_url.as_str(), &settings.client_id, entity)
 }
 
 /// Why a caller's path could not become an upstream URI (it was a valid request target, so
@@ -31,11 +63,21 @@ pub struct UriError(String);
 impl Tenant {
     /// A tenant built from scratch: a new client, a new token manager (which starts
     /// fetching at once), a full set of slots.
-    pub fn start(settings: &Arc<TenantSettings>, metrics: &Arc<Metrics>) -> Result<Tenant, UpstreamError> {
+    pub fn start(
+        settings: &Arc<TenantSettings>,
+        metrics: &Arc<Metrics>,
+        cluster: Option<&Cluster>,
+    ) -> Result<Tenant, UpstreamError> {
         let client = upstream::build(settings)?;
-        let tokens = TokenManager::start(settings.clone(), client.clone(), metrics.token_fetches(&settings.name));
+        let cluster = cluster.map(|c| TenantCluster::new(c, settings));
+        let tokens = TokenManager::start(
+            settings.clone(),
+            client.clone(),
+            metrics.token_fetches(&settings.name),
+            cluster.as_ref().map(|c| (c.cluster.clone(), c.token_key.clone())),
+        );
         let slots = Arc::new(Semaphore::new(settings.max_concurrency));
-        Ok(Tenant::assemble(settings, client, tokens, slots, metrics))
+        Ok(Tenant::assemble(settings, client, tokens, slots, cluster, metrics))
     }
 
     /// The same tenant under a new configuration whose settings for it did not change: it
@@ -46,6 +88,7 @@ impl Tenant {
             self.client.clone(),
             self.tokens.clone(),
             self.slots.clone(),
+            self.cluster.clone(),
             metrics,
         )
     }
@@ -55,6 +98,7 @@ impl Tenant {
         client: UpstreamClient,
         tokens: TokenManager,
         slots: Arc<Semaphore>,
+        cluster: Option<TenantCluster>,
         metrics: &Metrics,
     ) -> Tenant {
         let base = &settings.base_url;
@@ -66,6 +110,7 @@ impl Tenant {
             tokens,
             slots,
             meters: metrics.tenant(&settings.name),
+            cluster,
             authority,
             base_path: base.path().trim_end_matches('/').to_string(),
         }

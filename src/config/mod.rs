@@ -47,6 +47,8 @@ pub const DEFAULT_TOKEN_WAIT_SECS: u64 = 5;
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
 /// Zuora's default per-tenant concurrency limit.
 pub const DEFAULT_MAX_CONCURRENCY: u64 = 40;
+/// With `[cluster]`, the same limit counted across every replica.
+pub const DEFAULT_CLUSTER_MAX_CONCURRENCY: u64 = 40;
 pub const DEFAULT_QUEUE_TIMEOUT_SECS: u64 = 10;
 
 /// Validated configuration, in two parts: what is bound at start and what a reload swaps.
@@ -69,6 +71,8 @@ pub struct FixedSettings {
     /// `None` when the admin listener is disabled.
     pub admin_listen: Option<SocketAddr>,
     pub log: LogSettings,
+    /// `[cluster]`: the Redis the replicas coordinate through, connected once at start.
+    pub cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 /// The reloadable part of the configuration.
@@ -207,6 +211,10 @@ pub struct TenantSettings {
     pub queue_timeout: Duration,
     /// Explicit egress proxy; `None` means the `HTTPS_PROXY` / `NO_PROXY` environment.
     pub proxy_url: Option<ProxyUrl>,
+    /// With `[cluster]`: requests in flight to the tenant (per entity) across all replicas.
+    pub cluster_max_concurrency: usize,
+    /// With `[cluster]`: this replica's cap while Redis is unavailable.
+    pub fallback_max_concurrency: usize,
 }
 
 /// An egress proxy URL, which may carry credentials: `Debug` and `Display` redact them.
@@ -389,6 +397,8 @@ impl Config {
                         "max_concurrency": t.max_concurrency,
                         "queue_timeout": secs(t.queue_timeout),
                         "proxy_url": t.proxy_url.as_ref().map(ProxyUrl::redacted),
+                        "cluster_max_concurrency": t.cluster_max_concurrency,
+                        "fallback_max_concurrency": t.fallback_max_concurrency,
                     }),
                 )
             })
@@ -428,6 +438,7 @@ impl Config {
                 "listen": self.fixed.admin_listen.map(|a| a.to_string()).unwrap_or_default(),
                 "ready_min_ttl": secs(self.live.ready_min_ttl),
             },
+            "cluster": self.fixed.cluster.as_ref().map(crate::cluster::ClusterSettings::to_json),
             "tenants": tenants,
             "routes": self.live.routes.iter().map(|r| json!({
                 "name": r.name,

@@ -67,6 +67,8 @@ pub struct RawConfig {
     pub routes: Field<Vec<Field<RawRoute>>>,
     /// Routing rules, first match wins: they choose tenant, entity/org headers, track-id prefix.
     pub rules: Field<Vec<Field<RawRule>>>,
+    /// Replicas coordinated through Redis/Valkey; absent means every replica acts alone.
+    pub cluster: Field<crate::cluster::RawCluster>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +170,11 @@ pub struct RawTenant {
     /// `http://[user:password@]host:port` of a corporate proxy to tunnel through (CONNECT).
     /// Default: the `HTTPS_PROXY` / `NO_PROXY` environment.
     pub proxy_url: Field<Redacted>,
+    /// With `[cluster]`: requests in flight to this tenant across all replicas.
+    pub cluster_max_concurrency: Field<u64>,
+    /// With `[cluster]`: this replica's cap while Redis is unavailable; default
+    /// `ceil(cluster_max_concurrency / cluster.expected_replicas)`.
+    pub fallback_max_concurrency: Field<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -21,6 +21,7 @@ impl Config {
                 },
             admin_listen,
             log: LogSettings { format, level },
+            cluster,
         } = &self.fixed;
         let new = &next.fixed;
         let mut keys = Vec::new();
@@ -67,6 +68,8 @@ impl Config {
         differ("admin.listen", *admin_listen != new.admin_listen);
         differ("log.format", *format != new.log.format);
         differ("log.level", *level != new.log.level);
+        // The connection to Redis and the replica's identity in it are made once, at start.
+        differ("cluster", *cluster != new.cluster);
         keys
     }
 }

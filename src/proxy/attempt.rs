@@ -69,6 +69,7 @@ pub(super) async fn attempt(
         let sent = send(tenant, &p.method, &p.uri, attempt_headers, attempt_body, p.max_body);
         let result = deadline.bound(None, sent, ProxyError::UpstreamTimeout).await;
         let result = result.map_err(|error| callers_fault(error, caller.as_ref()));
+        p.guards.cluster.iter().for_each(|cluster| cluster.saw(&result));
         let (result, failure) = match result {
             Ok(response) if admitted.route.zuora_body_errors && may_hold_failure(&p.method, &response) => {
                 let read = deadline.bound(None, read_failure(response), ProxyError::UpstreamTimeout);

@@ -7,6 +7,7 @@
 
 mod admit;
 mod attempt;
+mod govern;
 mod prepare;
 mod record;
 mod respond;

@@ -37,10 +37,12 @@ pub(super) struct Prepared {
     pub guards: Guards,
 }
 
-/// The tenant's concurrency slot and the in-flight count.
+/// The tenant's concurrency slot, the in-flight count and, with `[cluster]`, what is held
+/// of the cluster.
 pub(super) struct Guards {
     _slot: OwnedSemaphorePermit,
     _in_flight: GaugeGuard,
+    pub cluster: Option<super::govern::ClusterGuard>,
 }
 
 pub(super) async fn prepare(
@@ -61,9 +63,12 @@ pub(super) async fn prepare(
     let slot = deadline
         .bound(queue_timeout, acquire_slot(tenant), ProxyError::Overloaded)
         .await?;
+    // The local slot first: `max_concurrency` stays this replica's upper bound.
+    let cluster = super::govern::govern(tenant, admitted.rule, deadline).await?;
     let guards = Guards {
         _slot: slot,
         _in_flight: GaugeGuard::enter(&tenant.meters.in_flight),
+        cluster,
     };
     let token = deadline
         .bound(None, token(tenant), ProxyError::TokenUnavailable)

@@ -3,8 +3,10 @@
 //! request paths read the current token without waiting for the fetcher.
 
 pub mod fetch;
+mod shared;
 
 use crate::backoff::Backoff;
+use crate::cluster::{Cluster, Fingerprint, TenantKey};
 use crate::config::TenantSettings;
 use crate::metrics::{FetchMeters, FetchResult};
 use crate::upstream::UpstreamClient;
@@ -38,6 +40,8 @@ pub struct Token {
     /// Last moment the token is injected; see [`USE_MARGIN_MS`].
     use_by: Instant,
     pub generation: u64,
+    /// With `[cluster]`: the shared token this one is, for a cluster-wide invalidation.
+    fingerprint: Option<Fingerprint>,
 }
 
 impl Token {
@@ -63,7 +67,22 @@ impl Token {
             expires_at,
             use_by: expires_at - margin,
             generation,
+            fingerprint: None,
         }
+    }
+
+    /// The same token, known to be the shared one with `fingerprint`.
+    fn with_fingerprint(&self, fingerprint: Fingerprint) -> Token {
+        Token {
+            header: self.header.clone(),
+            fingerprint: Some(fingerprint),
+            ..*self
+        }
+    }
+
+    /// The bare access token, for sealing it into Redis.
+    fn access_token(&self) -> Option<&str> {
+        self.header.to_str().ok()?.strip_prefix("Bearer ")
     }
 }
 
@@ -110,6 +129,8 @@ struct Shared {
     /// Wakes the fetcher when a request found no usable token or a token was invalidated.
     kick: Notify,
     generation: AtomicU64,
+    /// With `[cluster]`: where the tenant's token is shared with the other replicas.
+    cluster: Option<(Cluster, TenantKey)>,
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -131,7 +152,12 @@ pub struct TokenManager {
 impl TokenManager {
     /// Starts the fetcher at once; the first token is fetched in the background. `client`
     /// is a handle to the tenant's own upstream client.
-    pub fn start(tenant: Arc<TenantSettings>, client: UpstreamClient, fetches: FetchMeters) -> TokenManager {
+    pub fn start(
+        tenant: Arc<TenantSettings>,
+        client: UpstreamClient,
+        fetches: FetchMeters,
+        cluster: Option<(Cluster, TenantKey)>,
+    ) -> TokenManager {
         let (state, _) = watch::channel(TokenState {
             token: None,
             phase: Phase::Fetching,
@@ -143,6 +169,7 @@ impl TokenManager {
             state,
             kick: Notify::new(),
             generation: AtomicU64::new(0),
+            cluster,
         });
         let task = tokio::spawn(refresh_loop(shared.clone()));
         TokenManager {
@@ -204,6 +231,7 @@ impl TokenManager {
         });
         if dropped {
             tracing::warn!(tenant = %self.shared.tenant.name, generation = token.generation, "token invalidated after 401 from Zuora");
+            shared::invalidate(&self.shared, token.fingerprint.as_ref());
             self.shared.kick.notify_one();
         }
         dropped
@@ -229,8 +257,12 @@ async fn refresh_loop(shared: Arc<Shared>) {
     };
     let mut backoff = new_backoff();
     let mut refresh_at = Instant::now();
+    let mut updates = shared.cluster.as_ref().map(|(c, k)| c.token_updates(k));
+    let mut up = shared.cluster.as_ref().map(|(c, _)| c.watch_up());
+    let mut was_up = shared.cluster.as_ref().is_some_and(|(c, _)| c.is_up());
     loop {
-        // Sleep until the refresh is due, or until a request needs a token now.
+        // Sleep until the refresh is due, or until a request needs a token now, or (with a
+        // cluster) until the shared token changed.
         loop {
             let needed = shared.state.borrow().usable(Instant::now()).is_none();
             if needed || Instant::now() >= refresh_at {
@@ -239,35 +271,21 @@ async fn refresh_loop(shared: Arc<Shared>) {
             tokio::select! {
                 _ = tokio::time::sleep_until(refresh_at) => {}
                 _ = shared.kick.notified() => {}
+                _ = cluster_changed(&mut updates, &mut up) => {
+                    let up_now = shared.cluster.as_ref().is_some_and(|(c, _)| c.is_up());
+                    let rejoined = up_now && !was_up;
+                    was_up = up_now;
+                    if let Some(obtained) = shared::look(&shared, rejoined).await {
+                        refresh_at = publish(&shared, obtained);
+                    }
+                }
             }
         }
         shared.state.send_modify(|s| s.phase = Phase::Fetching);
-        let started = Instant::now();
-        match fetch::fetch(&shared.client, &shared.tenant).await {
-            Ok(fetched) => {
+        match shared::obtain(&shared).await {
+            Ok(obtained) => {
                 backoff = new_backoff();
-                let generation = shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
-                // Lifetime counts from when the request left, so the token never outlives Zuora's view.
-                let expires_at = started + fetched.lifetime;
-                let delay = refresh_delay(fetched.lifetime, shared.tenant.refresh_margin, fastrand::f64());
-                refresh_at = started + delay;
-                let mut header = HeaderValue::try_from(format!("Bearer {}", fetched.access_token.expose()))
-                    .expect("fetch checked the token is visible ASCII");
-                header.set_sensitive(true);
-                let token = Arc::new(Token::new(header, expires_at, fetched.lifetime, generation));
-                shared.state.send_modify(|s| {
-                    s.token = Some(token);
-                    s.phase = Phase::Idle;
-                });
-                shared.fetches.count(FetchResult::Ok);
-                tracing::info!(
-                    tenant = %tenant,
-                    generation,
-                    expires_in_s = fetched.lifetime.as_secs_f64(),
-                    refresh_in_s = delay.as_secs_f64(),
-                    fetch_ms = started.elapsed().as_millis() as u64,
-                    "token fetched"
-                );
+                refresh_at = publish(&shared, obtained);
             }
             Err(error) => {
                 let wait = match error.retry_after() {
@@ -294,6 +312,55 @@ async fn refresh_loop(shared: Arc<Shared>) {
                 tokio::time::sleep_until(retry_at).await;
             }
         }
+    }
+}
+
+/// Publishes a token fetched here or taken from the cluster; returns when to refresh it.
+fn publish(shared: &Shared, obtained: shared::Obtained) -> Instant {
+    let generation = shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
+    // Lifetime counts from when the request left, so the token never outlives Zuora's view.
+    let started = obtained.since;
+    let expires_at = started + obtained.lifetime;
+    let delay = refresh_delay(obtained.lifetime, shared.tenant.refresh_margin, fastrand::f64());
+    let mut header = HeaderValue::try_from(format!("Bearer {}", obtained.access_token.expose()))
+        .expect("fetch and seal carry only visible ASCII tokens");
+    header.set_sensitive(true);
+    let mut token = Token::new(header, expires_at, obtained.lifetime, generation);
+    token.fingerprint = obtained.fingerprint;
+    shared.state.send_modify(|s| {
+        s.token = Some(Arc::new(token));
+        s.phase = Phase::Idle;
+    });
+    let message = if obtained.fetched {
+        shared.fetches.count(FetchResult::Ok);
+        "token fetched"
+    } else {
+        "shared token taken from the cluster"
+    };
+    tracing::info!(
+        tenant = %shared.tenant.name,
+        generation,
+        expires_in_s = obtained.lifetime.as_secs_f64(),
+        refresh_in_s = delay.as_secs_f64(),
+        fetch_ms = started.elapsed().as_millis() as u64,
+        "{message}"
+    );
+    started + delay
+}
+
+/// Resolves when the shared token may have changed or the cluster's mode switched; never
+/// without a cluster.
+async fn cluster_changed(updates: &mut Option<watch::Receiver<u64>>, up: &mut Option<watch::Receiver<bool>>) {
+    let (Some(updates), Some(up)) = (updates, up) else {
+        return std::future::pending().await;
+    };
+    let changed = tokio::select! {
+        changed = updates.changed() => changed,
+        changed = up.changed() => changed,
+    };
+    if changed.is_err() {
+        // The cluster is gone: nothing will change any more.
+        std::future::pending::<()>().await;
     }
 }
 

@@ -2,6 +2,7 @@
 //! its full key instead of stopping at the first. One file per section; this one holds the
 //! collector and the parsers the sections share.
 
+mod cluster;
 mod route;
 mod rule;
 mod server;
@@ -159,7 +160,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let raw_admin = issues.field("admin", &raw.admin).unwrap_or(&no_admin);
     let (admin_listen, ready_min_ttl) = server::admin(&mut issues, raw_admin, listener.listen);
 
-    let tenants = tenant::tenants(&mut issues, &raw.tenants);
+    let cluster = cluster::cluster(&mut issues, &raw.cluster);
+    let expected_replicas = cluster.as_ref().map_or(1, |c| c.expected_replicas);
+    let tenants = tenant::tenants(&mut issues, &raw.tenants, expected_replicas);
     let routes = route::routes(&mut issues, &raw.routes);
     let known = rule::Known::of(&raw, raw_server);
     let rules = rule::rules(&mut issues, &raw.rules, &known);
@@ -173,6 +176,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             listener,
             admin_listen,
             log,
+            cluster,
         },
         live: LiveSettings {
             requests,

@@ -9,6 +9,7 @@ use crate::secret::Secret;
 pub(super) fn tenants(
     issues: &mut Issues,
     raw: &Field<BTreeMap<String, Field<RawTenant>>>,
+    expected_replicas: u64,
 ) -> BTreeMap<String, Arc<TenantSettings>> {
     let mut tenants = BTreeMap::new();
     let written = issues.field("tenants", raw);
@@ -18,7 +19,7 @@ pub(super) fn tenants(
     for (name, t) in written.into_iter().flatten() {
         if let Some(tenant) = issues
             .field(&format!("tenants.{name}"), t)
-            .and_then(|t| tenant(issues, name, t))
+            .and_then(|t| tenant(issues, name, t, expected_replicas))
         {
             tenants.insert(name.clone(), Arc::new(tenant));
         }
@@ -47,7 +48,7 @@ fn check_name(issues: &mut Issues, name: &str) {
     }
 }
 
-fn tenant(issues: &mut Issues, name: &str, t: &RawTenant) -> Option<TenantSettings> {
+fn tenant(issues: &mut Issues, name: &str, t: &RawTenant, expected_replicas: u64) -> Option<TenantSettings> {
     let key = |field: &str| format!("tenants.{name}.{field}");
     let before = issues.errors();
     check_name(issues, name);
@@ -89,6 +90,7 @@ fn tenant(issues: &mut Issues, name: &str, t: &RawTenant) -> Option<TenantSettin
         }
         n => usize::try_from(n).unwrap_or(usize::MAX),
     };
+    let (cluster_max_concurrency, fallback_max_concurrency) = cluster_caps(issues, name, t, expected_replicas);
     let queue_timeout = issues.duration(&key("queue_timeout"), &t.queue_timeout, DEFAULT_QUEUE_TIMEOUT_SECS);
     let proxy_url = match issues.field(&key("proxy_url"), &t.proxy_url).map(|p| p.0.trim()) {
         None | Some("") => None,
@@ -123,7 +125,32 @@ fn tenant(issues: &mut Issues, name: &str, t: &RawTenant) -> Option<TenantSettin
         max_concurrency,
         queue_timeout,
         proxy_url,
+        cluster_max_concurrency,
+        fallback_max_concurrency,
     })
+}
+
+/// The cluster-wide cap and the fallback share, each at least 1.
+fn cluster_caps(issues: &mut Issues, name: &str, t: &RawTenant, expected_replicas: u64) -> (usize, usize) {
+    let key = |field: &str| format!("tenants.{name}.{field}");
+    let at_least_one = |issues: &mut Issues, field: &str, value: u64| match value {
+        0 => {
+            issues.push(key(field), "must be at least 1");
+            1
+        }
+        n => usize::try_from(n).unwrap_or(usize::MAX),
+    };
+    let written = issues.number(
+        &key("cluster_max_concurrency"),
+        &t.cluster_max_concurrency,
+        DEFAULT_CLUSTER_MAX_CONCURRENCY,
+    );
+    let cluster_max = at_least_one(issues, "cluster_max_concurrency", written);
+    let fallback = match issues.field(&key("fallback_max_concurrency"), &t.fallback_max_concurrency) {
+        Some(&n) => at_least_one(issues, "fallback_max_concurrency", n),
+        None => crate::cluster::fallback_share(cluster_max, expected_replicas),
+    };
+    (cluster_max, fallback)
 }
 
 fn client_secret(issues: &mut Issues, name: &str, t: &RawTenant) -> Option<SecretSource> {
