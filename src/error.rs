@@ -35,6 +35,8 @@ pub enum ProxyError {
     TokenUnavailable,
     #[error("too many requests are in flight to this Zuora tenant; retry later")]
     Overloaded,
+    #[error("Zuora asked this tenant's callers to wait; retry after {retry_after_secs} s")]
+    CoolingDown { retry_after_secs: u64 },
     #[error("Zuora could not be reached")]
     UpstreamUnreachable,
     #[error("the connection to Zuora failed before it answered")]
@@ -93,7 +95,7 @@ impl ProxyError {
             ProxyError::BodyTimeout => "body_timeout",
             ProxyError::UnsupportedTransferCoding => "unsupported_transfer_coding",
             ProxyError::TokenUnavailable => "token_unavailable",
-            ProxyError::Overloaded => "overloaded",
+            ProxyError::Overloaded | ProxyError::CoolingDown { .. } => "overloaded",
             ProxyError::UpstreamUnreachable => "upstream_unreachable",
             ProxyError::UpstreamFailed => "upstream_failed",
             ProxyError::UpstreamTimeout => "upstream_timeout",
@@ -115,7 +117,9 @@ impl ProxyError {
             ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::NoMatchingRule => StatusCode::FORBIDDEN,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::TokenUnavailable | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::TokenUnavailable | ProxyError::Overloaded | ProxyError::CoolingDown { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::UpstreamUnreachable | ProxyError::UpstreamFailed | ProxyError::UpstreamInvalidResponse => {
                 StatusCode::BAD_GATEWAY
             }
@@ -140,6 +144,9 @@ impl ProxyError {
         if self == ProxyError::AmbiguousFraming {
             // What follows on this connection cannot be trusted to start a new request.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let ProxyError::CoolingDown { retry_after_secs } = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         if let ProxyError::MethodNotAllowed { allow } = &self {
             let list = allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
@@ -187,6 +194,7 @@ mod tests {
             ),
             (ProxyError::TokenUnavailable, 503, "token_unavailable"),
             (ProxyError::Overloaded, 503, "overloaded"),
+            (ProxyError::CoolingDown { retry_after_secs: 7 }, 503, "overloaded"),
             (ProxyError::UpstreamUnreachable, 502, "upstream_unreachable"),
             (ProxyError::UpstreamFailed, 502, "upstream_failed"),
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
@@ -194,8 +202,11 @@ mod tests {
             (ProxyError::Internal, 500, "internal_error"),
         ];
         let track = HeaderValue::from_static("t-1");
-        assert_eq!(rows.len(), CODES.len());
+        let mut codes: Vec<&str> = rows.iter().map(|(_, _, code)| *code).collect();
+        codes.dedup();
+        assert_eq!(codes.len(), CODES.len(), "one row per code (and per variant)");
         for (err, status, code) in rows {
+            let cooling = matches!(err, ProxyError::CoolingDown { .. });
             assert!(CODES.contains(&code), "{code} missing from CODES");
             let message = err.to_string();
             let resp = err.into_response(&track);
@@ -204,6 +215,10 @@ mod tests {
             assert_eq!(resp.headers()["zuora-track-id"], "t-1");
             assert_eq!(resp.headers()["content-type"], "application/json");
             assert_eq!(resp.headers().contains_key("allow"), status == 405);
+            assert_eq!(resp.headers().get("retry-after").is_some(), cooling, "{code}");
+            if cooling {
+                assert_eq!(resp.headers()["retry-after"], "7");
+            }
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(json["error"], code);

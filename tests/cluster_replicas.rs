@@ -165,6 +165,9 @@ async fn a_429_at_one_replica_holds_the_others() {
     let short = post(&fleet.url(2), &[]).await;
     assert_eq!(short.status, 503);
     assert_eq!(short.header("x-zuora-proxy-error"), Some("overloaded"));
+    // Zuora said 2 s: the caller is told how long to stay away, rounded up.
+    let retry_after: u64 = short.header("retry-after").expect("Retry-After").parse().unwrap();
+    assert!((1..=2).contains(&retry_after), "Retry-After: {retry_after}");
 
     let started = Instant::now();
     let held = post(&fleet.url(1), &[]).await;

@@ -54,7 +54,9 @@ async fn wait(
     while let Some(end) = cluster.cooling_until(&key) {
         let left = end.duration_since(SystemTime::now()).unwrap_or_default();
         if Instant::now() + left > until {
-            return Err(ProxyError::Overloaded);
+            // Said in whole seconds, rounded up, so that a caller that waits is not early.
+            let retry_after_secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            return Err(ProxyError::CoolingDown { retry_after_secs });
         }
         tokio::time::sleep(left).await;
     }
