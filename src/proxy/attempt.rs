@@ -13,6 +13,7 @@ use crate::error::ProxyError;
 use crate::headers;
 use crate::routes::{RetryOn, Route};
 use crate::tenant::Tenant;
+use crate::token::Token;
 use crate::upstream::describe_client_error;
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Response, StatusCode, Uri};
@@ -53,16 +54,20 @@ pub(super) async fn attempt(
 ) -> Result<Response<Answer>, ProxyError> {
     let mut p = prepared;
     let tenant = admitted.tenant;
-    let retry = admitted
-        .route
-        .retry
-        .allows(&p.method, &p.headers)
-        .then_some(admitted.route.as_ref());
     // Only a buffered body can be sent twice; a streamed one gets exactly one attempt.
     let replay = p.body.replayable();
     let caller = p.body.progress();
     let mut first = Some(p.body.into_upstream());
-    let mut backoff = Backoff::new(RETRY_BACKOFF_BASE, RETRY_BACKOFF_MAX);
+    let mut tries = Tries {
+        replayable: replay.is_some(),
+        retry: admitted
+            .route
+            .retry
+            .allows(&p.method, &p.headers)
+            .then_some(admitted.route.as_ref()),
+        backoff: Backoff::new(RETRY_BACKOFF_BASE, RETRY_BACKOFF_MAX),
+        deadline,
+    };
     let started = Instant::now();
     let result = loop {
         let (attempt_headers, attempt_body) = next_attempt(&mut first, replay.as_ref(), &mut p.headers);
@@ -70,33 +75,8 @@ pub(super) async fn attempt(
         let result = deadline.bound(None, sent, ProxyError::UpstreamTimeout).await;
         let result = result.map_err(|error| callers_fault(error, caller.as_ref()));
         p.guards.cluster.iter().for_each(|cluster| cluster.saw(&result));
-        let (result, failure) = match result {
-            Ok(response) if admitted.route.zuora_body_errors && may_hold_failure(&p.method, &response) => {
-                let read = deadline.bound(None, read_failure(response), ProxyError::UpstreamTimeout);
-                match read.await {
-                    Ok((response, failure)) => (Ok(response), failure),
-                    Err(error) => (Err(error), None),
-                }
-            }
-            other => (other.map(|r| r.map(Either::Left)), None),
-        };
-        if let Some(failure) = failure {
-            record.zuora_reason_code = Some(failure.code);
-        }
-        if matches!(&result, Ok(r) if r.status() == StatusCode::UNAUTHORIZED) {
-            // Whatever happens to this request, the next ones need another token (only the
-            // first request to see this token refused causes a fetch).
-            tenant.tokens.invalidate(&p.token);
-        }
-        let renew = match next(
-            &result,
-            failure,
-            replay.is_some(),
-            record,
-            retry,
-            &mut backoff,
-            deadline,
-        ) {
+        let (result, failure) = answer_of(admitted, (&p.method, &p.token), result, deadline, record).await;
+        let renew = match next(&result, failure, record, &mut tries) {
             Next::Done => break result,
             Next::RenewToken => {
                 record.token_retry = true;
@@ -119,6 +99,36 @@ pub(super) async fn attempt(
     tenant.meters.upstream_duration.observe(started.elapsed().as_secs_f64());
     record.guards = Some(p.guards);
     result
+}
+
+/// An attempt's answer as the caller may get it: a body error read out of a small JSON 200
+/// when the route asks for that, and a refused token dropped for every request after this one.
+async fn answer_of(
+    admitted: &Admitted<'_>,
+    (method, token): (&Method, &Token),
+    result: Result<Response<Incoming>, ProxyError>,
+    deadline: Deadline,
+    record: &mut Record,
+) -> (Result<Response<Answer>, ProxyError>, Option<ZuoraFailure>) {
+    let (result, failure) = match result {
+        Ok(response) if admitted.route.zuora_body_errors && may_hold_failure(method, &response) => {
+            let read = deadline.bound(None, read_failure(response), ProxyError::UpstreamTimeout);
+            match read.await {
+                Ok((response, failure)) => (Ok(response), failure),
+                Err(error) => (Err(error), None),
+            }
+        }
+        other => (other.map(|r| r.map(Either::Left)), None),
+    };
+    if let Some(failure) = failure {
+        record.zuora_reason_code = Some(failure.code);
+    }
+    if matches!(&result, Ok(r) if r.status() == StatusCode::UNAUTHORIZED) {
+        // Whatever happens to this request, the next ones need another token (only the
+        // first request to see this token refused causes a fetch).
+        admitted.tenant.tokens.invalidate(token);
+    }
+    (result, failure)
 }
 
 /// Waits before a retry, counting it; the attempt's answer is dropped first.
@@ -144,17 +154,30 @@ fn next_attempt(
     }
 }
 
-/// Decides after an attempt. `retry` is the route when repeating the request is harmless.
+/// What the attempts of one request may still do.
+struct Tries<'r> {
+    /// Only a buffered body can be sent twice.
+    replayable: bool,
+    /// The route, when repeating the request is harmless.
+    retry: Option<&'r Route>,
+    backoff: Backoff,
+    deadline: Deadline,
+}
+
+/// Decides after an attempt.
 fn next(
     result: &Result<Response<Answer>, ProxyError>,
     failure: Option<ZuoraFailure>,
-    replayable: bool,
     record: &Record,
-    retry: Option<&Route>,
-    backoff: &mut Backoff,
-    deadline: Deadline,
+    tries: &mut Tries<'_>,
 ) -> Next {
-    if !replayable {
+    let Tries {
+        replayable,
+        retry,
+        backoff,
+        deadline,
+    } = tries;
+    if !*replayable {
         return Next::Done;
     }
     if matches!(result, Ok(r) if r.status() == StatusCode::UNAUTHORIZED) && !record.token_retry {
