@@ -95,6 +95,7 @@ async fn redis_failing_leaves_the_fallback_cap_and_the_fleet_rejoins() {
     fleet.start(&Replica::new(12, 3), 3).await;
     assert!(fleet.all_cluster_up(true));
     assert_ok_or_overloaded(&burst(&fleet, 30).await);
+    let fetches = fleet.mock.token_calls();
 
     fleet.redis.kill();
     let answers = burst(&fleet, 60).await;
@@ -135,6 +136,13 @@ async fn redis_failing_leaves_the_fallback_cap_and_the_fleet_rejoins() {
         .sum();
     assert_eq!(granted_after - granted_before, 30.0, "permits come from Redis again");
     assert!(fleet.metrics(0).value("zuora_proxy_cluster_fallback_transitions_total") >= 1.0);
+    // Leaving and rejoining cost Zuora no token: each replica kept its still-valid one, and
+    // the first back shared it again (a restarted Redis holds none).
+    assert_eq!(
+        fleet.mock.token_calls(),
+        fetches,
+        "no token fetched across the outage and rejoin"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
