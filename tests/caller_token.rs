@@ -7,6 +7,7 @@ mod support {
     pub mod client;
     pub mod fixtures;
     pub mod harness;
+    pub mod logs;
     pub mod metrics;
     pub mod wait;
 }
@@ -15,10 +16,10 @@ use http::Method;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Mutex, Once};
 use support::client::*;
 use support::fixtures::*;
 use support::harness::*;
+use support::logs;
 use support::metrics::Metrics;
 use support::wait::eventually;
 
@@ -100,7 +101,7 @@ async fn form_json_and_empty_bodies_get_the_placeholder_and_nothing_reaches_zuor
         metrics(&h).value(r#"zuora_proxy_requests_total{route="caller-token",status="200"}"#),
         3.0
     );
-    let logs = logs();
+    let logs = logs::text();
     assert!(logs.contains("ct-form"), "the capture holds this test's lines");
     assert!(!logs.contains(CALLER_SECRET), "the caller's secret was logged");
     assert!(!logs.contains("caller-id"), "the caller's client id was logged");
@@ -322,7 +323,7 @@ async fn zuoras_python_sdk_works_through_the_proxy_unchanged() {
     let line = access_line(&track).await;
     assert_eq!(line["route"], "get-account", "{line}");
     assert_eq!(line["upstream_status"], 200, "{line}");
-    let logs = logs();
+    let logs = logs::text();
     assert!(!logs.contains(SDK_CALLER_SECRET), "the SDK's secret was logged");
     assert!(!logs.contains(SDK_CALLER_ID), "the SDK's client id was logged");
 }
@@ -384,48 +385,15 @@ fn sdk_python() -> Option<String> {
     Some(python.to_string_lossy().into_owned())
 }
 
-/// Everything the process logs, as JSON lines; the tests of this binary tell their lines
-/// apart by track id.
-static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// At trace level, so that a secret in any library's debug output would show too.
 fn capture_logs() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(|| Capture)
-            .try_init()
-            .expect("the only subscriber of this test binary");
-    });
-}
-
-fn logs() -> String {
-    String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    logs::capture(tracing::Level::TRACE);
 }
 
 /// The access line of the request with this track id, once written.
 async fn access_line(track: &str) -> Value {
     eventually(&format!("the access line of {track}"), async || {
-        let lines: Vec<Value> = logs()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["target"] == "access" && v["track_id"] == track)
-            .collect();
+        let lines = logs::access_lines(track);
         match lines.len() {
             0 => None,
             1 => lines.into_iter().next(),

@@ -7,14 +7,14 @@ mod support {
     pub mod client;
     pub mod fixtures;
     pub mod harness;
+    pub mod logs;
     pub mod metrics;
 }
 
-use serde_json::Value;
-use std::sync::{Mutex, Once};
 use support::client::*;
 use support::fixtures::*;
 use support::harness::*;
+use support::logs::{self, access_line};
 use support::metrics::Metrics;
 use zuora_auth_proxy::mock::ApiMode;
 
@@ -264,7 +264,7 @@ fn ok_with(body: &str) -> ApiMode {
 }
 
 async fn start() -> Harness {
-    capture_logs();
+    logs::capture(tracing::Level::INFO);
     let h = Harness::builder().routes(ROUTES).start().await;
     h.wait_for_token().await;
     h
@@ -279,45 +279,4 @@ fn only_key(headers: &http::HeaderMap) -> &str {
         .collect();
     assert_eq!(keys.len(), 1, "{headers:?}");
     keys[0]
-}
-
-/// Everything the process logs, as JSON lines; shared by the tests of this binary, which
-/// tell their lines apart by track id.
-static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(|| Capture)
-            .try_init()
-            .expect("the only subscriber of this test binary");
-    });
-}
-
-/// The access log line of the request with this track id (written before its answer).
-fn access_line(track: &str) -> Value {
-    let logs = LOGS.lock().unwrap_or_else(|e| e.into_inner());
-    let lines: Vec<Value> = String::from_utf8_lossy(&logs)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["target"] == "access" && v["track_id"] == track)
-        .collect();
-    assert_eq!(lines.len(), 1, "access lines for {track}: {lines:?}");
-    lines.into_iter().next().unwrap()
 }

@@ -7,18 +7,20 @@ mod support {
     pub mod client;
     pub mod fixtures;
     pub mod harness;
+    pub mod logs;
     pub mod metrics;
 }
 
 use http::Method;
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::Arc;
 use std::time::Duration;
 use support::chunked::Chunked;
 use support::client::*;
 use support::fixtures::*;
 use support::harness::*;
+use support::logs::{self, access_line};
 use support::metrics::scrape;
 use tokio::time::Instant;
 use zuora_auth_proxy::mock::ApiMode;
@@ -276,7 +278,7 @@ async fn a_503_is_retried_with_backoff_whatever_ratelimit_reset_says() {
 
 #[tokio::test]
 async fn a_retry_after_beyond_the_deadline_returns_zuoras_429_at_once() {
-    capture_logs();
+    logs::capture(tracing::Level::INFO);
     let h = Harness::builder()
         .routes(RETRY_ROUTES)
         .server("request_timeout", "\"3s\"")
@@ -352,7 +354,7 @@ async fn a_dropped_connection_is_retried_with_backoff_as_a_502() {
 
 #[tokio::test]
 async fn connect_failures_are_retried_only_where_retry_on_says_connect() {
-    capture_logs();
+    logs::capture(tracing::Level::INFO);
     // Zuora's address accepts TCP and hangs up at once: every TLS handshake fails.
     let refuser = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let refuser_addr = refuser.local_addr().unwrap();
@@ -399,49 +401,8 @@ async fn retries(h: &Harness, series: &str) -> Option<f64> {
 }
 
 async fn retrying() -> Harness {
-    capture_logs();
+    logs::capture(tracing::Level::INFO);
     let h = Harness::builder().routes(RETRY_ROUTES).start().await;
     h.wait_for_token().await;
     h
-}
-
-/// Everything the process logs, as JSON lines; shared by the tests of this binary, which
-/// tell their lines apart by track id.
-static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(|| Capture)
-            .try_init()
-            .expect("the only subscriber of this test binary");
-    });
-}
-
-/// The access log line of the request with this track id (written before its answer).
-fn access_line(track: &str) -> Value {
-    let logs = LOGS.lock().unwrap_or_else(|e| e.into_inner());
-    let lines: Vec<Value> = String::from_utf8_lossy(&logs)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["target"] == "access" && v["track_id"] == track)
-        .collect();
-    assert_eq!(lines.len(), 1, "access lines for {track}: {lines:?}");
-    lines.into_iter().next().unwrap()
 }
