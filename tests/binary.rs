@@ -11,11 +11,11 @@ mod support {
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use support::binary::Binary;
+use support::binary::{Binary, ConfigFile, Upstream};
 use support::client::*;
 use support::exe::EXE;
 use support::fixtures::*;
-use zuora_auth_proxy::mock::{MockZuora, CLIENT_ID};
+use zuora_auth_proxy::mock::CLIENT_ID;
 
 /// The binary with an environment that cannot change what it reads: no config path, no
 /// `ZUORA_PROXY__*` overrides, no `RUST_LOG`, no egress proxy.
@@ -43,32 +43,6 @@ fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, contents).unwrap();
     path
-}
-
-/// A valid file for a tenant at `base_url` with the given inline secret.
-fn good_config(base_url: &str, secret: &str, ca_file: Option<&Path>, level: &str) -> String {
-    let ca = ca_file.map_or(String::new(), |p| format!("ca_file = {:?}\n", p.display().to_string()));
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-shutdown_grace = "5s"
-
-[admin]
-listen = ""
-
-[log]
-format = "json"
-level = "{level}"
-
-[tenants.default]
-base_url = "{base_url}"
-client_id = "{CLIENT_ID}"
-client_secret = "{secret}"
-{ca}
-{ROUTES}
-"#
-    )
 }
 
 #[test]
@@ -128,7 +102,9 @@ refresh_margin = "5 parsecs"
 #[test]
 fn check_config_names_unknown_keys_and_exits_78() {
     let dir = tempfile::tempdir().unwrap();
-    let text_ = good_config("https://rest.test.zuora.com", "s", None, "info")
+    let text_ = ConfigFile::new("https://rest.test.zuora.com", "s", ROUTES)
+        .no_admin()
+        .text()
         .replace("[admin]", "[admin]\nlisen = \"typo\"")
         .replace("[tenants.default]", "[tenants.default]\nbase_ur = \"x\"");
     let path = write(dir.path(), "unknown.toml", &text_);
@@ -174,7 +150,9 @@ fn check_config_prints_a_good_file_with_the_secret_redacted() {
     let path = write(
         dir.path(),
         "good.toml",
-        &good_config("https://rest.test.zuora.com", secret, None, "info"),
+        &ConfigFile::new("https://rest.test.zuora.com", secret, ROUTES)
+            .no_admin()
+            .text(),
     );
     let out = output(bin().args(["check-config", "--config"]).arg(&path));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
@@ -213,19 +191,10 @@ fn a_missing_or_invalid_file_exits_78_for_check_and_run() {
 #[tokio::test]
 async fn a_full_run_serves_logs_json_and_never_logs_a_token_or_the_secret() {
     let secret = "full-run-secret-4d2e8b";
-    let mock = MockZuora::builder()
-        .credentials(CLIENT_ID, secret)
-        .start()
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = mock.write_ca(dir.path()).unwrap();
+    let upstream = Upstream::start(secret).await;
+    let mock = &upstream.mock;
     // At debug level, so that a token or the secret in any library's debug output shows too.
-    let config = write(
-        dir.path(),
-        "proxy.toml",
-        &good_config(&mock.base_url(), secret, Some(&ca), "debug"),
-    );
+    let config = upstream.write(&upstream.config(ROUTES).no_admin().level("debug"));
     let mut proxy = Binary::spawn_from(bin(), &config);
     let addr = proxy.listening().await.addr;
     let url = |path: &str| format!("http://{addr}{path}");

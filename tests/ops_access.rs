@@ -11,48 +11,16 @@ mod support {
 
 use http::Method;
 use serde_json::Value;
-use support::binary::Binary;
+use support::binary::{Binary, Upstream};
 use support::client::*;
 use support::fixtures::*;
-use zuora_auth_proxy::mock::{MockZuora, CLIENT_ID};
-
-fn config(base_url: &str, secret: &str, ca: &std::path::Path) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-shutdown_grace = "5s"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[log]
-format = "json"
-level = "info"
-
-[tenants.default]
-base_url = "{base_url}"
-client_id = "{CLIENT_ID}"
-client_secret = "{secret}"
-ca_file = {ca:?}
-{ROUTES}
-"#,
-        ca = ca.display().to_string()
-    )
-}
 
 #[tokio::test]
 async fn the_access_line_has_the_standard_fields_and_the_metrics_their_series() {
     let secret = "ops-access-secret";
-    let mock = MockZuora::builder()
-        .credentials(CLIENT_ID, secret)
-        .start()
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = mock.write_ca(dir.path()).unwrap();
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, config(&mock.base_url(), secret, &ca)).unwrap();
+    let zuora = Upstream::start(secret).await;
+    let mock = &zuora.mock;
+    let path = zuora.write(&zuora.config(ROUTES));
     let mut proxy = Binary::spawn(&path);
     let listening = proxy.listening().await;
     let url = |p: &str| format!("http://{}{p}", listening.addr);

@@ -15,41 +15,14 @@ mod support {
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use support::binary::Binary;
+use support::binary::{Binary, Upstream};
 use support::client::*;
 use support::exe::command;
 use support::fixtures::*;
 use support::harness::Harness;
 use support::wait::{eventually, patience};
-use zuora_auth_proxy::mock::{MockZuora, CLIENT_ID};
 
 const SECRET: &str = "ops-lifecycle-secret";
-
-/// A valid file for the mock at `base_url` with these `[[routes]]`.
-fn config(base_url: &str, ca: &Path, routes: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-shutdown_grace = "5s"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[log]
-format = "json"
-level = "info"
-
-[tenants.default]
-base_url = "{base_url}"
-client_id = "{CLIENT_ID}"
-client_secret = "{SECRET}"
-ca_file = {ca:?}
-{routes}
-"#,
-        ca = ca.display().to_string()
-    )
-}
 
 /// The abort route alone: the first of [`ROUTES`].
 fn abort_route_only() -> &'static str {
@@ -81,23 +54,17 @@ fn config_link(dir: &Path) -> PathBuf {
 
 #[tokio::test]
 async fn a_configmap_update_is_served_without_a_signal() {
-    let mock = MockZuora::builder()
-        .credentials(CLIENT_ID, SECRET)
-        .start()
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = mock.write_ca(dir.path()).unwrap();
-    let mounted = dir.path().join("mount");
+    let upstream = Upstream::start(SECRET).await;
+    let mounted = upstream.dir.path().join("mount");
     std::fs::create_dir(&mounted).unwrap();
-    publish(&mounted, "..v1", &config(&mock.base_url(), &ca, abort_route_only()));
+    publish(&mounted, "..v1", &upstream.config(abort_route_only()).text());
     let path = config_link(&mounted);
     let mut proxy = Binary::spawn(&path);
     let addr = proxy.listening().await.addr;
     let summary = format!("http://{addr}{}", job_path("summary"));
     assert_refusal(&get(&summary).await, 404, "route_not_found");
 
-    publish(&mounted, "..v2", &config(&mock.base_url(), &ca, ROUTES));
+    publish(&mounted, "..v2", &upstream.config(ROUTES).text());
     eventually("the new route served", async || {
         (get(&summary).await.status == 200).then_some(())
     })
@@ -169,16 +136,9 @@ async fn wait_keeps_asking_while_readyz_is_503() {
 
 #[tokio::test]
 async fn systemd_hears_ready_once_listening_and_stopping_at_the_drain() {
-    let mock = MockZuora::builder()
-        .credentials(CLIENT_ID, SECRET)
-        .start()
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = mock.write_ca(dir.path()).unwrap();
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, config(&mock.base_url(), &ca, ROUTES)).unwrap();
-    let socket_path = dir.path().join("notify.sock");
+    let upstream = Upstream::start(SECRET).await;
+    let path = upstream.write(&upstream.config(ROUTES));
+    let socket_path = upstream.dir.path().join("notify.sock");
     let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
     let mut cmd = command();
     cmd.env("NOTIFY_SOCKET", &socket_path);

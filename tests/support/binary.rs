@@ -1,16 +1,136 @@
 //! The real `zuora-auth-proxy` binary as a child process: spawned on a configuration file, its
-//! JSON log read line by line as it comes, signalled with `kill`, and its exit awaited.
-//! Needs `support::exe`.
+//! JSON log read line by line as it comes, signalled with `kill`, and its exit awaited; and
+//! the configuration file it runs on. Needs `support::exe`.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
+use zuora_auth_proxy::mock::{MockZuora, CLIENT_ID};
+
 use super::exe::command;
+
+/// A mock Zuora that accepts `secret`, and a directory holding its CA file and the binary's
+/// configuration.
+#[allow(dead_code)] // for the tests that write their own configuration for the binary
+pub struct Upstream {
+    pub mock: MockZuora,
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    secret: String,
+}
+
+#[allow(dead_code)] // for the tests that write their own configuration for the binary
+impl Upstream {
+    pub async fn start(secret: &str) -> Upstream {
+        let mock = MockZuora::builder()
+            .credentials(CLIENT_ID, secret)
+            .start()
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = mock.write_ca(dir.path()).unwrap();
+        Upstream {
+            mock,
+            dir,
+            ca,
+            secret: secret.to_owned(),
+        }
+    }
+
+    /// A configuration for one tenant at this mock, trusting its CA, with these `[[routes]]`.
+    pub fn config(&self, routes: &str) -> ConfigFile {
+        ConfigFile::new(&self.mock.base_url(), &self.secret, routes).ca_file(&self.ca)
+    }
+
+    /// Writes `config` as `proxy.toml` in this directory and returns its path.
+    pub fn write(&self, config: &ConfigFile) -> PathBuf {
+        let path = self.dir.path().join("proxy.toml");
+        std::fs::write(&path, config.text()).unwrap();
+        path
+    }
+}
+
+/// A configuration file for the binary: one tenant with an inline secret, a free port, JSON
+/// logs at `info`, a 5 s drain and an admin listener on a free port unless told otherwise.
+#[allow(dead_code)] // for the tests that write their own configuration for the binary
+pub struct ConfigFile {
+    base_url: String,
+    secret: String,
+    routes: String,
+    ca_file: Option<PathBuf>,
+    admin: &'static str,
+    level: String,
+}
+
+#[allow(dead_code)] // for the tests that write their own configuration for the binary
+impl ConfigFile {
+    pub fn new(base_url: &str, secret: &str, routes: &str) -> ConfigFile {
+        ConfigFile {
+            base_url: base_url.to_owned(),
+            secret: secret.to_owned(),
+            routes: routes.to_owned(),
+            ca_file: None,
+            admin: "127.0.0.1:0",
+            level: "info".to_owned(),
+        }
+    }
+
+    pub fn ca_file(mut self, path: &Path) -> ConfigFile {
+        self.ca_file = Some(path.to_owned());
+        self
+    }
+
+    /// `[admin] listen = ""`: no admin listener.
+    pub fn no_admin(mut self) -> ConfigFile {
+        self.admin = "";
+        self
+    }
+
+    pub fn level(mut self, level: &str) -> ConfigFile {
+        self.level = level.to_owned();
+        self
+    }
+
+    pub fn text(&self) -> String {
+        let ConfigFile {
+            base_url,
+            secret,
+            routes,
+            ca_file,
+            admin,
+            level,
+        } = self;
+        let ca = ca_file
+            .as_ref()
+            .map_or(String::new(), |p| format!("ca_file = {:?}\n", p.display().to_string()));
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+
+[admin]
+listen = "{admin}"
+
+[log]
+format = "json"
+level = "{level}"
+
+[tenants.default]
+base_url = "{base_url}"
+client_id = "{CLIENT_ID}"
+client_secret = "{secret}"
+{ca}
+{routes}
+"#
+        )
+    }
+}
 
 /// Where the binary listens, from its start-up log line.
 #[derive(Debug, Clone, Copy)]
