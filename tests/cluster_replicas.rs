@@ -84,6 +84,29 @@ async fn the_fleet_fetches_about_one_token_per_lifetime() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_shared_token_is_replaced_once_for_the_whole_fleet() {
+    let mock = MockZuora::builder().start().await.unwrap();
+    let mut fleet = Fleet::new(mock, RedisServer::start()).await;
+    fleet.start(&Replica::new(40, 6), 6).await;
+    assert!(fleet.all_cluster_up(true));
+    assert!(burst(&fleet, 12).await.iter().all(|a| a.0 == 200));
+    let before = fleet.mock.token_calls();
+
+    // Zuora forgets the token: every replica's next request gets a 401 for it.
+    fleet.mock.revoke_tokens();
+    let answers = burst(&fleet, 30).await;
+    assert!(
+        answers.iter().all(|a| a.0 == 200),
+        "each 401 was replayed with the new token: {answers:?}"
+    );
+    assert_eq!(
+        fleet.mock.token_calls() - before,
+        1,
+        "one new token for six replicas, not one each"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_failing_leaves_the_fallback_cap_and_the_fleet_rejoins() {
     let mock = MockZuora::builder()
         .latency(Duration::from_millis(20))

@@ -131,6 +131,9 @@ struct Shared {
     generation: AtomicU64,
     /// With `[cluster]`: where the tenant's token is shared with the other replicas.
     cluster: Option<(Cluster, TenantKey)>,
+    /// The shared token Zuora last refused here: never taken from Redis again, even while
+    /// its deletion there is still on its way.
+    refused: std::sync::Mutex<Option<Fingerprint>>,
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -170,6 +173,7 @@ impl TokenManager {
             kick: Notify::new(),
             generation: AtomicU64::new(0),
             cluster,
+            refused: std::sync::Mutex::new(None),
         });
         let task = tokio::spawn(refresh_loop(shared.clone()));
         TokenManager {
@@ -231,6 +235,9 @@ impl TokenManager {
         });
         if dropped {
             tracing::warn!(tenant = %self.shared.tenant.name, generation = token.generation, "token invalidated after 401 from Zuora");
+            if let Some(fingerprint) = &token.fingerprint {
+                *self.shared.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(fingerprint.clone());
+            }
             shared::invalidate(&self.shared, token.fingerprint.as_ref());
             self.shared.kick.notify_one();
         }

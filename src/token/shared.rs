@@ -66,6 +66,13 @@ pub(super) async fn obtain(shared: &Shared) -> Result<Obtained, FetchError> {
         }
         match cluster.try_refresh_lock(key).await {
             Ok(Some(lock)) => {
+                // Another replica may have stored a new token between the look above and
+                // taking the lock (and released the lock since): look once more, under it.
+                if let Ok(Some(token)) = cluster.load_token(key, secret.expose()).await {
+                    if !is_held(shared, &token.fingerprint) {
+                        return Ok(Obtained::taken(token));
+                    }
+                }
                 let since = Instant::now();
                 let fetched = fetch::fetch(&shared.client, &shared.tenant).await?;
                 let expires_at = SystemTime::now() + fetched.lifetime.saturating_sub(since.elapsed());
@@ -93,13 +100,17 @@ async fn fetch_here(shared: &Shared) -> Result<Obtained, FetchError> {
     Ok(Obtained::fetched(fetched, since, None))
 }
 
+/// Whether the shared token with `fingerprint` is no news: the one held now (which is due),
+/// or the one Zuora just refused here.
 fn is_held(shared: &Shared, fingerprint: &Fingerprint) -> bool {
-    shared
-        .state
-        .borrow()
-        .token
-        .as_ref()
-        .is_some_and(|t| t.fingerprint.as_ref() == Some(fingerprint))
+    let refused = shared.refused.lock().unwrap_or_else(|e| e.into_inner());
+    refused.as_ref() == Some(fingerprint)
+        || shared
+            .state
+            .borrow()
+            .token
+            .as_ref()
+            .is_some_and(|t| t.fingerprint.as_ref() == Some(fingerprint))
 }
 
 fn stored_or_log(shared: &Shared, stored: Result<SharedToken, ClusterError>) -> Option<Fingerprint> {
