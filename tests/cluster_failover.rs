@@ -4,11 +4,14 @@
 //! a password from a file that is re-read when it changes and never shown, and TLS with a
 //! `ca_file` added to the built-in roots.
 
-#[path = "support/redis.rs"]
-mod redis_support;
+mod support {
+    pub mod redis;
+    pub mod wait;
+}
 
-use redis_support::{wait_up, Logs, RedisServer};
 use std::time::{Duration, SystemTime};
+use support::redis::{wait_up, Logs, RedisServer};
+use support::wait::eventually_within;
 use tokio::time::Instant;
 use zuora_auth_proxy::cluster::{Cluster, ClusterError, Refusal, TenantKey};
 
@@ -71,8 +74,8 @@ async fn redis_stopped_then_restarted_falls_back_once_and_rejoins() {
 
     // Let the prober fail a few more times: still one transition, one log line.
     let errors = cluster.stats().redis_errors;
-    redis_support::eventually("the prober tried again twice", Duration::from_secs(5), || {
-        cluster.stats().redis_errors >= errors + 2
+    eventually_within("the prober tried again twice", Duration::from_secs(5), async || {
+        (cluster.stats().redis_errors >= errors + 2).then_some(())
     })
     .await;
     let stats = cluster.stats();

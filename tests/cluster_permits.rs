@@ -4,15 +4,18 @@
 //! keeps a long holder's permit, and a holder killed with SIGKILL frees its permits within
 //! one lease.
 
-#[path = "support/redis.rs"]
-mod redis_support;
+mod support {
+    pub mod redis;
+    pub mod wait;
+}
 
-use redis_support::{eventually, wait_up, RedisServer};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::redis::{replicas, wait_up, RedisServer};
+use support::wait::eventually_within;
 use tokio::time::Instant;
 use zuora_auth_proxy::cluster::{Cluster, Refusal, TenantKey};
 
@@ -23,17 +26,6 @@ fn key() -> TenantKey {
 fn permit_count(server: &RedisServer, key: &TenantKey) -> usize {
     let set = format!("zuora-auth-proxy:{{{}}}:permits", key.id());
     redis::cmd("ZCARD").arg(set).query(&mut server.inspect()).unwrap()
-}
-
-async fn replicas(server: &RedisServer, n: usize) -> Vec<Cluster> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let cluster = Cluster::start(server.settings()).await.unwrap();
-        wait_up(&cluster, true, Duration::from_secs(5)).await;
-        out.push(cluster);
-    }
-    server.wait_subscribers(n).await;
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,8 +64,8 @@ async fn permits_never_exceed_the_limit_across_replicas() {
     assert_eq!(granted, CALLERS as u64);
     assert!(clusters.iter().map(|c| c.stats().permit_waits).sum::<u64>() > 0);
     // Every release reached Redis.
-    eventually("all leases released", Duration::from_secs(5), || {
-        permit_count(&server, &key()) == 0 && clusters.iter().all(|c| c.stats().permits_held == 0)
+    eventually_within("all leases released", Duration::from_secs(5), async || {
+        (permit_count(&server, &key()) == 0 && clusters.iter().all(|c| c.stats().permits_held == 0)).then_some(())
     })
     .await;
 }
@@ -94,8 +86,8 @@ async fn waiters_in_one_replica_are_served_in_arrival_order() {
             drop(permit);
         }));
         // The next one arrives only once this one is queued.
-        eventually("waiter queued", Duration::from_secs(5), || {
-            cluster.stats().permits_waiting == i + 1
+        eventually_within("waiter queued", Duration::from_secs(5), async || {
+            (cluster.stats().permits_waiting == i + 1).then_some(())
         })
         .await;
     }
@@ -143,8 +135,8 @@ async fn a_full_cluster_refuses_at_the_deadline_and_a_release_wakes_another_repl
                 .unwrap();
             (Instant::now(), permit)
         });
-        eventually("B is waiting", Duration::from_secs(5), || {
-            clusters[1].stats().permits_waiting == 1
+        eventually_within("B is waiting", Duration::from_secs(5), async || {
+            (clusters[1].stats().permits_waiting == 1).then_some(())
         })
         .await;
         let released = Instant::now();
@@ -152,8 +144,8 @@ async fn a_full_cluster_refuses_at_the_deadline_and_a_release_wakes_another_repl
         let (granted, permit) = waiter.await.unwrap();
         latencies.push(granted - released);
         drop(permit);
-        eventually("released", Duration::from_secs(5), || {
-            permit_count(&server, &key()) == 0
+        eventually_within("released", Duration::from_secs(5), async || {
+            (permit_count(&server, &key()) == 0).then_some(())
         })
         .await;
     }

@@ -9,15 +9,14 @@ mod support {
     pub mod fixtures;
     pub mod fleet;
     pub mod metrics;
+    pub mod redis;
     pub mod wait;
 }
-#[path = "support/redis.rs"]
-mod redis_support;
 
-use redis_support::RedisServer;
 use std::time::Duration;
 use support::client::post;
 use support::fleet::{assert_ok_or_overloaded, burst, Fleet, Replica};
+use support::redis::RedisServer;
 use support::wait::eventually;
 use tokio::time::Instant;
 use zuora_auth_proxy::mock::{ApiMode, ExpiresIn, MockZuora};

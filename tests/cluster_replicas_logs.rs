@@ -7,12 +7,12 @@ mod support {
     pub mod fixtures;
     pub mod fleet;
     pub mod metrics;
+    pub mod redis;
+    pub mod wait;
 }
-#[path = "support/redis.rs"]
-mod redis_support;
 
-use redis_support::{Logs, RedisServer};
 use support::fleet::{assert_ok_or_overloaded, burst, Fleet, Replica};
+use support::redis::{Logs, RedisServer};
 use zuora_auth_proxy::mock::{MockZuora, CLIENT_SECRET};
 
 #[tokio::test(flavor = "current_thread")]

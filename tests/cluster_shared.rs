@@ -4,11 +4,14 @@
 //! once, a notice to other replicas when the token changes, and cool-downs seen by every
 //! replica, late joiners included.
 
-#[path = "support/redis.rs"]
-mod redis_support;
+mod support {
+    pub mod redis;
+    pub mod wait;
+}
 
-use redis_support::{eventually, eventually_some, wait_up, RedisServer};
 use std::time::{Duration, SystemTime};
+use support::redis::{replicas, RedisServer};
+use support::wait::eventually_within;
 use zuora_auth_proxy::cluster::{Cluster, ClusterError, TenantKey, COOLDOWN_MAX_SECS};
 
 const SECRET: &str = "the-client-secret";
@@ -16,17 +19,6 @@ const BEARER: &str = "bearer-token-value-0123456789";
 
 fn key() -> TenantKey {
     TenantKey::new("https://rest.test.zuora.com", "client-id", None)
-}
-
-async fn replicas(server: &RedisServer, n: usize) -> Vec<Cluster> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let cluster = Cluster::start(server.settings()).await.unwrap();
-        wait_up(&cluster, true, Duration::from_secs(5)).await;
-        out.push(cluster);
-    }
-    server.wait_subscribers(n).await;
-    out
 }
 
 fn in_an_hour() -> SystemTime {
@@ -152,7 +144,7 @@ async fn the_refresh_lock_is_exclusive_and_a_stale_fence_is_refused() {
 
     // Its holder stalls past the lease (1 s); another replica takes over with a higher fence.
     let started = std::time::Instant::now();
-    let second = eventually_some("the lock expired", Duration::from_secs(3), || async {
+    let second = eventually_within("the lock expired", Duration::from_secs(3), async || {
         b.try_refresh_lock(&key()).await.unwrap()
     })
     .await;
@@ -167,9 +159,9 @@ async fn the_refresh_lock_is_exclusive_and_a_stale_fence_is_refused() {
     // Dropping the stale lock does not release the newer holder's.
     drop(first);
     let lock_key = format!("zuora-auth-proxy:{{{}}}:refresh-lock", key().id());
-    eventually("the stale unlock ran", Duration::from_secs(2), || {
+    eventually_within("the stale unlock ran", Duration::from_secs(2), async || {
         let fence: Option<u64> = redis::cmd("GET").arg(&lock_key).query(&mut server.inspect()).unwrap();
-        fence == Some(second.fence())
+        (fence == Some(second.fence())).then_some(())
     })
     .await;
     assert!(c.try_refresh_lock(&key()).await.unwrap().is_none());
@@ -186,12 +178,12 @@ async fn the_refresh_lock_is_exclusive_and_a_stale_fence_is_refused() {
     assert!(third.fence() > second.fence());
     // A dropped lock is released for the next replica.
     drop(third);
-    eventually("the dropped lock is free", Duration::from_secs(2), || {
+    eventually_within("the dropped lock is free", Duration::from_secs(2), async || {
         let held: bool = redis::cmd("EXISTS")
             .arg(&lock_key)
             .query(&mut server.inspect())
             .unwrap();
-        !held
+        (!held).then_some(())
     })
     .await;
 }
@@ -207,8 +199,8 @@ async fn a_cool_down_reaches_every_replica_and_late_joiners() {
     let until = SystemTime::now() + Duration::from_secs(3);
     a.cool_down(&key(), until).await.unwrap();
     assert!(a.cooling_until(&key()).is_some(), "the publisher knows at once");
-    eventually("B hears of the cool-down", Duration::from_secs(2), || {
-        b.cooling_until(&key()).is_some()
+    eventually_within("B hears of the cool-down", Duration::from_secs(2), async || {
+        (b.cooling_until(&key()).is_some()).then_some(())
     })
     .await;
     let seen = b.cooling_until(&key()).unwrap();
@@ -222,9 +214,11 @@ async fn a_cool_down_reaches_every_replica_and_late_joiners() {
         .await
         .unwrap();
     let late = Cluster::start(server.settings()).await.unwrap();
-    eventually("a replica started later reads it back", Duration::from_secs(5), || {
-        late.cooling_until(&key()).is_some()
-    })
+    eventually_within(
+        "a replica started later reads it back",
+        Duration::from_secs(5),
+        async || (late.cooling_until(&key()).is_some()).then_some(()),
+    )
     .await;
     let known = late.cooling_until(&key()).unwrap();
     assert!(known.duration_since(until).unwrap_or_else(|e| e.duration()) < Duration::from_millis(1));
@@ -241,12 +235,12 @@ async fn a_cool_down_reaches_every_replica_and_late_joiners() {
     a.cool_down(&short, SystemTime::now() + Duration::from_millis(300))
         .await
         .unwrap();
-    eventually("B sees the short cool-down", Duration::from_secs(2), || {
-        b.cooling_until(&short).is_some()
+    eventually_within("B sees the short cool-down", Duration::from_secs(2), async || {
+        (b.cooling_until(&short).is_some()).then_some(())
     })
     .await;
-    eventually("and sees it end", Duration::from_secs(2), || {
-        b.cooling_until(&short).is_none()
+    eventually_within("and sees it end", Duration::from_secs(2), async || {
+        (b.cooling_until(&short).is_none()).then_some(())
     })
     .await;
 }

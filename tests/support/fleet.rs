@@ -1,12 +1,12 @@
 //! A fleet of replicas for the cluster tests: one mock Zuora, one real redis-server, and
 //! proxies started in-process with `[cluster]`, each with the same tenant.
-//! Needs `support::{client, fixtures, metrics}` and the crate-level `redis_support`.
+//! Needs `support::{client, fixtures, metrics, redis}`.
 #![allow(dead_code)]
 
 use super::client::post;
 use super::fixtures::{abort_path, ROUTES};
 use super::metrics::Metrics;
-use crate::redis_support::RedisServer;
+use super::redis::RedisServer;
 use std::path::PathBuf;
 use std::time::Duration;
 use zuora_auth_proxy::mock::{MockZuora, CLIENT_ID, CLIENT_SECRET};

@@ -1,14 +1,16 @@
 //! A real `redis-server` for the cluster tests: started on a free loopback port in a temporary
 //! directory, ready once it logs that it accepts connections and answers PING, killed by its
-//! PID when dropped. Plus a log capture and a wait-for-condition helper.
+//! PID when dropped. Plus a log capture, a wait for the cluster's mode and a set of started
+//! replicas. Needs `support::wait`.
 #![allow(dead_code)]
 
+use super::wait::eventually_within;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tempfile::TempDir;
 use url::Url;
 use zuora_auth_proxy::cluster::ClusterSettings;
@@ -201,13 +203,13 @@ impl RedisServer {
     /// subscribes in the background after `start`).
     pub async fn wait_subscribers(&self, n: usize) {
         let channel = "zuora-auth-proxy:events";
-        eventually("cluster instances subscribed", Duration::from_secs(5), || {
+        eventually_within("cluster instances subscribed", Duration::from_secs(5), async || {
             let counts: (String, usize) = redis::cmd("PUBSUB")
                 .arg("NUMSUB")
                 .arg(channel)
                 .query(&mut self.inspect())
                 .unwrap();
-            counts.1 == n
+            (counts.1 == n).then_some(())
         })
         .await;
     }
@@ -286,30 +288,6 @@ fn write_tls_files(dir: &Path) -> TlsFiles {
     files
 }
 
-/// Waits until `condition` holds, checking every 10 ms, for at most `patience`.
-pub async fn eventually(what: &str, patience: Duration, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < patience, "not within {patience:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Calls `attempt` every 10 ms until it gives a value, for at most `patience`.
-pub async fn eventually_some<T, Fut>(what: &str, patience: Duration, mut attempt: impl FnMut() -> Fut) -> T
-where
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = attempt().await {
-            return value;
-        }
-        assert!(start.elapsed() < patience, "not within {patience:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Waits for the cluster's mode to become `up`, for at most `patience`.
 pub async fn wait_up(cluster: &zuora_auth_proxy::cluster::Cluster, up: bool, patience: Duration) {
     let mut rx = cluster.watch_up();
@@ -318,6 +296,20 @@ pub async fn wait_up(cluster: &zuora_auth_proxy::cluster::Cluster, up: bool, pat
         waited.is_ok() && cluster.is_up() == up,
         "cluster did not turn up={up} within {patience:?}"
     );
+}
+
+/// `n` clusters on `server`, each up and subscribed to the others' events.
+pub async fn replicas(server: &RedisServer, n: usize) -> Vec<zuora_auth_proxy::cluster::Cluster> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let cluster = zuora_auth_proxy::cluster::Cluster::start(server.settings())
+            .await
+            .unwrap();
+        wait_up(&cluster, true, Duration::from_secs(5)).await;
+        out.push(cluster);
+    }
+    server.wait_subscribers(n).await;
+    out
 }
 
 /// Every line logged (DEBUG and up) on the current thread while the guard lives. Tests using

@@ -1,5 +1,6 @@
 //! Waiting for a condition that has no notification to await (a gauge, a token phase, a
 //! listener closing): one poll loop with a patience knob, instead of a loop per test.
+#![allow(dead_code)]
 
 use std::time::Duration;
 use tokio::time::Instant;
