@@ -44,8 +44,7 @@ async fn summary_body_fails(h: &Harness) -> bool {
 
 #[tokio::test]
 async fn a_body_cut_short_by_zuora_is_counted_as_incomplete() {
-    let h = Harness::builder().start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().ready().await;
     h.mock.set_api_mode(ApiMode::Truncated {
         declared: 10_000,
         sent: 1_000,
@@ -65,9 +64,8 @@ async fn a_body_cut_short_by_zuora_is_counted_as_incomplete() {
 async fn a_stalled_body_is_cut_after_the_upstream_body_timeout() {
     let h = Harness::builder()
         .server("upstream_body_timeout", "\"300ms\"")
-        .start()
+        .ready()
         .await;
-    h.wait_for_token().await;
     h.mock.set_api_mode(ApiMode::StallBody {
         after_bytes: 100,
         declared: 5_000,
@@ -89,8 +87,7 @@ async fn a_stalled_body_is_cut_after_the_upstream_body_timeout() {
 
 #[tokio::test]
 async fn a_caller_that_leaves_before_its_answer_leaves_a_line() {
-    let h = Harness::builder().start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().ready().await;
     h.mock.set_api_mode(ApiMode::Delay(Duration::from_secs(3)));
     let url = h.url(&abort_path());
     let call = tokio::spawn(async move { post(&url, &[("zuora-track-id", "leaves-early")]).await });

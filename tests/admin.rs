@@ -101,9 +101,8 @@ async fn readyz_turns_503_when_the_token_ages_while_the_endpoint_fails() {
         .mock(|m| m.expires_in(ExpiresIn::Int(3)))
         .tenant("refresh_margin", "\"1s\"")
         .admin("ready_min_ttl", "\"2s\"")
-        .start()
+        .ready()
         .await;
-    h.wait_for_token().await;
     let fresh = get(&h.admin_url("/readyz")).await;
     assert_eq!(
         fresh.status, 200,
@@ -126,8 +125,7 @@ async fn readyz_turns_503_when_the_token_ages_while_the_endpoint_fails() {
 
 #[tokio::test]
 async fn readyz_is_503_at_once_when_draining() {
-    let h = Harness::builder().start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().ready().await;
     assert_eq!(get(&h.admin_url("/readyz")).await.status, 200);
 
     h.mock.set_api_mode(ApiMode::Delay(Duration::from_millis(1500)));
@@ -157,8 +155,7 @@ async fn readyz_is_503_at_once_when_draining() {
 
 #[tokio::test]
 async fn metrics_are_prometheus_text_with_every_family() {
-    let h = Harness::builder().start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().ready().await;
     // Touch every family: a forwarded request, a refusal, a reload.
     assert_eq!(post(&h.url(&abort_path()), &[]).await.status, 200);
     assert_eq!(post(&h.url("/v1/accounts"), &[]).await.status, 404);
@@ -203,8 +200,7 @@ async fn metrics_are_prometheus_text_with_every_family() {
 /// `increase()` see the first event (Prometheus: "avoid missing metrics").
 #[tokio::test]
 async fn fresh_proxy_exposes_every_family_with_known_series_at_zero() {
-    let h = Harness::builder().start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().ready().await;
     let exposition = metrics(&h).await;
     let text = &exposition.text;
     for family in [
@@ -230,8 +226,7 @@ async fn fresh_proxy_exposes_every_family_with_known_series_at_zero() {
 
 #[tokio::test]
 async fn request_counters_move_by_exactly_the_requests_sent() {
-    let h = Harness::builder().start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().ready().await;
     let before = metrics(&h).await;
 
     for _ in 0..3 {
@@ -276,8 +271,7 @@ async fn request_counters_move_by_exactly_the_requests_sent() {
 
 #[tokio::test]
 async fn in_flight_gauge_counts_a_request_at_zuora() {
-    let h = Harness::builder().start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().ready().await;
     h.mock.set_api_mode(ApiMode::Delay(Duration::from_millis(1000)));
     let slow = tokio::spawn(post_owned(h.url(&abort_path())));
     assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
@@ -291,8 +285,7 @@ async fn in_flight_gauge_counts_a_request_at_zuora() {
 
 #[tokio::test]
 async fn caller_input_never_becomes_a_label_value() {
-    let h = Harness::builder().start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().ready().await;
     // Caller input: each request carries the marker or junk in its method, path or a header.
     let marker = "INJECTED";
     let no_headers: &[Header] = &[];

@@ -27,8 +27,7 @@ fn pattern(len: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_small_body_is_replayed_after_a_401() {
-    let h = Harness::builder().start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().ready().await;
     // Up to 64 KiB inclusive is held for a replay.
     for (round, len) in [10 * 1024, 64 * 1024].into_iter().enumerate() {
         h.mock.revoke_tokens();
@@ -54,8 +53,7 @@ async fn a_small_body_is_replayed_after_a_401() {
 
 #[tokio::test]
 async fn a_body_too_large_to_hold_is_not_replayed_and_zuoras_401_is_passed_on() {
-    let h = Harness::builder().start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().ready().await;
     h.mock.revoke_tokens();
     let body = pattern(64 * 1024 + 1);
     let answer = call(Method::POST, &echo_url(&h), &[], body.clone()).await;
@@ -100,8 +98,7 @@ async fn a_chunked_body_under_the_cap_streams_through_whole() {
 
 #[tokio::test]
 async fn a_chunked_body_over_the_cap_is_413() {
-    let h = Harness::builder().server("max_body_bytes", "1024").start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().server("max_body_bytes", "1024").ready().await;
     let request = Request::post(echo_url(&h))
         .header("zuora-track-id", "chunked-1")
         .body(Chunked::new(8, 512))
@@ -117,8 +114,7 @@ async fn a_chunked_body_over_the_cap_is_413() {
 
 #[tokio::test]
 async fn a_401_to_a_streamed_body_still_drops_the_refused_token() {
-    let h = Harness::builder().start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().ready().await;
     h.mock.revoke_tokens();
     // The first streamed upload cannot be replayed: the caller sees Zuora's 401 (by design)...
     let first = send(Request::post(echo_url(&h)).body(Chunked::new(2, 100)).unwrap()).await;

@@ -80,9 +80,8 @@ async fn mutual_tls_requires_a_certificate_from_the_client_ca() {
     let pki = Pki::new();
     let h = Harness::builder()
         .server("tls", &pki.tls_table(true, None))
-        .start()
+        .ready()
         .await;
-    h.wait_for_token().await;
 
     let anonymous = client_config(&pki.ca, None);
     let outcome = call_https(h.proxy.addr, &anonymous, &abort_path(), &[]).await;
@@ -133,27 +132,23 @@ track_id_prefix = "reporting"
     let h = Harness::builder()
         .server("tls", &pki.tls_table(true, None))
         .rules(&rules)
-        .start()
+        .ready()
         .await;
-    h.wait_for_token().await;
 
-    let billing = client_config(&pki.ca, Some(&pki.ca.issue_client("billing")));
-    let answer = call_https(h.proxy.addr, &billing, &abort_path(), &[]).await.unwrap();
-    assert_eq!(answer.status, 200);
-    assert!(
-        answer.header("zuora-track-id").unwrap().starts_with("billing-"),
-        "{:?}",
-        answer.headers
-    );
-
-    let reporting = client_config(&pki.ca, Some(&pki.ca.issue_client("reporting")));
-    let answer = call_https(h.proxy.addr, &reporting, &abort_path(), &[]).await.unwrap();
-    assert_eq!(answer.status, 200);
-    assert!(
-        answer.header("zuora-track-id").unwrap().starts_with("reporting-"),
-        "{:?}",
-        answer.headers
-    );
+    // Each certificate's rule names the track id's prefix.
+    for subject in ["billing", "reporting"] {
+        let caller = client_config(&pki.ca, Some(&pki.ca.issue_client(subject)));
+        let answer = call_https(h.proxy.addr, &caller, &abort_path(), &[]).await.unwrap();
+        assert_eq!(answer.status, 200, "{subject}");
+        assert!(
+            answer
+                .header("zuora-track-id")
+                .unwrap()
+                .starts_with(&format!("{subject}-")),
+            "{subject}: {:?}",
+            answer.headers
+        );
+    }
 
     // A valid certificate that no rule names.
     let audit = client_config(&pki.ca, Some(&pki.ca.issue_client("audit")));

@@ -66,8 +66,7 @@ fn assert_placeholder(answer: &Answer) {
 #[tokio::test]
 async fn form_json_and_empty_bodies_get_the_placeholder_and_nothing_reaches_zuora() {
     capture_logs();
-    let h = Harness::builder().start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().ready().await;
     let token_calls = h.mock.token_calls();
     let json_body = format!(r#"{{"client_id":"caller-id","client_secret":"{CALLER_SECRET}"}}"#);
     let cases = [
@@ -109,8 +108,7 @@ async fn form_json_and_empty_bodies_get_the_placeholder_and_nothing_reaches_zuor
 
 #[tokio::test]
 async fn the_placeholder_sent_back_is_replaced_by_the_real_token() {
-    let h = Harness::builder().start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().ready().await;
     let answer = post(
         &h.url(&abort_path()),
         &[("authorization", &format!("Bearer {PLACEHOLDER}"))],
@@ -161,9 +159,8 @@ async fn a_body_over_max_body_bytes_is_refused() {
 async fn turned_off_the_path_is_refused_like_any_unlisted_route() {
     let h = Harness::builder()
         .server("caller_token_endpoint", "false")
-        .start()
+        .ready()
         .await;
-    h.wait_for_token().await;
     let token_calls = h.mock.token_calls();
     let answer = call(
         Method::POST,
@@ -241,8 +238,7 @@ async fn zuoras_python_sdk_works_through_the_proxy_unchanged() {
         "[[rules]]\nname = \"sdk\"\ntenant = \"default\"\nroutes = [\"caller-token\", \"get-account\"]\n\
          entity_ids = [\"{ENTITY}\"]\ntrack_id_prefix = \"sdk\"\n"
     );
-    let h = Harness::builder().routes(SDK_ROUTES).rules(&rules).start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().routes(SDK_ROUTES).rules(&rules).ready().await;
     let token_calls = h.mock.token_calls();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/get_account.py");
     let url = h.url("");

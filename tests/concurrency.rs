@@ -216,9 +216,8 @@ name = "rest"
 tenant = "default"
 "#,
         )
-        .start()
+        .ready()
         .await;
-    h.wait_for_token().await;
     let stalled_in_flight = gauge(&h, "stalled", "in_flight");
     let stalled_queue = gauge(&h, "stalled", "queue_length");
     let summary = h.url(&job_path("summary"));
@@ -250,9 +249,8 @@ async fn capped(max: usize, queue: &str) -> Harness {
     let h = Harness::builder()
         .tenant("max_concurrency", &max.to_string())
         .tenant("queue_timeout", &format!("\"{queue}\""))
-        .start()
+        .ready()
         .await;
-    h.wait_for_token().await;
     h
 }
 

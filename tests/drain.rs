@@ -25,8 +25,7 @@ use zuora_auth_proxy::mock::ApiMode;
 
 #[tokio::test]
 async fn in_flight_request_finishes_and_new_connections_are_refused() {
-    let h = Harness::builder().start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().ready().await;
     h.mock.set_api_mode(ApiMode::Delay(Duration::from_millis(1000)));
     let slow = tokio::spawn(try_post(h.url(&abort_path())));
     assert!(
@@ -63,8 +62,7 @@ async fn in_flight_request_finishes_and_new_connections_are_refused() {
 
 #[tokio::test]
 async fn idle_keep_alive_connection_is_closed_at_once() {
-    let h = Harness::builder().start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().ready().await;
     let mut idle = TcpStream::connect(h.proxy.addr).await.unwrap();
     idle.write_all(b"GET /not-allowed HTTP/1.1\r\nHost: proxy\r\n\r\n")
         .await
@@ -104,8 +102,7 @@ async fn idle_keep_alive_connection_is_closed_at_once() {
 
 #[tokio::test]
 async fn shutdown_grace_bounds_the_drain() {
-    let h = Harness::builder().server("shutdown_grace", "\"500ms\"").start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().server("shutdown_grace", "\"500ms\"").ready().await;
     h.mock.set_api_mode(ApiMode::Delay(Duration::from_secs(5)));
     let _slow = tokio::spawn(try_post(h.url(&abort_path())));
     assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
@@ -127,8 +124,7 @@ async fn shutdown_grace_bounds_the_drain() {
 /// the grace fails at once instead of being answered by Zuora seconds later.
 #[tokio::test]
 async fn requests_past_the_grace_are_cut_when_wait_returns() {
-    let h = Harness::builder().server("shutdown_grace", "\"500ms\"").start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().server("shutdown_grace", "\"500ms\"").ready().await;
     h.mock.set_api_mode(ApiMode::Delay(Duration::from_secs(4)));
     let slow = tokio::spawn(try_post(h.url(&abort_path())));
     assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
@@ -188,9 +184,8 @@ impl SignalledBinary {
     async fn start(shutdown_grace: &str, upstream_delay: Duration) -> SignalledBinary {
         let h = Harness::builder()
             .server("shutdown_grace", &format!("\"{shutdown_grace}\""))
-            .start()
+            .ready()
             .await;
-        h.wait_for_token().await;
         let text = h.config_text_with(|s| s.admin("listen", "\"\""));
         // Only the binary serves; the harness's own proxy steps aside.
         let (mock, dir) = h.stop_proxy().await;

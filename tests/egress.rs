@@ -34,9 +34,8 @@ async fn api_and_token_calls_tunnel_through_connect_with_basic_credentials() {
             "proxy_url",
             &format!("\"http://{USER}:{PASSWORD_IN_URL}@{}\"", egress.addr),
         )
-        .start()
+        .ready()
         .await;
-    h.wait_for_token().await;
     let answer = post(&h.url(&abort_path()), &[("zuora-track-id", "tunnelled")]).await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.header("zuora-track-id"), Some("tunnelled"));
@@ -204,9 +203,8 @@ async fn split_tenant(egress: &EgressProxy, connect_timeout: &str) -> Harness {
         )
         .tenant("proxy_url", &format!("\"http://{}\"", egress.addr))
         .tenant("connect_timeout", &format!("\"{connect_timeout}\""))
-        .start()
+        .ready()
         .await;
-    h.wait_for_token().await;
     let heads = egress.heads();
     assert!(
         heads

@@ -41,7 +41,7 @@ const CALLERS: usize = 16;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_resets_fail_only_their_requests_with_502_upstream_failed() {
     let _serial = serial().await;
-    let h = started(Harness::builder()).await;
+    let h = Harness::builder().ready().await;
     let run = fault_window(
         "reset",
         &h,
@@ -57,7 +57,7 @@ async fn connection_resets_fail_only_their_requests_with_502_upstream_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stall_past_the_request_timeout_fails_only_its_requests_with_504() {
     let _serial = serial().await;
-    let h = started(Harness::builder().server("request_timeout", "\"1s\"")).await;
+    let h = Harness::builder().server("request_timeout", "\"1s\"").ready().await;
     let stall = ApiMode::Delay(Duration::from_secs(3));
     let run = fault_window(
         "stall",
@@ -78,51 +78,38 @@ async fn a_stall_past_the_request_timeout_fails_only_its_requests_with_504() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zuoras_503s_pass_through_unchanged_and_stop_with_the_fault() {
-    let _serial = serial().await;
-    let h = started(Harness::builder()).await;
-    let unavailable = ApiMode::Status {
-        status: 503,
-        retry_after_secs: None,
-    };
-    let run = fault_window(
-        "503",
-        &h,
-        || h.mock.set_api_mode(unavailable.clone()),
-        || h.mock.set_api_mode(ApiMode::Normal),
-    )
-    .await;
-    for failure in run.failures() {
-        failure.assert_zuoras_own(503, None);
-    }
-    assert_eq!(
-        h.mock.api_calls(),
-        run.outcomes.len(),
-        "the proxy retried a 503 on a route without retries"
-    );
+    zuoras_status_passes_through_and_stops_with_the_fault(503, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zuoras_429s_pass_through_with_retry_after_and_stop_with_the_fault() {
+    zuoras_status_passes_through_and_stops_with_the_fault(429, Some(1)).await;
+}
+
+/// Zuora answers `status` (with `Retry-After: retry_after_secs`) for a while: the callers
+/// get it as Zuora's own answer, on a route without retries each call reaches Zuora once.
+async fn zuoras_status_passes_through_and_stops_with_the_fault(status: u16, retry_after_secs: Option<u64>) {
     let _serial = serial().await;
-    let h = started(Harness::builder()).await;
-    let limited = ApiMode::Status {
-        status: 429,
-        retry_after_secs: Some(1),
+    let h = Harness::builder().ready().await;
+    let fault = ApiMode::Status {
+        status,
+        retry_after_secs,
     };
     let run = fault_window(
-        "429",
+        &status.to_string(),
         &h,
-        || h.mock.set_api_mode(limited.clone()),
+        || h.mock.set_api_mode(fault.clone()),
         || h.mock.set_api_mode(ApiMode::Normal),
     )
     .await;
+    let retry_after = retry_after_secs.map(|secs| secs.to_string());
     for failure in run.failures() {
-        failure.assert_zuoras_own(429, Some("1"));
+        failure.assert_zuoras_own(status, retry_after.as_deref());
     }
     assert_eq!(
         h.mock.api_calls(),
         run.outcomes.len(),
-        "the proxy retried a 429 on a route without retries"
+        "the proxy retried a {status} on a route without retries"
     );
 }
 
@@ -130,7 +117,7 @@ async fn zuoras_429s_pass_through_with_retry_after_and_stop_with_the_fault() {
 async fn a_zuora_restart_fails_requests_only_while_it_is_down_then_one_token_is_fetched() {
     let _serial = serial().await;
     // The rest of the harness (its files) lives to the end of the test.
-    let h = started(Harness::builder()).await;
+    let h = Harness::builder().ready().await;
     let Harness { mock, proxy, .. } = h;
     let url = format!("http://{}{}", proxy.addr, abort_path());
     let load = Load::start(&url);
@@ -196,7 +183,7 @@ async fn with_retries_a_burst_of_503s_is_not_seen_by_callers() {
 async fn with_retries_a_quick_zuora_restart_is_not_seen_by_callers() {
     let _serial = serial().await;
     // The rest of the harness (its files) lives to the end of the test.
-    let h = started(Harness::builder().routes(RETRYING_ROUTES)).await;
+    let h = Harness::builder().routes(RETRYING_ROUTES).ready().await;
     let Harness { mock, proxy, .. } = h;
     let url = format!("http://{}{}", proxy.addr, abort_path());
     let load = Load::start(&url);
@@ -228,13 +215,12 @@ async fn a_token_endpoint_outage_is_unseen_until_expiry_then_503_then_recovers_w
     let _serial = serial().await;
     let token_wait = Duration::from_millis(300);
     // A 2 s token refreshed halfway: the first refresh fails a second before the token expires.
-    let h = started(
-        Harness::builder()
-            .tenant("refresh_margin", "\"1s\"")
-            .tenant("token_wait", "\"300ms\"")
-            .mock(|m| m.expires_in(ExpiresIn::Int(2))),
-    )
-    .await;
+    let h = Harness::builder()
+        .tenant("refresh_margin", "\"1s\"")
+        .tenant("token_wait", "\"300ms\"")
+        .mock(|m| m.expires_in(ExpiresIn::Int(2)))
+        .ready()
+        .await;
     let token = h.token().expect("a token");
     // The proxy stops using a token a little before it expires.
     let expiry = token.usable_until;
@@ -360,17 +346,11 @@ const FAULT_LENGTH: Duration = Duration::from_millis(300);
 /// Longest wait for any milestone of the load.
 const MILESTONE_LIMIT: Duration = Duration::from_secs(10);
 
-async fn started(builder: HarnessBuilder) -> Harness {
-    let h = builder.start().await;
-    h.wait_for_token().await;
-    h
-}
-
 /// Zuora answers `status` with `Retry-After: 1` to the first requests of a short burst; with
 /// two retries on the route, every caller still gets a 200, about a second late.
 async fn retried_status_is_invisible(status: u16) {
     let _serial = serial().await;
-    let h = started(Harness::builder().routes(RETRYING_ROUTES)).await;
+    let h = Harness::builder().routes(RETRYING_ROUTES).ready().await;
     let load = Load::start(&h.url(&abort_path()));
     load.wait("answers before the fault", |t| t.ok >= 4 * CALLERS).await;
     let reason = if status == 429 { "429" } else { "503" };

@@ -39,8 +39,7 @@ path = \"/bulk-data/any-jobs/{{id}}/aborts\"
 }
 
 async fn proxy() -> Harness {
-    let h = Harness::builder().routes(&hostile_routes()).start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().routes(&hostile_routes()).ready().await;
     h
 }
 
@@ -414,9 +413,8 @@ async fn slow_and_silent_floods_and_a_stalled_upstream_leave_the_proxy_serving()
     let h = Harness::builder()
         .server("header_read_timeout", "\"1s\"")
         .server("request_timeout", "\"3s\"")
-        .start()
+        .ready()
         .await;
-    h.wait_for_token().await;
     // One request stalls at Zuora; the ones after it are answered normally.
     h.mock.set_api_mode(ApiMode::Delay(Duration::from_secs(20)));
     let stalled_url = h.url(&abort_path());

@@ -265,8 +265,7 @@ fn ok_with(body: &str) -> ApiMode {
 
 async fn start() -> Harness {
     logs::capture(tracing::Level::INFO);
-    let h = Harness::builder().routes(ROUTES).start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().routes(ROUTES).ready().await;
     h
 }
 

@@ -43,9 +43,8 @@ async fn a_connection_that_sends_nothing_is_closed_after_header_read_timeout() {
 async fn a_trickled_head_is_cut_at_header_read_timeout_and_never_forwarded() {
     let h = Harness::builder()
         .server("header_read_timeout", "\"500ms\"")
-        .start()
+        .ready()
         .await;
-    h.wait_for_token().await;
     let head = format!(
         "POST {} HTTP/1.1\r\nHost: proxy\r\nX-Slow: {}\r\n\r\n",
         abort_path(),
@@ -116,9 +115,8 @@ async fn a_request_in_flight_longer_than_both_deadlines_is_not_cut() {
     let h = Harness::builder()
         .server("idle_timeout", "\"300ms\"")
         .server("header_read_timeout", "\"300ms\"")
-        .start()
+        .ready()
         .await;
-    h.wait_for_token().await;
     h.mock.set_api_mode(ApiMode::Delay(Duration::from_millis(1500)));
     let started = Instant::now();
     let mut stream = TcpStream::connect(h.proxy.addr).await.unwrap();
@@ -293,8 +291,7 @@ async fn silent_connections_holding_every_slot_are_cut_so_a_caller_gets_in() {
 
 #[tokio::test]
 async fn a_head_within_max_header_bytes_is_forwarded_and_a_larger_one_is_431() {
-    let h = Harness::builder().server("max_header_bytes", "16384").start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().server("max_header_bytes", "16384").ready().await;
     let fits = "f".repeat(12_000);
     let answer = post(&h.url(&abort_path()), &[("x-big", &fits)]).await;
     assert_eq!(answer.status, 200);
@@ -322,8 +319,7 @@ async fn a_head_within_max_header_bytes_is_forwarded_and_a_larger_one_is_431() {
 
 #[tokio::test]
 async fn a_declared_body_over_max_body_bytes_is_413_before_it_is_sent() {
-    let h = Harness::builder().server("max_body_bytes", "1024").start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().server("max_body_bytes", "1024").ready().await;
     let mut stream = TcpStream::connect(h.proxy.addr).await.unwrap();
     // Only the head: the refusal must not wait for a body it will never read.
     let head = format!(
@@ -343,8 +339,7 @@ async fn a_declared_body_over_max_body_bytes_is_413_before_it_is_sent() {
 
 #[tokio::test]
 async fn a_chunked_body_over_max_body_bytes_is_413_and_never_reaches_zuora_whole() {
-    let h = Harness::builder().server("max_body_bytes", "1024").start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().server("max_body_bytes", "1024").ready().await;
     let mut stream = TcpStream::connect(h.proxy.addr).await.unwrap();
     let mut request = format!(
         "POST {} HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -373,8 +368,7 @@ async fn a_chunked_body_over_max_body_bytes_is_413_and_never_reaches_zuora_whole
 
 #[tokio::test]
 async fn a_content_length_that_promises_more_than_is_sent_is_never_forwarded() {
-    let h = Harness::builder().server("max_body_bytes", "1024").start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().server("max_body_bytes", "1024").ready().await;
     let mut stream = TcpStream::connect(h.proxy.addr).await.unwrap();
     let head = format!(
         "POST {} HTTP/1.1\r\nHost: proxy\r\nZuora-Track-Id: short-body\r\nContent-Length: 100\r\n\r\n0123456789",
@@ -399,8 +393,7 @@ async fn a_content_length_that_promises_more_than_is_sent_is_never_forwarded() {
 
 #[tokio::test]
 async fn bytes_past_the_content_length_are_not_part_of_the_body() {
-    let h = Harness::builder().server("max_body_bytes", "1024").start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().server("max_body_bytes", "1024").ready().await;
     let mut stream = TcpStream::connect(h.proxy.addr).await.unwrap();
     let declared = "d".repeat(1000);
     let extra = "x".repeat(1000);
@@ -434,9 +427,8 @@ async fn connect_timeout_toward_zuora_is_502_upstream_unreachable() {
     let h = Harness::builder()
         .rest_at(blackhole_addr)
         .tenant("connect_timeout", "\"400ms\"")
-        .start()
+        .ready()
         .await;
-    h.wait_for_token().await;
     let started = Instant::now();
     let answer = post(&h.url(&abort_path()), &[]).await;
     let elapsed = started.elapsed();
@@ -453,8 +445,7 @@ async fn connect_timeout_toward_zuora_is_502_upstream_unreachable() {
 
 #[tokio::test]
 async fn request_timeout_is_504_upstream_timeout() {
-    let h = Harness::builder().server("request_timeout", "\"500ms\"").start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().server("request_timeout", "\"500ms\"").ready().await;
     h.mock.set_api_mode(ApiMode::Delay(Duration::from_secs(5)));
     let started = Instant::now();
     let answer = post(&h.url(&abort_path()), &[("zuora-track-id", "too-slow")]).await;

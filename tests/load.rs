@@ -44,9 +44,8 @@ async fn tokens_expiring_every_second_are_refreshed_once_per_lifetime_under_256_
         .tenant("max_concurrency", "256")
         .tenant("refresh_margin", "\"300ms\"")
         .mock(|m| m.expires_in(ExpiresIn::Int(1)))
-        .start()
+        .ready()
         .await;
-    h.wait_for_token().await;
     let fetches_before = h.mock.token_calls();
     let calls_before = h.mock.api_calls();
 

@@ -103,8 +103,7 @@ async fn wait_command<const N: usize>(args: [&str; N]) -> std::process::Output {
 
 #[tokio::test]
 async fn wait_exits_0_once_ready_and_1_when_nothing_gets_ready() {
-    let h = Harness::builder().start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().ready().await;
     let admin = h.proxy.admin_addr.expect("the harness has an admin listener");
     let ready = wait_command(["--admin", &admin.to_string(), "--timeout", "10s"]).await;
     assert_eq!(ready.status.code(), Some(0), "{ready:?}");

@@ -23,12 +23,6 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use zuora_auth_proxy::mock::ApiMode;
 
-async fn started(builder: HarnessBuilder) -> Harness {
-    let h = builder.start().await;
-    h.wait_for_token().await;
-    h
-}
-
 fn errors(h: &Harness, code: &str) -> f64 {
     Metrics::parse(&h.proxy.probe().metrics_text())
         .value_or_zero(&format!("zuora_proxy_proxy_errors_total{{code=\"{code}\"}}"))
@@ -90,7 +84,7 @@ fn assert_raw_refusal(response: &RawResponse, status: u16, code: &str) {
 
 #[tokio::test]
 async fn an_answer_with_both_lengths_reaches_the_caller_without_the_stale_content_length() {
-    let h = started(Harness::builder()).await;
+    let h = Harness::builder().ready().await;
     h.mock.set_api_mode(ApiMode::BothLengths);
     let (response, wire) = exchange(h.proxy.addr, summary_get().as_bytes()).await;
     assert_eq!(response.status, 200, "{response:?}");
@@ -106,7 +100,7 @@ async fn an_answer_with_both_lengths_reaches_the_caller_without_the_stale_conten
 
 #[tokio::test]
 async fn an_answer_in_a_transfer_coding_the_proxy_does_not_decode_is_502() {
-    let h = started(Harness::builder()).await;
+    let h = Harness::builder().ready().await;
     for coding in ["gzip, chunked", "gzip", "chunked, chunked", "x-custom, chunked"] {
         h.mock.set_api_mode(ApiMode::TransferCoding(coding.into()));
         let answer = support::client::get(&h.url(&job_path("summary"))).await;
@@ -126,7 +120,7 @@ async fn an_answer_in_a_transfer_coding_the_proxy_does_not_decode_is_502() {
 
 #[tokio::test]
 async fn an_unsolicited_101_is_502_and_other_interim_answers_are_skipped() {
-    let h = started(Harness::builder()).await;
+    let h = Harness::builder().ready().await;
     h.mock.set_api_mode(ApiMode::Informational(101));
     let (response, wire) = exchange(h.proxy.addr, summary_get().as_bytes()).await;
     assert_raw_refusal(&response, 502, "upstream_invalid_response");
@@ -159,7 +153,7 @@ type EndlessFrames = futures_util::stream::BoxStream<'static, Result<hyper::body
 
 #[tokio::test]
 async fn an_early_answer_before_the_body_is_read_is_relayed() {
-    let h = started(Harness::builder().server("max_body_bytes", "16777216")).await;
+    let h = Harness::builder().server("max_body_bytes", "16777216").ready().await;
     for status in [413u16, 401] {
         h.mock.set_api_mode(ApiMode::EarlyAnswer { status });
         let request = http::Request::post(h.url(&job_path("echo")))
@@ -189,7 +183,7 @@ async fn an_early_answer_before_the_body_is_read_is_relayed() {
 
 #[tokio::test]
 async fn an_http_1_0_status_line_from_zuora_is_not_echoed() {
-    let h = started(Harness::builder()).await;
+    let h = Harness::builder().ready().await;
     h.mock.set_api_mode(ApiMode::Http10);
     let (response, wire) = exchange(h.proxy.addr, summary_get().as_bytes()).await;
     assert!(
@@ -211,7 +205,7 @@ fn chunked_post(body: &str) -> String {
 
 #[tokio::test]
 async fn a_request_in_a_transfer_coding_the_proxy_does_not_decode_is_501() {
-    let h = started(Harness::builder()).await;
+    let h = Harness::builder().ready().await;
     for coding in ["gzip, chunked", "chunked, chunked", "identity, chunked"] {
         let raw = format!(
             "POST {} HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: {coding}\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
@@ -233,7 +227,7 @@ async fn a_request_in_a_transfer_coding_the_proxy_does_not_decode_is_501() {
 
 #[tokio::test]
 async fn a_malformed_chunked_request_body_is_the_callers_400() {
-    let h = started(Harness::builder()).await;
+    let h = Harness::builder().ready().await;
     let cases = [
         ("a bad chunk size", "zz\r\nhello\r\n0\r\n\r\n"),
         (
@@ -258,7 +252,7 @@ async fn a_malformed_chunked_request_body_is_the_callers_400() {
 
 #[tokio::test]
 async fn a_chunked_request_body_slower_than_the_request_timeout_is_the_callers_408() {
-    let h = started(Harness::builder().server("request_timeout", "\"1s\"")).await;
+    let h = Harness::builder().server("request_timeout", "\"1s\"").ready().await;
     let mut stream = TcpStream::connect(h.proxy.addr).await.unwrap();
     stream
         .write_all(chunked_post("5\r\nhello\r\n").as_bytes())
@@ -277,7 +271,7 @@ async fn a_chunked_request_body_slower_than_the_request_timeout_is_the_callers_4
 
 #[tokio::test]
 async fn a_slow_zuora_behind_a_whole_chunked_body_is_still_504() {
-    let h = started(Harness::builder().server("request_timeout", "\"1s\"")).await;
+    let h = Harness::builder().server("request_timeout", "\"1s\"").ready().await;
     h.mock.set_api_mode(ApiMode::Delay(Duration::from_secs(3)));
     let mut stream = TcpStream::connect(h.proxy.addr).await.unwrap();
     stream
@@ -293,7 +287,7 @@ async fn a_slow_zuora_behind_a_whole_chunked_body_is_still_504() {
 
 #[tokio::test]
 async fn a_missing_duplicate_or_userinfo_host_is_400() {
-    let h = started(Harness::builder()).await;
+    let h = Harness::builder().ready().await;
     let abort = abort_path();
     let cases = [
         ("no Host", format!("POST {abort} HTTP/1.1\r\n")),

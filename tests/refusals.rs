@@ -25,9 +25,8 @@ when_headers = { "x-tenant" = "acme" }
 track_id_prefix = "acme"
 "#,
         )
-        .start()
+        .ready()
         .await;
-    h.wait_for_token().await;
     h
 }
 

@@ -37,8 +37,7 @@ fn rule_to(tenant: &str, entity: &str) -> String {
 }
 
 async fn harness() -> Harness {
-    let h = Harness::builder().rules(&rule(ENTITY_A)).start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().rules(&rule(ENTITY_A)).ready().await;
     h
 }
 
@@ -257,9 +256,8 @@ async fn stale_secret_is_refused_until_the_file_is_rotated() {
     let h = Harness::builder()
         .rules(&rule(ENTITY_A))
         .tenant("token_wait", "\"1s\"")
-        .start()
+        .ready()
         .await;
-    h.wait_for_token().await;
     h.mock.set_client_secret("rotated-secret-3");
     h.mock.revoke_tokens();
     let refused = post(&h.url(&abort_path()), &[]).await;

@@ -282,9 +282,8 @@ async fn a_retry_after_beyond_the_deadline_returns_zuoras_429_at_once() {
     let h = Harness::builder()
         .routes(RETRY_ROUTES)
         .server("request_timeout", "\"3s\"")
-        .start()
+        .ready()
         .await;
-    h.wait_for_token().await;
     h.mock.set_api_mode(ApiMode::Status {
         status: 429,
         retry_after_secs: Some(5),
@@ -313,8 +312,7 @@ async fn a_retry_after_beyond_the_deadline_returns_zuoras_429_at_once() {
 /// back, and nothing overflows.
 #[tokio::test]
 async fn an_absurd_retry_after_returns_zuoras_answer() {
-    let h = Harness::builder().routes(RETRY_ROUTES).start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().routes(RETRY_ROUTES).ready().await;
     h.mock.set_api_mode(ApiMode::Status {
         status: 503,
         retry_after_secs: Some(u64::MAX),
@@ -371,8 +369,7 @@ async fn connect_failures_are_retried_only_where_retry_on_says_connect() {
         "retry_on = [\"connect\"]\n\n[[routes]]\nname = \"job-downloads\"",
     );
     assert_ne!(routes, RETRY_ROUTES);
-    let h = Harness::builder().routes(&routes).rest_at(refuser_addr).start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().routes(&routes).rest_at(refuser_addr).ready().await;
     let answer = call(
         Method::GET,
         &h.url(&job_path("summary")),
@@ -402,7 +399,6 @@ async fn retries(h: &Harness, series: &str) -> Option<f64> {
 
 async fn retrying() -> Harness {
     logs::capture(tracing::Level::INFO);
-    let h = Harness::builder().routes(RETRY_ROUTES).start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().routes(RETRY_ROUTES).ready().await;
     h
 }

@@ -69,9 +69,8 @@ async fn the_token_is_refreshed_before_it_expires() {
     let h = Harness::builder()
         .tenant("refresh_margin", "\"1s\"")
         .mock(|m| m.expires_in(ExpiresIn::Int(2)))
-        .start()
+        .ready()
         .await;
-    h.wait_for_token().await;
     let first = h.token().expect("a token");
     assert_eq!(first.generation, 1);
     let left = first.expires_at.saturating_duration_since(Instant::now());
@@ -112,8 +111,7 @@ async fn the_token_is_refreshed_before_it_expires() {
 
 #[tokio::test]
 async fn a_401_causes_one_refetch_and_one_replay() {
-    let h = Harness::builder().start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().ready().await;
     h.mock.revoke_tokens();
     let answer = post(&h.url(&abort_path()), &[("zuora-track-id", "replayed-1")]).await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
@@ -140,8 +138,7 @@ async fn a_401_causes_one_refetch_and_one_replay() {
 
 #[tokio::test]
 async fn a_401_with_no_new_token_to_be_had_is_a_503_not_a_loop() {
-    let h = Harness::builder().tenant("token_wait", "\"1s\"").start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().tenant("token_wait", "\"1s\"").ready().await;
     // The client secret was rotated at Zuora and the token revoked: no new token can be had.
     h.mock.set_client_secret("rotated-elsewhere");
     h.mock.revoke_tokens();
@@ -153,8 +150,7 @@ async fn a_401_with_no_new_token_to_be_had_is_a_503_not_a_loop() {
 
 #[tokio::test]
 async fn many_requests_after_a_revocation_cause_one_refetch() {
-    let h = Harness::builder().start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().ready().await;
     h.mock.revoke_tokens();
     let answers = burst(&h, 64).await;
     assert_eq!(statuses(&answers), Vec::<u16>::new(), "every request succeeds");
@@ -247,9 +243,8 @@ async fn a_cached_token_keeps_serving_while_refreshes_fail() {
         .tenant("refresh_margin", "\"2s\"")
         .tenant("token_wait", "\"1s\"")
         .mock(|m| m.expires_in(ExpiresIn::Int(3)))
-        .start()
+        .ready()
         .await;
-    h.wait_for_token().await;
     let cached = h.token().expect("a token");
     h.mock.set_token_mode(TokenMode::Status(500));
 

@@ -137,9 +137,8 @@ tenant = "default"
     let h = Harness::builder()
         .server("listen", &listen_at(&s.path))
         .rules(&rules)
-        .start()
+        .ready()
         .await;
-    h.wait_for_token().await;
     let (status, body) = call(&s.path, Method::POST, &abort_path()).await;
     assert_eq!(status, 200, "uid {uid} matches its rule: {body:?}");
 
@@ -154,8 +153,7 @@ tenant = "default"
 async fn the_access_line_names_the_unix_caller() {
     let s = socket();
     let (uid, gid) = my_ids(s.dir.path());
-    let h = Harness::builder().server("listen", &listen_at(&s.path)).start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().server("listen", &listen_at(&s.path)).ready().await;
     let text = h.config_text_with(|c| c.admin("listen", "\"\""));
     // Only the binary serves: the in-process proxy steps aside (and removes its socket).
     let (_mock, dir) = h.stop_proxy().await;

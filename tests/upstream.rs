@@ -17,8 +17,7 @@ use zuora_auth_proxy::mock::ApiMode;
 #[tokio::test]
 async fn an_upstream_refusing_connections_is_502_unreachable() {
     // The token endpoint is the mock; the REST base URL is a loopback port nobody listens on.
-    let h = Harness::builder().rest_at(closed_addr()).start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().rest_at(closed_addr()).ready().await;
     let started = Instant::now();
     let answer = post(&h.url(&abort_path()), &[("zuora-track-id", "unreachable-1")]).await;
     assert_eq!(assert_refusal(&answer, 502, "upstream_unreachable"), "unreachable-1");
@@ -32,8 +31,7 @@ async fn an_upstream_refusing_connections_is_502_unreachable() {
 
 #[tokio::test]
 async fn an_upstream_slower_than_the_request_timeout_is_504() {
-    let h = Harness::builder().server("request_timeout", "\"1s\"").start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().server("request_timeout", "\"1s\"").ready().await;
     h.mock.set_api_mode(ApiMode::Delay(Duration::from_secs(3)));
     let started = Instant::now();
     let answer = post(&h.url(&abort_path()), &[("zuora-track-id", "slow-1")]).await;
@@ -52,8 +50,7 @@ async fn an_upstream_slower_than_the_request_timeout_is_504() {
 
 #[tokio::test]
 async fn an_upstream_dropping_the_connection_is_502_and_not_resent() {
-    let h = Harness::builder().start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().ready().await;
     h.mock.set_api_mode(ApiMode::Reset);
     let answer = post(&h.url(&abort_path()), &[("zuora-track-id", "reset-1")]).await;
     assert_eq!(assert_refusal(&answer, 502, "upstream_failed"), "reset-1");
@@ -73,8 +70,7 @@ async fn an_upstream_dropping_the_connection_is_502_and_not_resent() {
 
 #[tokio::test]
 async fn zuoras_error_answers_pass_through_unchanged() {
-    let h = Harness::builder().start().await;
-    h.wait_for_token().await;
+    let h = Harness::builder().ready().await;
     h.mock.set_api_mode(ApiMode::Status {
         status: 429,
         retry_after_secs: Some(7),

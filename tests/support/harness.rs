@@ -231,6 +231,15 @@ impl HarnessBuilder {
             _dir: dir,
         }
     }
+
+    // Each test file uses the few of these it needs, so each binary leaves some unused.
+    #[allow(dead_code)]
+    /// [`HarnessBuilder::start`], then [`Harness::wait_for_token`]: a proxy ready to forward.
+    pub async fn ready(self) -> Harness {
+        let h = self.start().await;
+        h.wait_for_token().await;
+        h
+    }
 }
 
 /// A running mock Zuora and a proxy wired to it.
