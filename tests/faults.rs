@@ -119,21 +119,11 @@ async fn a_zuora_restart_fails_requests_only_while_it_is_down_then_one_token_is_
     // The rest of the harness (its files) lives to the end of the test.
     let h = Harness::builder().ready().await;
     let Harness { mock, proxy, .. } = h;
-    let url = format!("http://{}{}", proxy.addr, abort_path());
-    let load = Load::start(&url);
-    load.wait("answers before the restart", |t| t.ok >= 4 * CALLERS).await;
-
-    let (addr, ca) = (mock.addr(), mock.ca().clone());
-    let down = Instant::now();
-    drop(mock);
-    let failed = load.tally().failed;
-    load.wait_during_fault(|t| t.failed >= failed + 2 * CALLERS).await;
-    let mock = start_on(addr, ca).await;
-    let up = Instant::now();
-    let ok = load.tally().ok;
-    load.wait("answers after the restart", |t| t.ok >= ok + 4 * CALLERS)
-        .await;
-    let run = load.finish(down, up).await;
+    let (run, mock, down, up) = restart_under_load(mock, &proxy, async |load| {
+        let failed = load.tally().failed;
+        load.wait_during_fault(|t| t.failed >= failed + 2 * CALLERS).await;
+    })
+    .await;
 
     let mut unreachable = 0;
     for failure in run.failures() {
@@ -185,19 +175,7 @@ async fn with_retries_a_quick_zuora_restart_is_not_seen_by_callers() {
     // The rest of the harness (its files) lives to the end of the test.
     let h = Harness::builder().routes(RETRYING_ROUTES).ready().await;
     let Harness { mock, proxy, .. } = h;
-    let url = format!("http://{}{}", proxy.addr, abort_path());
-    let load = Load::start(&url);
-    load.wait("answers before the restart", |t| t.ok >= 4 * CALLERS).await;
-
-    let (addr, ca) = (mock.addr(), mock.ca().clone());
-    let down = Instant::now();
-    drop(mock);
-    let mock = start_on(addr, ca).await;
-    let up = Instant::now();
-    let ok = load.tally().ok;
-    load.wait("answers after the restart", |t| t.ok >= ok + 4 * CALLERS)
-        .await;
-    let run = load.finish(down, up).await;
+    let (run, mock, down, up) = restart_under_load(mock, &proxy, async |_| {}).await;
 
     let failures: Vec<&Outcome> = run.failures().collect();
     assert!(failures.is_empty(), "callers saw the restart: {}", sample(&failures));
@@ -423,6 +401,30 @@ fn retries_total(proxy: &Running, reason: &'static str) -> u64 {
 
 /// Starts a mock Zuora on `addr` with `ca` (a restart), retrying while the old one's port is
 /// still being released.
+/// Under load through `proxy`: stops Zuora, runs `while_down`, starts it again on the same
+/// port, and ends the load once answers flow again. The run, the new Zuora, and when it went
+/// down and came back.
+async fn restart_under_load(
+    mock: MockZuora,
+    proxy: &Running,
+    while_down: impl AsyncFnOnce(&Load),
+) -> (Run, MockZuora, Instant, Instant) {
+    let url = format!("http://{}{}", proxy.addr, abort_path());
+    let load = Load::start(&url);
+    load.wait("answers before the restart", |t| t.ok >= 4 * CALLERS).await;
+
+    let (addr, ca) = (mock.addr(), mock.ca().clone());
+    let down = Instant::now();
+    drop(mock);
+    while_down(&load).await;
+    let mock = start_on(addr, ca).await;
+    let up = Instant::now();
+    let ok = load.tally().ok;
+    load.wait("answers after the restart", |t| t.ok >= ok + 4 * CALLERS)
+        .await;
+    (load.finish(down, up).await, mock, down, up)
+}
+
 async fn start_on(addr: std::net::SocketAddr, ca: Arc<zuora_auth_proxy::mock::pki::TestCa>) -> MockZuora {
     eventually(
         "the mock listens on its port again",

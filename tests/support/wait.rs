@@ -32,3 +32,10 @@ pub async fn eventually_within<T>(what: &str, within: Duration, mut probe: impl 
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Asserts that `took` lies `within` its bounds: a lower one says a deadline or a wait was
+/// honoured, an upper one that it was not missed; the failure names `what`.
+#[track_caller]
+pub fn assert_took(took: Duration, within: impl std::ops::RangeBounds<Duration> + std::fmt::Debug, what: &str) {
+    assert!(within.contains(&took), "{what}: took {took:?}, not within {within:?}");
+}
