@@ -229,11 +229,7 @@ async fn an_unreadable_certificate_file_keeps_the_current_certificate() {
 #[tokio::test]
 async fn a_caller_that_never_finishes_the_handshake_is_cut_at_handshake_timeout() {
     let pki = Pki::new();
-    let h = pki
-        .harness(false, Some("300ms"))
-        .server("header_read_timeout", "\"10s\"")
-        .start()
-        .await;
+    let h = pki.with_deadlines("300ms", "10s").start().await;
     // One says nothing; one sends the first bytes of a TLS record and stalls.
     for opening in [&b""[..], &[0x16, 0x03, 0x01, 0x02, 0x00][..]] {
         let started = Instant::now();
@@ -254,11 +250,7 @@ async fn a_caller_that_never_finishes_the_handshake_is_cut_at_handshake_timeout(
 #[tokio::test]
 async fn after_the_handshake_the_header_deadline_applies() {
     let pki = Pki::new();
-    let h = pki
-        .harness(false, Some("10s"))
-        .server("header_read_timeout", "\"500ms\"")
-        .start()
-        .await;
+    let h = pki.with_deadlines("10s", "500ms").start().await;
     let started = Instant::now();
     let mut tls = connect_tls(h.proxy.addr, &client_config(&pki.ca, None)).await.unwrap();
     let mut buf = [0u8; 1024];
@@ -314,6 +306,12 @@ impl Pki {
     /// A proxy serving HTTPS with this certificate (see [`Pki::tls_table`]).
     fn harness(&self, mutual: bool, handshake_timeout: Option<&str>) -> HarnessBuilder {
         Harness::builder().server("tls", &self.tls_table(mutual, handshake_timeout))
+    }
+
+    /// HTTPS with a `handshake_timeout` and the server's `header_read_timeout`.
+    fn with_deadlines(&self, handshake_timeout: &str, header_read_timeout: &str) -> HarnessBuilder {
+        self.harness(false, Some(handshake_timeout))
+            .server("header_read_timeout", &format!("\"{header_read_timeout}\""))
     }
 
     fn tls_table(&self, mutual: bool, handshake_timeout: Option<&str>) -> String {

@@ -17,10 +17,9 @@ use std::time::Duration;
 use support::client::*;
 use support::fixtures::*;
 use support::harness::*;
-use support::wait::assert_took;
+use support::wait::{assert_took, timed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::Instant;
 use zuora_auth_proxy::Config;
 
 const USER: &str = "egress-user";
@@ -138,14 +137,7 @@ proxy_url = "http://{USER}:{PASSWORD_IN_URL}@127.0.0.1:3128"
 async fn an_egress_proxy_refusing_the_tunnel_is_502_upstream_unreachable() {
     // Token calls go to `localhost`, API calls to `127.0.0.1`: the egress proxy lets only
     // the first through.
-    let egress = EgressProxy::start(|target| {
-        if target.starts_with("localhost:") {
-            Verdict::Tunnel
-        } else {
-            Verdict::Refuse
-        }
-    })
-    .await;
+    let egress = EgressProxy::for_api_calls(Verdict::Refuse).await;
     let h = split_tenant(&egress, "5s").await;
     let answer = post(&h.url(&abort_path()), &[]).await;
     assert_refusal(&answer, 502, "upstream_unreachable");
@@ -157,18 +149,9 @@ async fn an_egress_proxy_refusing_the_tunnel_is_502_upstream_unreachable() {
 
 #[tokio::test]
 async fn a_silent_egress_proxy_is_bounded_by_connect_timeout() {
-    let egress = EgressProxy::start(|target| {
-        if target.starts_with("localhost:") {
-            Verdict::Tunnel
-        } else {
-            Verdict::Silent
-        }
-    })
-    .await;
+    let egress = EgressProxy::for_api_calls(Verdict::Silent).await;
     let h = split_tenant(&egress, "500ms").await;
-    let started = Instant::now();
-    let answer = post(&h.url(&abort_path()), &[]).await;
-    let elapsed = started.elapsed();
+    let (answer, elapsed) = timed(post(&h.url(&abort_path()), &[])).await;
     assert_refusal(&answer, 502, "upstream_unreachable");
     assert_took(
         elapsed,
@@ -242,23 +225,32 @@ struct EgressProxy {
     addr: SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
     tunnels: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for EgressProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    /// The accept loop, aborted when the proxy is dropped.
+    _task: tokio::task::JoinSet<()>,
 }
 
 impl EgressProxy {
+    /// Tunnels token calls (to `localhost`) and answers API calls (to `127.0.0.1`, see
+    /// `split_tenant`) with `verdict`.
+    async fn for_api_calls(verdict: Verdict) -> EgressProxy {
+        EgressProxy::start(move |target| {
+            if target.starts_with("localhost:") {
+                Verdict::Tunnel
+            } else {
+                verdict
+            }
+        })
+        .await
+    }
+
     async fn start(verdict: impl Fn(&str) -> Verdict + Send + Sync + 'static) -> EgressProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let heads = Arc::new(Mutex::new(Vec::new()));
         let tunnels = Arc::new(AtomicUsize::new(0));
         let verdict = Arc::new(verdict);
-        let task = tokio::spawn({
+        let mut task = tokio::task::JoinSet::new();
+        task.spawn({
             let (heads, tunnels) = (heads.clone(), tunnels.clone());
             async move {
                 while let Ok((stream, _)) = listener.accept().await {
@@ -270,7 +262,7 @@ impl EgressProxy {
             addr,
             heads,
             tunnels,
-            task,
+            _task: task,
         }
     }
 

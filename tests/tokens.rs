@@ -14,7 +14,7 @@ use std::time::Duration;
 use support::client::*;
 use support::fixtures::*;
 use support::harness::*;
-use support::wait::assert_took;
+use support::wait::{assert_took, timed};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use zuora_auth_proxy::mock::{ExpiresIn, TokenMode};
@@ -173,9 +173,7 @@ async fn a_token_endpoint_down_at_start_is_retried_with_backoff_until_it_recover
         .start()
         .await;
     assert!(h.mock.wait_token_calls(1, Duration::from_secs(5)).await);
-    let started = Instant::now();
-    let answer = post(&h.url(&abort_path()), &[("zuora-track-id", "waiting-1")]).await;
-    let waited = started.elapsed();
+    let (answer, waited) = timed(post(&h.url(&abort_path()), &[("zuora-track-id", "waiting-1")])).await;
     assert_eq!(assert_refusal(&answer, 503, "token_unavailable"), "waiting-1");
     assert_took(
         waited,

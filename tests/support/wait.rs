@@ -39,3 +39,10 @@ pub async fn eventually_within<T>(what: &str, within: Duration, mut probe: impl 
 pub fn assert_took(took: Duration, within: impl std::ops::RangeBounds<Duration> + std::fmt::Debug, what: &str) {
     assert!(within.contains(&took), "{what}: took {took:?}, not within {within:?}");
 }
+
+/// `request` awaited, with how long it took.
+pub async fn timed<T>(request: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let started = Instant::now();
+    let value = request.await;
+    (value, started.elapsed())
+}
