@@ -66,81 +66,41 @@ fn version_and_help_exit_zero() {
 
 #[test]
 fn check_config_names_every_bad_value_and_exits_78() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        "broken.toml",
-        &format!(
-            r#"
-[server]
-listen = "nowhere"
-request_timeout = "soon"
-[tenants.default]
-base_url = "rest.test.zuora.com"
-client_id = "id"
-client_secret = "do-not-print-me"
-refresh_margin = "5 parsecs"
-{ROUTES}
-"#
-        ),
+    let broken = ConfigFile::new("rest.test.zuora.com", "do-not-print-me", ROUTES)
+        .no_admin()
+        .text()
+        .replacen(SERVER_LISTEN, "listen = \"nowhere\"\nrequest_timeout = \"soon\"", 1)
+        .replace("[tenants.default]", "[tenants.default]\nrefresh_margin = \"5 parsecs\"");
+    let (stderr, stdout) = check_config_refuses(
+        &broken,
+        &[
+            "server.listen",
+            "server.request_timeout",
+            "tenants.default.base_url",
+            "tenants.default.refresh_margin",
+        ],
     );
-    let out = output(bin().args(["check-config", "--config"]).arg(&path));
-    assert_eq!(out.status.code(), Some(78), "{out:?}");
-    let stderr = text(&out.stderr);
-    for key in [
-        "server.listen",
-        "server.request_timeout",
-        "tenants.default.base_url",
-        "tenants.default.refresh_margin",
-    ] {
-        assert!(stderr.contains(key), "{key} not named in: {stderr}");
-    }
     assert!(!stderr.contains("do-not-print-me"), "{stderr}");
-    assert!(out.stdout.is_empty(), "nothing on stdout for an invalid file");
+    assert!(stdout.is_empty(), "nothing on stdout for an invalid file");
 }
 
 #[test]
 fn check_config_names_unknown_keys_and_exits_78() {
-    let dir = tempfile::tempdir().unwrap();
-    let text_ = ConfigFile::new("https://rest.test.zuora.com", "s", ROUTES)
+    let unknown = ConfigFile::new("https://rest.test.zuora.com", "s", ROUTES)
         .no_admin()
         .text()
         .replace("[admin]", "[admin]\nlisen = \"typo\"")
         .replace("[tenants.default]", "[tenants.default]\nbase_ur = \"x\"");
-    let path = write(dir.path(), "unknown.toml", &text_);
-    let out = output(bin().args(["check-config", "--config"]).arg(&path));
-    assert_eq!(out.status.code(), Some(78), "{out:?}");
-    let stderr = text(&out.stderr);
-    for key in ["admin.lisen", "tenants.default.base_ur"] {
-        assert!(stderr.contains(key), "{key} not named in: {stderr}");
-    }
+    check_config_refuses(&unknown, &["admin.lisen", "tenants.default.base_ur"]);
 }
 
 #[test]
 fn check_config_names_unknown_keys_and_bad_values_together() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        "broken.toml",
-        &format!(
-            r#"
-[server]
-listen = "nowhere"
-lisen = "typo"
-[tenants.default]
-base_url = "rest.test.zuora.com"
-client_id = "id"
-client_secret = "s"
-{ROUTES}
-"#
-        ),
-    );
-    let out = output(bin().args(["check-config", "--config"]).arg(&path));
-    assert_eq!(out.status.code(), Some(78), "{out:?}");
-    let stderr = text(&out.stderr);
-    for key in ["server.lisen", "server.listen", "tenants.default.base_url"] {
-        assert!(stderr.contains(key), "{key} not named in: {stderr}");
-    }
+    let broken = ConfigFile::new("rest.test.zuora.com", "s", ROUTES)
+        .no_admin()
+        .text()
+        .replacen(SERVER_LISTEN, "listen = \"nowhere\"\nlisen = \"typo\"", 1);
+    check_config_refuses(&broken, &["server.lisen", "server.listen", "tenants.default.base_url"]);
 }
 
 #[test]
@@ -262,4 +222,21 @@ async fn a_full_run_serves_logs_json_and_never_logs_a_token_or_the_secret() {
     assert_eq!(refused["error"], "route_not_found");
     assert_eq!(refused["path"], "/v1/accounts");
     assert_eq!(access.len(), 4, "one access line per request: {access:#?}");
+}
+
+/// `[server] listen` as [`ConfigFile::text`] writes it (the first `listen` of the file).
+const SERVER_LISTEN: &str = "listen = \"127.0.0.1:0\"";
+
+/// Runs `check-config` on a file holding `contents`: it exits 78 and names every one of
+/// `keys` on stderr. Its stderr and stdout.
+fn check_config_refuses(contents: &str, keys: &[&str]) -> (String, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "broken.toml", contents);
+    let out = output(bin().args(["check-config", "--config"]).arg(&path));
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let stderr = text(&out.stderr);
+    for key in keys {
+        assert!(stderr.contains(key), "{key} not named in: {stderr}");
+    }
+    (stderr, out.stdout)
 }

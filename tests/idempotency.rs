@@ -21,30 +21,22 @@ use zuora_auth_proxy::mock::ApiMode;
 /// `abort` (POST) gets a generated key, reads Zuora's body errors and retries on everything
 /// that can be retried; `echo` (POST, idempotent) retries too but generates no key and reads
 /// no body; `summary` (GET) reads body errors but never retries.
-const ROUTES: &str = r#"
-[[routes]]
-name = "abort-bulk-job"
-method = "POST"
-path = "/bulk-data/bulk-jobs/{id:uuid}/aborts"
-retry_attempts = 2
+fn routes() -> String {
+    routes_with(&[
+        (
+            "abort-bulk-job",
+            r#"retry_attempts = 2
 retry_on = ["429", "502", "503", "504"]
 idempotency_key = "generate"
-zuora_body_errors = true
-
-[[routes]]
-name = "job-summary"
-method = "GET"
-path = "/bulk-data/bulk-jobs/{id:uuid}/summary"
-zuora_body_errors = true
-
-[[routes]]
-name = "echo"
-method = "POST"
-path = "/bulk-data/bulk-jobs/{id:uuid}/echo"
-retry_attempts = 2
-retry_on = ["429", "503"]
-idempotent = true
-"#;
+zuora_body_errors = true"#,
+        ),
+        ("job-summary", "zuora_body_errors = true"),
+        (
+            "echo",
+            "retry_attempts = 2\nretry_on = [\"429\", \"503\"]\nidempotent = true",
+        ),
+    ])
+}
 
 fn unavailable() -> ApiMode {
     ApiMode::Status {
@@ -265,7 +257,7 @@ fn ok_with(body: &str) -> ApiMode {
 
 async fn start() -> Harness {
     logs::capture(tracing::Level::INFO);
-    let h = Harness::builder().routes(ROUTES).ready().await;
+    let h = Harness::builder().routes(&routes()).ready().await;
     h
 }
 

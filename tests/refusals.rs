@@ -16,15 +16,7 @@ use support::harness::*;
 async fn strict_proxy() -> Harness {
     let h = Harness::builder()
         .server("max_body_bytes", "1024")
-        .rules(
-            r#"
-[[rules]]
-name = "acme-only"
-tenant = "default"
-when_headers = { "x-tenant" = "acme" }
-track_id_prefix = "acme"
-"#,
-        )
+        .rules(&rule_for_header("acme-only", ACME, r#"track_id_prefix = "acme""#))
         .ready()
         .await;
     h

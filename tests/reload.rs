@@ -108,18 +108,8 @@ async fn reload_adds_a_tenant_and_keeps_the_others_token() {
     assert_eq!(abort_entity(&h).await, ENTITY_A);
 
     let metrics = scrape(&h.admin_url("/metrics")).await;
-    assert_eq!(
-        metrics.value_or_zero(r#"zuora_proxy_token_fetches_total{tenant="default",result="ok"}"#),
-        1.0,
-        "{}",
-        metrics.text
-    );
-    assert_eq!(
-        metrics.value_or_zero(r#"zuora_proxy_token_fetches_total{tenant="eu",result="ok"}"#),
-        1.0,
-        "{}",
-        metrics.text
-    );
+    metrics.assert_value(r#"zuora_proxy_token_fetches_total{tenant="default",result="ok"}"#, 1.0);
+    metrics.assert_value(r#"zuora_proxy_token_fetches_total{tenant="eu",result="ok"}"#, 1.0);
     assert_eq!(h.mock.token_calls(), 2);
     let ready = get(&h.admin_url("/readyz")).await;
     assert_eq!(ready.status, 200, "{:?}", ready.body);
@@ -201,18 +191,8 @@ async fn valid_file_reload_is_counted() {
     h.proxy.reload_from(&path).expect("reloads");
     assert_eq!(abort_entity(&h).await, ENTITY_C);
     let metrics = scrape(&h.admin_url("/metrics")).await;
-    assert_eq!(
-        metrics.value_or_zero(r#"zuora_proxy_config_reloads_total{result="ok"}"#),
-        1.0,
-        "{}",
-        metrics.text
-    );
-    assert_eq!(
-        metrics.value_or_zero(r#"zuora_proxy_config_reloads_total{result="error"}"#),
-        0.0,
-        "{}",
-        metrics.text
-    );
+    metrics.assert_value(r#"zuora_proxy_config_reloads_total{result="ok"}"#, 1.0);
+    metrics.assert_value(r#"zuora_proxy_config_reloads_total{result="error"}"#, 0.0);
     assert_eq!(h.mock.token_calls(), 1);
 }
 
@@ -378,17 +358,10 @@ async fn assert_refetched_with_the_new_secret(h: &Harness, secret: &str) {
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(h.mock.token_calls(), 2, "one refetch, accepted at once");
     let metrics = scrape(&h.admin_url("/metrics")).await;
-    assert_eq!(
-        metrics.value_or_zero(r#"zuora_proxy_token_fetches_total{tenant="default",result="ok"}"#),
-        2.0,
-        "{}",
-        metrics.text
-    );
-    assert_eq!(
-        metrics.value_or_zero(r#"zuora_proxy_token_fetches_total{tenant="default",result="rejected"}"#),
+    metrics.assert_value(r#"zuora_proxy_token_fetches_total{tenant="default",result="ok"}"#, 2.0);
+    metrics.assert_value(
+        r#"zuora_proxy_token_fetches_total{tenant="default",result="rejected"}"#,
         0.0,
-        "{}",
-        metrics.text
     );
     let received = h.mock.received();
     let (first, last) = (

@@ -32,36 +32,26 @@ use zuora_auth_proxy::mock::ApiMode;
 // single-threaded test runtime its handler reaches its first await (having read the mode)
 // before the test resumes, so the switch never races the request it waited for.
 
-/// `abort` (POST) and `summary` (GET) retry twice on 429/502/503; `echo` is a POST marked
-/// idempotent; `downloads` has no retry policy.
-const RETRY_ROUTES: &str = r#"
-[[routes]]
-name = "abort-bulk-job"
-method = "POST"
-path = "/bulk-data/bulk-jobs/{id:uuid}/aborts"
-retry_attempts = 2
-retry_on = ["429", "502", "503"]
+/// `abort` (POST) and `summary` (GET) retry twice on 429/502/503 (`summary` on `summary_retry_on`
+/// with [`retry_routes_on`]); `echo` is a POST marked idempotent; `downloads` has no retry
+/// policy.
+fn retry_routes() -> String {
+    retry_routes_on(r#"["429", "502", "503"]"#)
+}
 
-[[routes]]
-name = "job-summary"
-method = "GET"
-path = "/bulk-data/bulk-jobs/{id:uuid}/summary"
-retry_attempts = 2
-retry_on = ["429", "502", "503"]
-
-[[routes]]
-name = "job-downloads"
-method = "GET"
-path = "/bulk-data/bulk-jobs/{id:uuid}/downloads"
-
-[[routes]]
-name = "echo"
-method = "POST"
-path = "/bulk-data/bulk-jobs/{id:uuid}/echo"
-retry_attempts = 2
-retry_on = ["503"]
-idempotent = true
-"#;
+fn retry_routes_on(summary_retry_on: &str) -> String {
+    routes_with(&[
+        (
+            "abort-bulk-job",
+            "retry_attempts = 2\nretry_on = [\"429\", \"502\", \"503\"]",
+        ),
+        (
+            "job-summary",
+            &format!("retry_attempts = 2\nretry_on = {summary_retry_on}"),
+        ),
+        ("echo", "retry_attempts = 2\nretry_on = [\"503\"]\nidempotent = true"),
+    ])
+}
 
 #[tokio::test]
 async fn a_get_is_retried_until_its_attempts_run_out() {
@@ -276,7 +266,7 @@ async fn a_503_is_retried_with_backoff_whatever_ratelimit_reset_says() {
 async fn a_retry_after_beyond_the_deadline_returns_zuoras_429_at_once() {
     logs::capture(tracing::Level::INFO);
     let h = Harness::builder()
-        .routes(RETRY_ROUTES)
+        .routes(&retry_routes())
         .server("request_timeout", "\"3s\"")
         .ready()
         .await;
@@ -308,7 +298,7 @@ async fn a_retry_after_beyond_the_deadline_returns_zuoras_429_at_once() {
 /// back, and nothing overflows.
 #[tokio::test]
 async fn an_absurd_retry_after_returns_zuoras_answer() {
-    let h = Harness::builder().routes(RETRY_ROUTES).ready().await;
+    let h = Harness::builder().routes(&retry_routes()).ready().await;
     h.mock.set_api_mode(ApiMode::Status {
         status: 503,
         retry_after_secs: Some(u64::MAX),
@@ -360,11 +350,7 @@ async fn connect_failures_are_retried_only_where_retry_on_says_connect() {
             drop(stream);
         }
     });
-    let routes = RETRY_ROUTES.replace(
-        "retry_on = [\"429\", \"502\", \"503\"]\n\n[[routes]]\nname = \"job-downloads\"",
-        "retry_on = [\"connect\"]\n\n[[routes]]\nname = \"job-downloads\"",
-    );
-    assert_ne!(routes, RETRY_ROUTES);
+    let routes = retry_routes_on(r#"["connect"]"#);
     let h = Harness::builder().routes(&routes).rest_at(refuser_addr).ready().await;
     let answer = call(
         Method::GET,
@@ -395,6 +381,6 @@ async fn retries(h: &Harness, series: &str) -> Option<f64> {
 
 async fn retrying() -> Harness {
     logs::capture(tracing::Level::INFO);
-    let h = Harness::builder().routes(RETRY_ROUTES).ready().await;
+    let h = Harness::builder().routes(&retry_routes()).ready().await;
     h
 }

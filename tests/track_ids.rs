@@ -13,22 +13,9 @@ use support::harness::*;
 
 /// Two rules: callers saying `x-team: billing` get ids prefixed `billing`, the rest none.
 async fn proxy() -> Harness {
-    Harness::builder()
-        .rules(
-            r#"
-[[rules]]
-name = "billing"
-tenant = "default"
-when_headers = { "x-team" = "billing" }
-track_id_prefix = "billing"
-
-[[rules]]
-name = "everyone"
-tenant = "default"
-"#,
-        )
-        .start()
-        .await
+    let billing = rule_for_header("billing", ("x-team", "billing"), r#"track_id_prefix = "billing""#);
+    let everyone = "\n[[rules]]\nname = \"everyone\"\ntenant = \"default\"\n";
+    Harness::builder().rules(&format!("{billing}{everyone}")).start().await
 }
 
 fn is_hex32(s: &str) -> bool {
@@ -89,14 +76,7 @@ async fn without_a_track_id_one_is_generated_with_the_rules_prefix() {
 async fn a_valid_caller_track_id_is_echoed_on_every_refusal() {
     let h = Harness::builder()
         .server("max_body_bytes", "16")
-        .rules(
-            r#"
-[[rules]]
-name = "billing-only"
-tenant = "default"
-when_headers = { "x-team" = "billing" }
-"#,
-        )
+        .rules(&rule_for_header("billing-only", ("x-team", "billing"), ""))
         .start()
         .await;
     let id = ("zuora-track-id", "caller-correlation-1");

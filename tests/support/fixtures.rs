@@ -43,6 +43,32 @@ method = "POST"
 path = "/bulk-data/bulk-jobs/{id:uuid}/echo"
 "#;
 
+/// [`ROUTES`] with each named route given the TOML lines after its name: the retry and body
+/// policies a test file sets on the same four routes.
+#[allow(dead_code)] // for the test files that set policies
+pub fn routes_with(policies: &[(&str, &str)]) -> String {
+    let mut routes = ROUTES.to_string();
+    for (name, lines) in policies {
+        let block = format!("[[routes]]\nname = \"{name}\"\n");
+        let start = routes
+            .find(&block)
+            .unwrap_or_else(|| panic!("no route {name} in ROUTES"));
+        // The route's keys end at the blank line before the next route (or at the end).
+        let end = routes[start..].find("\n\n").map_or(routes.len() - 1, |at| start + at);
+        routes.insert_str(end + 1, &format!("{}\n", lines.trim()));
+    }
+    routes
+}
+
+/// A `[[rules]]` entry for the `default` tenant, matching callers that send `header: value`,
+/// with `extra` TOML lines (a `track_id_prefix`, say).
+#[allow(dead_code)] // for the test files with rules
+pub fn rule_for_header(name: &str, (header, value): (&str, &str), extra: &str) -> String {
+    format!(
+        "\n[[rules]]\nname = \"{name}\"\ntenant = \"default\"\nwhen_headers = {{ \"{header}\" = \"{value}\" }}\n{extra}\n"
+    )
+}
+
 /// The `Zuora-Track-Id` of a request Zuora received, or `""`.
 #[allow(dead_code)] // for the test files that follow requests by track id
 pub fn track_of(headers: &HeaderMap) -> String {

@@ -91,6 +91,14 @@ impl Metrics {
     pub fn value_or_zero(&self, series: &str) -> f64 {
         self.get(series).unwrap_or(0.0)
     }
+
+    /// Asserts that [`Metrics::value_or_zero`] of `series` is `expected`, showing the whole
+    /// exposition otherwise.
+    #[allow(dead_code)] // for the test files that check exact counts
+    #[track_caller]
+    pub fn assert_value(&self, series: &str, expected: f64) {
+        assert_eq!(self.value_or_zero(series), expected, "{series} in:\n{}", self.text);
+    }
 }
 
 /// `name{labels}` (no value) as a name and its labels.
