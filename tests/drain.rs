@@ -17,11 +17,12 @@ use support::binary::Binary;
 use support::fixtures::*;
 use support::harness::*;
 use support::raw::read_response;
-use support::wait::{assert_took, eventually};
+use support::wait::{assert_took, eventually, timed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use zuora_auth_proxy::mock::ApiMode;
+use zuora_auth_proxy::mock::{ApiMode, MockZuora};
 
 #[tokio::test]
 async fn in_flight_request_finishes_and_new_connections_are_refused() {
@@ -102,17 +103,7 @@ async fn idle_keep_alive_connection_is_closed_at_once() {
 
 #[tokio::test]
 async fn shutdown_grace_bounds_the_drain() {
-    let h = Harness::builder().server("shutdown_grace", "\"500ms\"").ready().await;
-    h.mock.set_api_mode(ApiMode::Delay(Duration::from_secs(5)));
-    let _slow = tokio::spawn(try_post(h.url(&abort_path())));
-    assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
-
-    let began = Instant::now();
-    h.proxy.begin_shutdown();
-    tokio::time::timeout(Duration::from_millis(1500), h.proxy.wait())
-        .await
-        .expect("wait() returns about when the grace ends");
-    let took = began.elapsed();
+    let (_zuora, _slow, took) = drained_past_a_slow_request(Duration::from_secs(5)).await;
     assert_took(
         took,
         Duration::from_millis(450)..Duration::from_millis(1200),
@@ -124,15 +115,7 @@ async fn shutdown_grace_bounds_the_drain() {
 /// the grace fails at once instead of being answered by Zuora seconds later.
 #[tokio::test]
 async fn requests_past_the_grace_are_cut_when_wait_returns() {
-    let h = Harness::builder().server("shutdown_grace", "\"500ms\"").ready().await;
-    h.mock.set_api_mode(ApiMode::Delay(Duration::from_secs(4)));
-    let slow = tokio::spawn(try_post(h.url(&abort_path())));
-    assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
-
-    h.proxy.begin_shutdown();
-    tokio::time::timeout(Duration::from_millis(1500), h.proxy.wait())
-        .await
-        .expect("drained");
+    let (_zuora, slow, _) = drained_past_a_slow_request(Duration::from_secs(4)).await;
     let outcome = tokio::time::timeout(Duration::from_secs(1), slow)
         .await
         .expect("the cut request ends within 1 s of wait()")
@@ -141,6 +124,21 @@ async fn requests_past_the_grace_are_cut_when_wait_returns() {
         outcome.is_err(),
         "a request was still answered after the drain: {outcome:?}"
     );
+}
+
+/// A proxy with a 500 ms `shutdown_grace`, drained while a request waits `delay` for Zuora:
+/// Zuora (still holding the request), the request's task, and how long `wait()` took.
+async fn drained_past_a_slow_request(delay: Duration) -> (MockZuora, JoinHandle<Result<u16, String>>, Duration) {
+    let h = Harness::builder().server("shutdown_grace", "\"500ms\"").ready().await;
+    h.mock.set_api_mode(ApiMode::Delay(delay));
+    let slow = tokio::spawn(try_post(h.url(&abort_path())));
+    assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
+
+    let Harness { mock, proxy, .. } = h;
+    proxy.begin_shutdown();
+    let (waited, took) = timed(tokio::time::timeout(Duration::from_millis(1500), proxy.wait())).await;
+    waited.expect("wait() returns about when the grace ends");
+    (mock, slow, took)
 }
 
 #[tokio::test]

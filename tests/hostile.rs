@@ -203,12 +203,7 @@ async fn an_ambiguous_request_pipelined_behind_a_clean_one_is_refused() {
             "{framing}"
         );
     }
-    let tracks: Vec<String> = h
-        .mock
-        .received()
-        .iter()
-        .map(|r| r.headers["zuora-track-id"].to_str().unwrap().to_string())
-        .collect();
+    let tracks = h.mock.received_header("zuora-track-id");
     assert_eq!(tracks, vec!["first", "first"], "only the clean requests reached Zuora");
 }
 

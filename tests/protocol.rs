@@ -128,13 +128,7 @@ async fn an_unsolicited_101_is_502_and_other_interim_answers_are_skipped() {
     assert!(!wire.windows(5).any(|w| w == b"hello"), "the upgraded stream leaked");
     for code in [102, 103] {
         h.mock.set_api_mode(ApiMode::Informational(code));
-        let (response, wire) = exchange(h.proxy.addr, summary_get().as_bytes()).await;
-        assert!(
-            wire.starts_with(b"HTTP/1.1 200 "),
-            "{code}: {}",
-            String::from_utf8_lossy(&wire)
-        );
-        assert_summary_body(&response);
+        assert_summary_answered(&h, b"HTTP/1.1 200 ", &format!("after a {code}")).await;
     }
 }
 
@@ -185,10 +179,16 @@ async fn an_early_answer_before_the_body_is_read_is_relayed() {
 async fn an_http_1_0_status_line_from_zuora_is_not_echoed() {
     let h = Harness::builder().ready().await;
     h.mock.set_api_mode(ApiMode::Http10);
+    assert_summary_answered(&h, b"HTTP/1.1 200 OK\r\n", "an HTTP/1.0 answer").await;
+}
+
+/// The summary, asked for on a raw connection, is answered with the full summary body and a
+/// status line starting with `status_line`.
+async fn assert_summary_answered(h: &Harness, status_line: &[u8], what: &str) {
     let (response, wire) = exchange(h.proxy.addr, summary_get().as_bytes()).await;
     assert!(
-        wire.starts_with(b"HTTP/1.1 200 OK\r\n"),
-        "{}",
+        wire.starts_with(status_line),
+        "{what}: {}",
         String::from_utf8_lossy(&wire)
     );
     assert_summary_body(&response);

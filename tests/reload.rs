@@ -53,12 +53,7 @@ async fn reload_swaps_rules_and_keeps_the_token() {
     assert_eq!(abort_entity(&h).await, ENTITY_B);
 
     assert_eq!(h.mock.token_calls(), 1, "the unchanged tenant kept its token");
-    let tokens: Vec<String> = h
-        .mock
-        .received()
-        .iter()
-        .map(|r| r.headers["authorization"].to_str().unwrap().to_string())
-        .collect();
+    let tokens = h.mock.received_header("authorization");
     assert!(
         tokens.windows(2).all(|w| w[0] == w[1]),
         "one token before and after the reload"

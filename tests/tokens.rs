@@ -40,11 +40,7 @@ fn statuses(answers: &[Answer]) -> Vec<u16> {
 
 /// The bearer tokens Zuora saw, oldest first.
 fn tokens_seen(h: &Harness) -> Vec<String> {
-    h.mock
-        .received()
-        .iter()
-        .map(|r| r.headers["authorization"].to_str().unwrap().to_string())
-        .collect()
+    h.mock.received_header("authorization")
 }
 
 #[tokio::test]

@@ -332,6 +332,15 @@ impl MockZuora {
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
     }
+
+    /// One header of every API request received, oldest first (`""` where a request had none).
+    pub fn received_header(&self, name: &str) -> Vec<String> {
+        let received = self.state.received.lock().unwrap();
+        received
+            .iter()
+            .map(|r| r.headers.get(name).map_or("", |v| v.to_str().unwrap_or("")).to_string())
+            .collect()
+    }
 }
 
 impl State {

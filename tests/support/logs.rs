@@ -55,3 +55,13 @@ pub fn access_line(track: &str) -> Value {
     assert_eq!(lines.len(), 1, "access lines for {track}: {lines:?}");
     lines.into_iter().next().unwrap()
 }
+
+/// Asserts fields of the [`access_line`] of `track`: each `(name, value)` of `fields`.
+#[allow(dead_code)] // tests/caller_token.rs waits for its lines instead
+#[track_caller]
+pub fn assert_access_line(track: &str, fields: &[(&str, Value)]) {
+    let line = access_line(track);
+    for (name, value) in fields {
+        assert_eq!(&line[*name], value, "{name} of {track}'s access line: {line}");
+    }
+}
