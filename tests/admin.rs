@@ -16,7 +16,7 @@ use support::fixtures::*;
 use support::harness::*;
 use support::metrics::{scrape, Metrics};
 use support::wait::eventually;
-use zuora_auth_proxy::mock::{ApiMode, ExpiresIn, TokenMode};
+use zuora_auth_proxy::mock::{ApiMode, TokenMode};
 
 /// What `/readyz` must never show, whatever the state.
 const TOKEN_MARKER: &str = "mock-token-";
@@ -98,8 +98,7 @@ async fn readyz_names_a_failing_token_endpoint_then_recovers() {
 #[tokio::test]
 async fn readyz_turns_503_when_the_token_ages_while_the_endpoint_fails() {
     let h = Harness::builder()
-        .mock(|m| m.expires_in(ExpiresIn::Int(3)))
-        .tenant("refresh_margin", "\"1s\"")
+        .token_lifetime(3, "1s")
         .admin("ready_min_ttl", "\"2s\"")
         .ready()
         .await;

@@ -184,11 +184,7 @@ impl SignalledBinary {
             .server("shutdown_grace", &format!("\"{shutdown_grace}\""))
             .ready()
             .await;
-        let text = h.config_text_with(|s| s.admin("listen", "\"\""));
-        // Only the binary serves; the harness's own proxy steps aside.
-        let (mock, dir) = h.stop_proxy().await;
-        let config = dir.path().join("binary.toml");
-        std::fs::write(&config, text).unwrap();
+        let (mock, dir, config) = h.config_for_binary().await;
         let mut bin = Binary::spawn(&config);
         let addr = bin.listening().await.addr;
         let url = format!("http://{addr}{}", abort_path());

@@ -31,7 +31,7 @@ use support::wait::{eventually, eventually_within};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use zuora_auth_proxy::mock::{ApiMode, ExpiresIn, MockZuora, TokenMode};
+use zuora_auth_proxy::mock::{ApiMode, MockZuora, TokenMode};
 use zuora_auth_proxy::Running;
 use zuora_auth_proxy::TokenPhase as Phase;
 
@@ -194,9 +194,8 @@ async fn a_token_endpoint_outage_is_unseen_until_expiry_then_503_then_recovers_w
     let token_wait = Duration::from_millis(300);
     // A 2 s token refreshed halfway: the first refresh fails a second before the token expires.
     let h = Harness::builder()
-        .tenant("refresh_margin", "\"1s\"")
+        .token_lifetime(2, "1s")
         .tenant("token_wait", "\"300ms\"")
-        .mock(|m| m.expires_in(ExpiresIn::Int(2)))
         .ready()
         .await;
     let token = h.token().expect("a token");

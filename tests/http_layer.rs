@@ -87,11 +87,7 @@ async fn a_head_over_max_header_bytes_is_answered_431_and_counted() {
 #[tokio::test]
 async fn each_refusal_leaves_one_access_line_naming_the_caller() {
     let h = Harness::builder().start().await;
-    let text = h.config_text_with(|s| s.admin("listen", "\"\""));
-    // Only the binary serves; the harness's own proxy steps aside.
-    let (_mock, dir) = h.stop_proxy().await;
-    let config = dir.path().join("binary.toml");
-    std::fs::write(&config, text).unwrap();
+    let (_mock, _dir, config) = h.config_for_binary().await;
     let mut bin = Binary::spawn(&config);
     let addr = bin.listening().await.addr;
 

@@ -16,7 +16,7 @@ use support::fixtures::*;
 use support::hangup::read_until_closed;
 use support::harness::*;
 use support::raw::{parse_response, read_response};
-use support::wait::{assert_took, timed};
+use support::wait::assert_took;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
@@ -425,8 +425,7 @@ async fn connect_timeout_toward_zuora_is_502_upstream_unreachable() {
         .tenant("connect_timeout", "\"400ms\"")
         .ready()
         .await;
-    let (answer, elapsed) = timed(post(&h.url(&abort_path()), &[])).await;
-    assert_refusal(&answer, 502, "upstream_unreachable");
+    let elapsed = timed_refusal(&h.url(&abort_path()), "connect-timeout", 502, "upstream_unreachable").await;
     assert_took(
         elapsed,
         Duration::from_millis(350)..Duration::from_secs(5),
@@ -438,9 +437,7 @@ async fn connect_timeout_toward_zuora_is_502_upstream_unreachable() {
 async fn request_timeout_is_504_upstream_timeout() {
     let h = Harness::builder().server("request_timeout", "\"500ms\"").ready().await;
     h.mock.set_api_mode(ApiMode::Delay(Duration::from_secs(5)));
-    let (answer, elapsed) = timed(post(&h.url(&abort_path()), &[("zuora-track-id", "too-slow")])).await;
-    let track = assert_refusal(&answer, 504, "upstream_timeout");
-    assert_eq!(track, "too-slow");
+    let elapsed = timed_refusal(&h.url(&abort_path()), "too-slow", 504, "upstream_timeout").await;
     assert_took(
         elapsed,
         Duration::from_millis(450)..Duration::from_secs(4),

@@ -30,7 +30,7 @@ use support::harness::*;
 use support::serial::serial;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use zuora_auth_proxy::mock::{ApiMode, ExpiresIn, MockZuora, CLIENT_ID, CLIENT_SECRET};
+use zuora_auth_proxy::mock::{ApiMode, MockZuora, CLIENT_ID, CLIENT_SECRET};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_expiring_every_second_are_refreshed_once_per_lifetime_under_256_callers() {
@@ -42,8 +42,7 @@ async fn tokens_expiring_every_second_are_refreshed_once_per_lifetime_under_256_
     let margin = Duration::from_millis(300);
     let h = Harness::builder()
         .tenant("max_concurrency", "256")
-        .tenant("refresh_margin", "\"300ms\"")
-        .mock(|m| m.expires_in(ExpiresIn::Int(1)))
+        .token_lifetime(1, "300ms")
         .ready()
         .await;
     let fetches_before = h.mock.token_calls();
@@ -115,12 +114,7 @@ async fn tokens_expiring_every_second_are_refreshed_once_per_lifetime_under_256_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_100_requests_in_flight_answers_them_all_and_exits_0() {
     let _serial = serial().await;
-    let mock = MockZuora::builder().start().await.expect("mock starts");
-    let dir = tempfile::tempdir().unwrap();
-    let config = binary_config(&mock, dir.path(), "max_concurrency = 128");
-    let mut bin = Binary::spawn(&config);
-    let addr = bin.listening().await.addr;
-    let url = format!("http://{addr}{}", abort_path());
+    let (mock, _dir, mut bin, url) = spawned("max_concurrency = 128").await;
     let warm = post(&url, &[]).await;
     assert_eq!(warm.status, 200, "{:?}\n{}", warm.body, bin.log());
 
@@ -168,12 +162,7 @@ async fn memory_stays_flat_over_10000_requests() {
     const REQUESTS: usize = 10_000;
     const CALLERS: usize = 32;
     const GROWTH_LIMIT_KIB: u64 = 8 * 1024;
-    let mock = MockZuora::builder().start().await.expect("mock starts");
-    let dir = tempfile::tempdir().unwrap();
-    let config = binary_config(&mock, dir.path(), "");
-    let mut bin = Binary::spawn(&config);
-    let addr = bin.listening().await.addr;
-    let url = format!("http://{addr}{}", abort_path());
+    let (mock, _dir, mut bin, url) = spawned("").await;
 
     let failures = run_count(&url, CALLERS, WARM_UP).await;
     assert!(failures.is_empty(), "warm-up: {failures:?}\n{}", bin.log());
@@ -302,6 +291,17 @@ async fn run_count(url: &str, callers: usize, total: usize) -> Vec<String> {
 
 /// A config for the binary against `mock`: a free port, no admin listener, warnings only
 /// except the start-up line that names the port; `tenant_extra` is added to the tenant.
+/// The binary on a mock Zuora, with `tenant_extra` lines in its tenant: Zuora, the directory
+/// of its files, the binary and the URL of the abort route on it.
+async fn spawned(tenant_extra: &str) -> (MockZuora, tempfile::TempDir, Binary, String) {
+    let mock = MockZuora::builder().start().await.expect("mock starts");
+    let dir = tempfile::tempdir().unwrap();
+    let config = binary_config(&mock, dir.path(), tenant_extra);
+    let mut bin = Binary::spawn(&config);
+    let addr = bin.listening().await.addr;
+    (mock, dir, bin, format!("http://{addr}{}", abort_path()))
+}
+
 fn binary_config(mock: &MockZuora, dir: &Path, tenant_extra: &str) -> PathBuf {
     let ca = mock.write_ca(dir).expect("CA written");
     let text = format!(

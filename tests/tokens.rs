@@ -14,7 +14,7 @@ use std::time::Duration;
 use support::client::*;
 use support::fixtures::*;
 use support::harness::*;
-use support::wait::{assert_took, timed};
+use support::wait::assert_took;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use zuora_auth_proxy::mock::{ExpiresIn, TokenMode};
@@ -64,11 +64,7 @@ async fn a_cold_start_burst_causes_exactly_one_token_fetch() {
 
 #[tokio::test]
 async fn the_token_is_refreshed_before_it_expires() {
-    let h = Harness::builder()
-        .tenant("refresh_margin", "\"1s\"")
-        .mock(|m| m.expires_in(ExpiresIn::Int(2)))
-        .ready()
-        .await;
+    let h = Harness::builder().token_lifetime(2, "1s").ready().await;
     let first = h.token().expect("a token");
     assert_eq!(first.generation, 1);
     let left = first.expires_at.saturating_duration_since(Instant::now());
@@ -169,8 +165,7 @@ async fn a_token_endpoint_down_at_start_is_retried_with_backoff_until_it_recover
         .start()
         .await;
     assert!(h.mock.wait_token_calls(1, Duration::from_secs(5)).await);
-    let (answer, waited) = timed(post(&h.url(&abort_path()), &[("zuora-track-id", "waiting-1")])).await;
-    assert_eq!(assert_refusal(&answer, 503, "token_unavailable"), "waiting-1");
+    let waited = timed_refusal(&h.url(&abort_path()), "waiting-1", 503, "token_unavailable").await;
     assert_took(
         waited,
         Duration::from_millis(900)..Duration::from_secs(3),
@@ -236,9 +231,8 @@ async fn retry_after_from_the_token_endpoint_is_honoured() {
 #[tokio::test]
 async fn a_cached_token_keeps_serving_while_refreshes_fail() {
     let h = Harness::builder()
-        .tenant("refresh_margin", "\"2s\"")
+        .token_lifetime(3, "2s")
         .tenant("token_wait", "\"1s\"")
-        .mock(|m| m.expires_in(ExpiresIn::Int(3)))
         .ready()
         .await;
     let cached = h.token().expect("a token");

@@ -12,15 +12,14 @@ use std::time::Duration;
 use support::client::*;
 use support::fixtures::*;
 use support::harness::*;
-use support::wait::{assert_took, timed};
+use support::wait::assert_took;
 use zuora_auth_proxy::mock::ApiMode;
 
 #[tokio::test]
 async fn an_upstream_refusing_connections_is_502_unreachable() {
     // The token endpoint is the mock; the REST base URL is a loopback port nobody listens on.
     let h = Harness::builder().rest_at(closed_addr()).ready().await;
-    let (answer, took) = timed(post(&h.url(&abort_path()), &[("zuora-track-id", "unreachable-1")])).await;
-    assert_eq!(assert_refusal(&answer, 502, "upstream_unreachable"), "unreachable-1");
+    let took = timed_refusal(&h.url(&abort_path()), "unreachable-1", 502, "upstream_unreachable").await;
     assert_took(took, ..Duration::from_secs(3), "a refused connect fails fast");
     assert!(h.mock.received().is_empty());
     assert_eq!(h.mock.token_calls(), 1, "a connect failure does not cost a token");
@@ -30,8 +29,7 @@ async fn an_upstream_refusing_connections_is_502_unreachable() {
 async fn an_upstream_slower_than_the_request_timeout_is_504() {
     let h = Harness::builder().server("request_timeout", "\"1s\"").ready().await;
     h.mock.set_api_mode(ApiMode::Delay(Duration::from_secs(3)));
-    let (answer, took) = timed(post(&h.url(&abort_path()), &[("zuora-track-id", "slow-1")])).await;
-    assert_eq!(assert_refusal(&answer, 504, "upstream_timeout"), "slow-1");
+    let took = timed_refusal(&h.url(&abort_path()), "slow-1", 504, "upstream_timeout").await;
     assert_took(
         took,
         Duration::from_millis(900)..Duration::from_millis(2500),

@@ -60,6 +60,17 @@ where
     }
 }
 
+/// POSTs to `url` with `Zuora-Track-Id: track`, which the proxy refuses with `status` and
+/// `code` (see [`assert_refusal`]) under the same track id. How long the refusal took.
+#[allow(dead_code)] // for the test files that time a refusal
+pub async fn timed_refusal(url: &str, track: &str, status: u16, code: &str) -> std::time::Duration {
+    let started = tokio::time::Instant::now();
+    let answer = post(url, &[("zuora-track-id", track)]).await;
+    let took = started.elapsed();
+    assert_eq!(assert_refusal(&answer, status, code), track);
+    took
+}
+
 /// Checks one answer the proxy made itself: status, `x-zuora-proxy-error`, JSON content type,
 /// a body of exactly `error`, `message` and `track_id`, and a track id equal to the header's.
 /// Returns the track id.

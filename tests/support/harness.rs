@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use zuora_auth_proxy::mock::{MockBuilder, MockZuora, CLIENT_ID, CLIENT_SECRET};
+use zuora_auth_proxy::mock::{ExpiresIn, MockBuilder, MockZuora, CLIENT_ID, CLIENT_SECRET};
 use zuora_auth_proxy::{Config, Running};
 
 use super::fixtures::ROUTES;
@@ -199,6 +199,14 @@ impl HarnessBuilder {
         self.mock = Some(f(self.mock.take().unwrap_or_else(MockZuora::builder)));
         self
     }
+
+    /// Short-lived tokens: Zuora's last `expires_in_secs` seconds, and the tenant refreshes
+    /// them `refresh_margin` (a TOML duration such as `1s`) before they expire.
+    #[allow(dead_code)] // for the test files about token lifetimes
+    pub fn token_lifetime(self, expires_in_secs: u64, refresh_margin: &str) -> Self {
+        self.tenant("refresh_margin", &format!("\"{refresh_margin}\""))
+            .mock(|m| m.expires_in(ExpiresIn::Int(expires_in_secs as _)))
+    }
 }
 
 impl HarnessBuilder {
@@ -315,6 +323,17 @@ impl Harness {
 
     /// Stops the in-process proxy (it drains at once: nothing is in flight) so that a binary can
     /// take its place; hands back the mock and the temp dir.
+    /// For the binary to serve in the proxy's place: this proxy's configuration without an
+    /// admin listener, written to `binary.toml` beside its files, then [`Harness::stop_proxy`].
+    pub async fn config_for_binary(self) -> (MockZuora, tempfile::TempDir, PathBuf) {
+        let text = self.config_text_with(|s| s.admin("listen", "\"\""));
+        // Only the binary serves; this proxy steps aside.
+        let (mock, dir) = self.stop_proxy().await;
+        let config = dir.path().join("binary.toml");
+        std::fs::write(&config, text).unwrap();
+        (mock, dir, config)
+    }
+
     pub async fn stop_proxy(self) -> (MockZuora, tempfile::TempDir) {
         let Harness { mock, proxy, _dir, .. } = self;
         proxy.begin_shutdown();
