@@ -23,6 +23,16 @@ fn key() -> TenantKey {
     TenantKey::new("https://rest.test.zuora.com", "client-id", None)
 }
 
+/// Every one of the `CHILD_HOLDS` permits of `key()`, each granted within `patience`.
+async fn take_all_permits(cluster: &Cluster, patience: Duration) -> Vec<zuora_auth_proxy::cluster::Permit> {
+    let mut held = Vec::new();
+    for n in 0..CHILD_HOLDS {
+        let permit = cluster.acquire(&key(), CHILD_HOLDS, Instant::now() + patience).await;
+        held.push(permit.unwrap_or_else(|e| panic!("permit {n} of {CHILD_HOLDS} not granted: {e:?}")));
+    }
+    held
+}
+
 fn permit_count(server: &RedisServer, key: &TenantKey) -> usize {
     let set = format!("zuora-auth-proxy:{{{}}}:permits", key.id());
     redis::cmd("ZCARD").arg(set).query(&mut server.inspect()).unwrap()
@@ -187,15 +197,7 @@ async fn a_holder_killed_with_sigkill_frees_its_permits_within_one_lease() {
         settings.lease = Duration::from_secs(1);
         let cluster = Cluster::start(settings).await.unwrap();
         wait_up(&cluster, true, Duration::from_secs(5)).await;
-        let mut held = Vec::new();
-        for _ in 0..CHILD_HOLDS {
-            held.push(
-                cluster
-                    .acquire(&key(), CHILD_HOLDS, Instant::now() + Duration::from_secs(5))
-                    .await
-                    .unwrap(),
-            );
-        }
+        let _held = take_all_permits(&cluster, Duration::from_secs(5)).await;
         println!("{CHILD_READY}");
         tokio::time::sleep(Duration::from_secs(30)).await;
         panic!("the child was not killed");
@@ -242,15 +244,7 @@ async fn a_holder_killed_with_sigkill_frees_its_permits_within_one_lease() {
     child.kill().unwrap(); // SIGKILL: no release, no more renewals.
     let killed = Instant::now();
     child.wait().unwrap();
-    let mut mine = Vec::new();
-    for _ in 0..CHILD_HOLDS {
-        mine.push(
-            cluster
-                .acquire(&key(), CHILD_HOLDS, Instant::now() + Duration::from_secs(3))
-                .await
-                .expect("the killed holder's permits came back"),
-        );
-    }
+    let _mine = take_all_permits(&cluster, Duration::from_secs(3)).await;
     let back = killed.elapsed();
     // One lease (1 s) after the last renewal, plus the polling backstop and scheduling.
     assert!(back <= Duration::from_millis(1500), "permits back after {back:?}");

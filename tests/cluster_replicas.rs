@@ -16,21 +16,19 @@ mod support {
 use std::time::Duration;
 use support::client::post;
 use support::fleet::{assert_ok_or_overloaded, burst, Fleet, Replica};
-use support::redis::RedisServer;
 use support::wait::{assert_took, eventually};
 use tokio::time::Instant;
 use zuora_auth_proxy::mock::{ApiMode, ExpiresIn, MockZuora};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn six_replicas_never_exceed_the_cluster_cap_together() {
-    let mock = MockZuora::builder()
-        .concurrency_limit(10)
-        .concurrency_retry_after(1)
-        .latency(Duration::from_millis(20))
-        .start()
-        .await
-        .unwrap();
-    let mut fleet = Fleet::new(mock, RedisServer::start()).await;
+    let mut fleet = Fleet::on(
+        MockZuora::builder()
+            .concurrency_limit(10)
+            .concurrency_retry_after(1)
+            .latency(Duration::from_millis(20)),
+    )
+    .await;
     fleet.start(&Replica::new(10, 6), 6).await;
 
     let answers = burst(&fleet, 300).await;
@@ -51,12 +49,7 @@ async fn six_replicas_never_exceed_the_cluster_cap_together() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fleet_fetches_about_one_token_per_lifetime() {
-    let mock = MockZuora::builder()
-        .expires_in(ExpiresIn::Int(2))
-        .start()
-        .await
-        .unwrap();
-    let mut fleet = Fleet::new(mock, RedisServer::start()).await;
+    let mut fleet = Fleet::on(MockZuora::builder().expires_in(ExpiresIn::Int(2))).await;
     let replica = Replica::new(40, 6).tenant("refresh_margin = \"500ms\"");
     fleet.start(&replica, 6).await;
     let at_start = fleet.mock.token_calls();
@@ -84,8 +77,7 @@ async fn the_fleet_fetches_about_one_token_per_lifetime() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_shared_token_is_replaced_once_for_the_whole_fleet() {
-    let mock = MockZuora::builder().start().await.unwrap();
-    let mut fleet = Fleet::new(mock, RedisServer::start()).await;
+    let mut fleet = Fleet::on(MockZuora::builder()).await;
     fleet.start(&Replica::new(40, 6), 6).await;
     assert!(fleet.all_cluster_up(true));
     assert!(burst(&fleet, 12).await.iter().all(|a| a.0 == 200));
@@ -107,12 +99,7 @@ async fn a_refused_shared_token_is_replaced_once_for_the_whole_fleet() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_failing_leaves_the_fallback_cap_and_the_fleet_rejoins() {
-    let mock = MockZuora::builder()
-        .latency(Duration::from_millis(20))
-        .start()
-        .await
-        .unwrap();
-    let mut fleet = Fleet::new(mock, RedisServer::start()).await;
+    let mut fleet = Fleet::on(MockZuora::builder().latency(Duration::from_millis(20))).await;
     // Fallback share: ceil(12 / 3) = 4 per replica.
     fleet.start(&Replica::new(12, 3), 3).await;
     assert!(fleet.all_cluster_up(true));
@@ -169,8 +156,7 @@ async fn redis_failing_leaves_the_fallback_cap_and_the_fleet_rejoins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_at_one_replica_holds_the_others() {
-    let mock = MockZuora::builder().start().await.unwrap();
-    let mut fleet = Fleet::new(mock, RedisServer::start()).await;
+    let mut fleet = Fleet::on(MockZuora::builder()).await;
     fleet.start(&Replica::new(40, 2), 2).await;
     // A third replica that may not queue as long as the cool-down lasts.
     fleet

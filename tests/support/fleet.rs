@@ -9,7 +9,7 @@ use super::metrics::Metrics;
 use super::redis::RedisServer;
 use std::path::PathBuf;
 use std::time::Duration;
-use zuora_auth_proxy::mock::{MockZuora, CLIENT_ID, CLIENT_SECRET};
+use zuora_auth_proxy::mock::{MockBuilder, MockZuora, CLIENT_ID, CLIENT_SECRET};
 use zuora_auth_proxy::{Config, Running};
 
 /// One replica's tenant and cluster keys, as TOML lines.
@@ -62,6 +62,11 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// A fleet on the mock Zuora `mock` builds and a fresh redis-server.
+    pub async fn on(mock: MockBuilder) -> Fleet {
+        Fleet::new(mock.start().await.expect("mock starts"), RedisServer::start()).await
+    }
+
     pub async fn new(mock: MockZuora, redis: RedisServer) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let ca_file = mock.write_ca(dir.path()).unwrap();

@@ -240,6 +240,17 @@ impl HarnessBuilder {
         }
     }
 
+    /// [`HarnessBuilder::start`], then the first token fetch, whatever Zuora answers to it.
+    #[allow(dead_code)] // for the test files whose Zuora refuses tokens
+    pub async fn first_fetch_made(self) -> Harness {
+        let h = self.start().await;
+        assert!(
+            h.mock.wait_token_calls(1, Duration::from_secs(5)).await,
+            "no token fetch"
+        );
+        h
+    }
+
     // Each test file uses the few of these it needs, so each binary leaves some unused.
     #[allow(dead_code)]
     /// [`HarnessBuilder::start`], then [`Harness::wait_for_token`]: a proxy ready to forward.
