@@ -7,7 +7,6 @@ use super::keys::TenantKey;
 use super::stats::ClusterStats;
 use super::{Cluster, Inner};
 use redis::Script;
-use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,20 +89,12 @@ pub enum Refusal {
 
 /// A cluster-wide permit. Renewed in the background while held; dropping it releases it
 /// (asynchronously, without delaying the caller). Hold it until the response body ends.
+#[derive(Debug)]
 pub struct Permit {
     inner: Arc<Inner>,
     key: TenantKey,
     member: String,
     renewal: AbortHandle,
-}
-
-impl fmt::Debug for Permit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Permit")
-            .field("key", &self.key)
-            .field("member", &self.member)
-            .finish()
-    }
 }
 
 impl Drop for Permit {

@@ -117,6 +117,7 @@ impl fmt::Debug for SharedToken {
 
 /// The right to fetch the tenant's next token. Released when dropped (or by a successful
 /// [`Cluster::store_token`]); expires by itself after `lease` if its holder dies.
+#[derive(Debug)]
 pub struct RefreshLock {
     inner: Arc<Inner>,
     key: TenantKey,
@@ -128,15 +129,6 @@ impl RefreshLock {
     /// The fencing value: every lock taken later has a higher one.
     pub fn fence(&self) -> u64 {
         self.fence
-    }
-}
-
-impl fmt::Debug for RefreshLock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RefreshLock")
-            .field("key", &self.key)
-            .field("fence", &self.fence)
-            .finish()
     }
 }
 
