@@ -346,23 +346,11 @@ mod tests {
     }
 
     /// A body of one frame, then an error.
-    struct Broken(bool);
-
-    impl Body for Broken {
-        type Data = Bytes;
-        type Error = std::io::Error;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            let first = std::mem::replace(&mut self.0, false);
-            Poll::Ready(Some(if first {
-                Ok(Frame::data(Bytes::from_static(b"ab")))
-            } else {
-                Err(std::io::Error::other("bad chunk"))
-            }))
-        }
+    fn broken() -> impl Body<Data = Bytes, Error = std::io::Error> + Unpin {
+        http_body_util::StreamBody::new(futures_util::stream::iter([
+            Ok(Frame::data(Bytes::from_static(b"ab"))),
+            Err(std::io::Error::other("bad chunk")),
+        ]))
     }
 
     #[tokio::test]
@@ -381,7 +369,7 @@ mod tests {
         assert!(body.frame().await.is_none());
         assert!(!progress.waiting_on_caller() && !progress.failed(), "ended");
 
-        let mut body = CallerBody::new(Broken(true));
+        let mut body = CallerBody::new(broken());
         let progress = body.progress();
         assert!(body.frame().await.unwrap().is_ok());
         assert!(!progress.failed());

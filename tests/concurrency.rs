@@ -17,6 +17,7 @@ use support::metrics::{scrape, Metrics};
 use support::wait::eventually;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use zuora_auth_proxy::mock::ApiMode;
 
@@ -58,11 +59,7 @@ async fn in_flight_requests_never_exceed_max_concurrency() {
 
 #[tokio::test]
 async fn queued_requests_get_the_slot_in_arrival_order() {
-    let h = capped(1, "10s").await;
-    let queued = gauge(&h, "default", "queue_length");
-    h.mock.set_api_mode(ApiMode::Delay(Duration::from_millis(2500)));
-    let first = tokio::spawn(abort(h.url(&abort_path()), "order-0".into()));
-    assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
+    let (h, queued, first) = one_slot_held("10s", Duration::from_millis(2500), "order-0").await;
     let mut later = Vec::new();
     for i in 1..=4 {
         later.push(tokio::spawn(abort(h.url(&abort_path()), format!("order-{i}"))));
@@ -74,17 +71,13 @@ async fn queued_requests_get_the_slot_in_arrival_order() {
     for call in later {
         assert_eq!(call.await.unwrap().status, 200);
     }
-    let order: Vec<String> = h.mock.received().iter().map(|r| track_of(&r.headers)).collect();
+    let order = h.mock.received_header("zuora-track-id");
     assert_eq!(order, ["order-0", "order-1", "order-2", "order-3", "order-4"]);
 }
 
 #[tokio::test]
 async fn a_request_queued_past_queue_timeout_is_503_overloaded_and_metered() {
-    let h = capped(1, "300ms").await;
-    let queued = gauge(&h, "default", "queue_length");
-    h.mock.set_api_mode(ApiMode::Delay(Duration::from_secs(2)));
-    let holder = tokio::spawn(abort(h.url(&abort_path()), "holder".into()));
-    assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
+    let (h, queued, holder) = one_slot_held("300ms", Duration::from_secs(2), "holder").await;
     let waiter = tokio::spawn(abort(h.url(&abort_path()), "waiter".into()));
     wait_gauge(&queued, 1, "the second request queued").await;
     let metrics = scrape(&h.admin_url("/metrics")).await.text;
@@ -125,7 +118,7 @@ async fn a_request_queued_past_queue_timeout_is_503_overloaded_and_metered() {
     );
 
     assert_eq!(holder.await.unwrap().status, 200);
-    let tracks: Vec<String> = h.mock.received().iter().map(|r| track_of(&r.headers)).collect();
+    let tracks = h.mock.received_header("zuora-track-id");
     assert_eq!(tracks, ["holder"], "the overloaded request reached Zuora");
 }
 
@@ -156,7 +149,7 @@ async fn a_caller_that_hangs_up_while_queued_leaves_the_queue() {
         (answer.status.as_u16(), answer.header("zuora-track-id")),
         (200, Some("patient"))
     );
-    let tracks: Vec<String> = h.mock.received().iter().map(|r| track_of(&r.headers)).collect();
+    let tracks = h.mock.received_header("zuora-track-id");
     assert_eq!(
         tracks,
         ["holder", "patient"],
@@ -238,7 +231,7 @@ tenant = "default"
         (200, Some("free"))
     );
     assert_eq!(gauge(&h, "default", "queue_length").get(), 0);
-    let tracks: Vec<String> = h.mock.received().iter().map(|r| track_of(&r.headers)).collect();
+    let tracks = h.mock.received_header("zuora-track-id");
     assert_eq!(tracks, ["free"]);
 }
 
@@ -252,6 +245,21 @@ async fn capped(max: usize, queue: &str) -> Harness {
         .ready()
         .await;
     h
+}
+
+/// One slot and `queue_timeout`: the slot held by a request (`track`) that Zuora answers after
+/// `delay`. The proxy, its queue gauge, and the holder's task.
+async fn one_slot_held(
+    queue_timeout: &str,
+    delay: Duration,
+    track: &str,
+) -> (Harness, TenantGauge, JoinHandle<Answer>) {
+    let h = capped(1, queue_timeout).await;
+    let queued = gauge(&h, "default", "queue_length");
+    h.mock.set_api_mode(ApiMode::Delay(delay));
+    let holder = tokio::spawn(abort(h.url(&abort_path()), track.into()));
+    assert!(h.mock.wait_api_calls(1, Duration::from_secs(5)).await);
+    (h, queued, holder)
 }
 
 async fn abort(url: String, track: String) -> Answer {

@@ -87,7 +87,9 @@ impl std::fmt::Debug for Cluster {
 /// What a permit or a lock shows of the cluster it came from: the replica's instance name.
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inner").field("instance", &self.instance).finish_non_exhaustive()
+        f.debug_struct("Inner")
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
     }
 }
 

@@ -98,6 +98,17 @@ fn request(method: &str, path: &str, token: &str, headers: &[(&str, &str)], body
     text.into_bytes()
 }
 
+/// A mock whose answers stall after `after_bytes` of a `declared` body, and a connection on
+/// which an abort (with a fresh token) was sent.
+async fn stalled_abort(after_bytes: usize, declared: usize) -> (MockZuora, TlsStream<TcpStream>) {
+    let mock = MockZuora::builder().start().await.unwrap();
+    let token = token(&mock).await;
+    mock.set_api_mode(ApiMode::StallBody { after_bytes, declared });
+    let mut stream = connect(&mock).await;
+    stream.write_all(&abort(&token)).await.unwrap();
+    (mock, stream)
+}
+
 fn abort(token: &str) -> Vec<u8> {
     request("POST", &format!("/bulk-data/bulk-jobs/{JOB}/aborts"), token, &[], "")
 }
@@ -418,14 +429,7 @@ async fn an_early_answer_comes_before_the_body_is_sent() {
 
 #[tokio::test]
 async fn a_stalled_body_stays_silent_until_released() {
-    let mock = MockZuora::builder().start().await.unwrap();
-    let token = token(&mock).await;
-    mock.set_api_mode(ApiMode::StallBody {
-        after_bytes: 10,
-        declared: 100,
-    });
-    let mut stream = connect(&mock).await;
-    stream.write_all(&abort(&token)).await.unwrap();
+    let (mock, mut stream) = stalled_abort(10, 100).await;
     let mut wire = read_past_head(&mut stream, 10).await;
     let mut more = [0u8; 16];
     let silent = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut more)).await;
@@ -595,14 +599,7 @@ async fn an_account_is_retrieved_by_its_key_with_the_limit_headers_of_v1() {
 
 #[tokio::test]
 async fn a_stalled_answer_ends_when_its_client_goes_away() {
-    let mock = MockZuora::builder().start().await.unwrap();
-    let token = token(&mock).await;
-    mock.set_api_mode(ApiMode::StallBody {
-        after_bytes: 1,
-        declared: 10,
-    });
-    let mut stream = connect(&mock).await;
-    stream.write_all(&abort(&token)).await.unwrap();
+    let (mock, mut stream) = stalled_abort(1, 10).await;
     read_past_head(&mut stream, 1).await;
     assert_eq!(mock.in_flight(), 1);
     drop(stream);
