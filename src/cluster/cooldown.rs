@@ -49,19 +49,10 @@ impl Cluster {
         if !inner.health.is_up() {
             return Err(ClusterError::Unavailable);
         }
-        let set = inner.names.cooldowns();
-        let channel = inner.names.events();
-        let message = Event::Cool(key.clone(), until_ms).encode();
+        let mut call = inner.scripts.cool.key(inner.names.cooldowns());
+        call.arg(key.id()).arg(until_ms).arg(unix_ms(now));
         inner
-            .call("cool_down", |mut c| {
-                let mut call = inner.scripts.cool.key(&set);
-                call.arg(key.id())
-                    .arg(until_ms)
-                    .arg(unix_ms(now))
-                    .arg(&channel)
-                    .arg(&message);
-                async move { call.invoke_async::<i64>(&mut c).await }
-            })
+            .call_announcing("cool_down", call, Event::Cool(key.clone(), until_ms))
             .await
             .map(|_| ())
     }

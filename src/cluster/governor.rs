@@ -233,16 +233,9 @@ impl Inner {
 
     /// Removes a lease and wakes waiters here and (through pub/sub) in other replicas.
     pub(crate) async fn release(&self, key: &TenantKey, member: &str) {
-        let set = self.names.permits(key);
-        let channel = self.names.events();
-        let message = Event::Release(key.clone()).encode();
-        let _ = self
-            .call("release", |mut c| {
-                let mut call = self.scripts.governor.release.key(&set);
-                call.arg(member).arg(&channel).arg(&message);
-                async move { call.invoke_async::<i64>(&mut c).await }
-            })
-            .await;
+        let mut call = self.scripts.governor.release.key(self.names.permits(key));
+        call.arg(member);
+        let _ = self.call_announcing("release", call, Event::Release(key.clone())).await;
         self.queue(key).wake.notify_one();
     }
 }

@@ -195,6 +195,22 @@ impl Cluster {
 impl Inner {
     /// Runs one Redis operation on the current connection, bounded by `timeout`. A failure
     /// switches to local mode before it is returned.
+    /// Runs a script that changes the keys of `invocation` and, when it did, tells the other
+    /// replicas: the script's last two arguments are the event channel and `event`.
+    async fn call_announcing(
+        &self,
+        what: &'static str,
+        mut invocation: redis::ScriptInvocation<'_>,
+        event: Event,
+    ) -> Result<i64, ClusterError> {
+        invocation.arg(self.names.events()).arg(event.encode());
+        self.call(
+            what,
+            |mut c| async move { invocation.invoke_async::<i64>(&mut c).await },
+        )
+        .await
+    }
+
     async fn call<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, ClusterError>
     where
         F: FnOnce(ConnectionManager) -> Fut,

@@ -236,20 +236,14 @@ impl Cluster {
             inner.names.refresh_lock(key),
             inner.names.fence(key),
         );
-        let channel = inner.names.events();
-        let message = Event::Token(key.clone()).encode();
+        let mut call = inner.scripts.token.store.key(&names.0);
+        call.key(&names.1)
+            .key(&names.2)
+            .arg(lock.fence)
+            .arg(&sealed[..])
+            .arg(ttl_ms);
         let stored = inner
-            .call("store_token", |mut c| {
-                let mut call = inner.scripts.token.store.key(&names.0);
-                call.key(&names.1)
-                    .key(&names.2)
-                    .arg(lock.fence)
-                    .arg(&sealed[..])
-                    .arg(ttl_ms)
-                    .arg(&channel)
-                    .arg(&message);
-                async move { call.invoke_async::<i64>(&mut c).await }
-            })
+            .call_announcing("store_token", call, Event::Token(key.clone()))
             .await?;
         if stored != 1 {
             return Err(ClusterError::StaleFence { fence: lock.fence });
@@ -274,15 +268,10 @@ impl Cluster {
     ) -> Result<bool, ClusterError> {
         let inner = &self.inner;
         inner.require_up()?;
-        let name = inner.names.token(key);
-        let channel = inner.names.events();
-        let message = Event::Token(key.clone()).encode();
+        let mut call = inner.scripts.token.invalidate.key(inner.names.token(key));
+        call.arg(&fingerprint.0);
         let deleted = inner
-            .call("invalidate_token", |mut c| {
-                let mut call = inner.scripts.token.invalidate.key(&name);
-                call.arg(&fingerprint.0).arg(&channel).arg(&message);
-                async move { call.invoke_async::<i64>(&mut c).await }
-            })
+            .call_announcing("invalidate_token", call, Event::Token(key.clone()))
             .await?
             == 1;
         if deleted {
