@@ -1,5 +1,6 @@
 //! Waiting for a condition that has no notification to await (a gauge, a token phase, a
-//! listener closing): one poll loop with a patience knob, instead of a loop per test.
+//! listener closing): one poll loop with a patience knob, instead of a loop per test. And
+//! timing: [`timed`] measures a request, [`assert_took`] checks a duration's bounds.
 #![allow(dead_code)]
 
 use std::time::Duration;
