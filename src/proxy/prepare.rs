@@ -3,6 +3,7 @@
 //! upstream URI, a concurrency slot, a token, the rewritten headers.
 
 use super::admit::Admitted;
+use super::record::{Record, Wait};
 use super::Deadline;
 use crate::body::{transfer_coding_is_decoded, CallerBody, CallerProgress, UpstreamBody, REPLAY_BUFFER_BYTES};
 use crate::error::ProxyError;
@@ -10,6 +11,7 @@ use crate::headers::{self, Injected};
 use crate::routes::IdempotencyKey;
 use crate::tenant::Tenant;
 use crate::token::Token;
+use crate::trace::{TRACEPARENT, TRACESTATE};
 use crate::upstream::error_chain;
 use bytes::Bytes;
 use http::request::Parts;
@@ -51,6 +53,7 @@ pub(super) async fn prepare(
     body: Incoming,
     max_body: u64,
     deadline: Deadline,
+    record: &mut Record,
 ) -> Result<Prepared, ProxyError> {
     let tenant = admitted.tenant;
     let body = OutgoingBody::read(body, &parts.headers, max_body);
@@ -60,19 +63,27 @@ pub(super) async fn prepare(
         ProxyError::Internal
     })?;
     let queue_timeout = Some(tenant.settings.queue_timeout);
-    let slot = deadline
-        .bound(queue_timeout, acquire_slot(tenant), ProxyError::Overloaded)
-        .await?;
-    // The local slot first: `max_concurrency` stays this replica's upper bound.
-    let cluster = super::govern::govern(tenant, admitted.rule, deadline).await?;
+    let since = record.wait_starts();
+    let permit = async {
+        let slot = deadline
+            .bound(queue_timeout, acquire_slot(tenant), ProxyError::Overloaded)
+            .await?;
+        // The local slot first: `max_concurrency` stays this replica's upper bound.
+        let cluster = super::govern::govern(tenant, admitted.rule, deadline).await?;
+        Ok((slot, cluster))
+    };
+    let permit = permit.await;
+    record.waited(Wait::Permit, since);
+    let (slot, cluster) = permit?;
     let guards = Guards {
         _slot: slot,
         _in_flight: GaugeGuard::enter(&tenant.meters.in_flight),
         cluster,
     };
-    let token = deadline
-        .bound(None, token(tenant), ProxyError::TokenUnavailable)
-        .await?;
+    let since = record.wait_starts();
+    let token = deadline.bound(None, token(tenant), ProxyError::TokenUnavailable).await;
+    record.waited(Wait::Token, since);
+    let token = token?;
     let mut headers = parts.headers;
     headers::rewrite_request(
         &mut headers,
@@ -83,6 +94,13 @@ pub(super) async fn prepare(
             org_ids: admitted.rule.org_header.as_ref(),
         },
     );
+    // The caller's trace context goes on only as this hop's: each attempt sets its own
+    // `traceparent`, and `tracestate` is the checked one or none.
+    headers.remove(&TRACEPARENT);
+    match &record.trace.tracestate {
+        Some(state) => headers.insert(TRACESTATE.clone(), state.clone()),
+        None => headers.remove(&TRACESTATE),
+    };
     if admitted.route.idempotency_key == IdempotencyKey::Generate && !headers.contains_key(&IDEMPOTENCY_KEY) {
         headers.insert(IDEMPOTENCY_KEY.clone(), generated_idempotency_key());
     }

@@ -7,6 +7,7 @@ mod route;
 mod rule;
 mod server;
 mod tenant;
+mod tracing;
 
 use super::raw::{Field, RawAdmin, RawConfig, RawLog, RawServer};
 use super::{Config, ConfigError, ConfigIssue, FixedSettings, LiveSettings};
@@ -161,6 +162,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let (admin_listen, ready_min_ttl) = server::admin(&mut issues, raw_admin, listener.listen);
 
     let cluster = cluster::cluster(&mut issues, &raw.cluster);
+    let tracing = tracing::tracing(&mut issues, &raw.tracing);
     let expected_replicas = cluster.as_ref().map_or(1, |c| c.expected_replicas);
     let tenants = tenant::tenants(&mut issues, &raw.tenants, expected_replicas);
     let routes = route::routes(&mut issues, &raw.routes);
@@ -177,6 +179,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             admin_listen,
             log,
             cluster,
+            tracing,
         },
         live: LiveSettings {
             requests,
