@@ -378,8 +378,9 @@ impl Record {
         };
         let at = |instant: Instant| times.wall + instant.saturating_duration_since(self.started);
         let route = self.route.as_deref();
-        let name: Cow<'static, str> = match route {
-            Some(route) => format!("{} {}", self.method, route.template).into(),
+        let template = route.map(|r| http_route(&r.template.to_string()));
+        let name: Cow<'static, str> = match &template {
+            Some(template) => format!("{} {template}", self.method).into(),
             None => self.method.to_string().into(),
         };
         let text = |v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
@@ -393,7 +394,7 @@ impl Record {
             ),
         ];
         let optional = [
-            ("http.route", route.map(|r| r.template.to_string())),
+            ("http.route", template),
             ("zuora.route", route.map(|r| r.name.clone())),
             ("zuora.tenant", self.tenant.as_deref().map(|t| t.name.clone())),
             ("zuora.track_id", self.track_id.as_ref().map(text)),
@@ -494,6 +495,25 @@ impl Drop for Record {
     }
 }
 
+/// A route template as OpenTelemetry's `http.route` writes it: placeholders without their type
+/// (`/bulk-jobs/{id}/aborts` for `/bulk-jobs/{id:uuid}/aborts`).
+fn http_route(template: &str) -> String {
+    let mut out = String::with_capacity(template.len());
+    let (mut placeholder, mut typed) = (false, false);
+    for c in template.chars() {
+        match c {
+            '{' => placeholder = true,
+            '}' => (placeholder, typed) = (false, false),
+            ':' if placeholder => typed = true,
+            _ => {}
+        }
+        if !typed {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A header that should hold a non-negative integer, as one.
 fn number(value: &HeaderValue) -> Option<u64> {
     value.to_str().ok()?.trim().parse().ok()
@@ -522,4 +542,22 @@ fn protocol(version: Version) -> &'static str {
 /// Milliseconds with microsecond precision, for log fields.
 fn millis(d: Duration) -> f64 {
     d.as_micros() as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn http_route_drops_placeholder_types() {
+        for (template, route) in [
+            (
+                "/bulk-data/bulk-jobs/{id:uuid}/aborts",
+                "/bulk-data/bulk-jobs/{id}/aborts",
+            ),
+            ("/v1/accounts/{key}", "/v1/accounts/{key}"),
+            ("/a/{x:uuid}/b/{y}", "/a/{x}/b/{y}"),
+            ("/plain:colon", "/plain:colon"),
+        ] {
+            assert_eq!(super::http_route(template), route);
+        }
+    }
 }

@@ -105,9 +105,20 @@ impl Issues {
     }
 
     fn https_url(&mut self, key: &str, value: &str) -> Option<Url> {
+        self.url(
+            key,
+            value,
+            "https",
+            "must be an https:// URL (credentials never travel in clear text)",
+        )
+    }
+
+    /// A URL of `scheme` with a host, no credentials, no query or fragment; `wrong_scheme`
+    /// says why another scheme is refused.
+    fn url(&mut self, key: &str, value: &str, scheme: &str, wrong_scheme: &str) -> Option<Url> {
         match Url::parse(value) {
-            Ok(url) if url.scheme() != "https" => {
-                self.push(key, "must be an https:// URL (credentials never travel in clear text)");
+            Ok(url) if url.scheme() != scheme => {
+                self.push(key, wrong_scheme);
                 None
             }
             Ok(url) if url.host_str().is_none() => {

@@ -60,26 +60,12 @@ pub(super) fn tracing(issues: &mut Issues, raw: &Field<RawTracing>) -> TracingSe
 /// A collector's `http://` URL: spans carry no secret, and the exporter speaks no TLS (a
 /// collector is a sidecar or node agent, reached on loopback or the node's network).
 fn endpoint(issues: &mut Issues, written: &str) -> Option<Url> {
-    const KEY: &str = "tracing.otlp_endpoint";
-    match Url::parse(written) {
-        Ok(url) if url.scheme() != "http" => {
-            issues.push(KEY, "must be an http:// URL (e.g. http://127.0.0.1:4318/v1/traces)");
-            None
-        }
-        Ok(url) if url.host_str().is_none() => {
-            issues.push(KEY, "URL has no host");
-            None
-        }
-        Ok(url) if !url.username().is_empty() || url.password().is_some() => {
-            issues.push(KEY, "URL must not carry credentials");
-            None
-        }
-        Ok(url) => Some(url),
-        Err(e) => {
-            issues.push(KEY, e.to_string());
-            None
-        }
-    }
+    issues.url(
+        "tracing.otlp_endpoint",
+        written,
+        "http",
+        "must be an http:// URL (e.g. http://127.0.0.1:4318/v1/traces)",
+    )
 }
 
 #[cfg(test)]
