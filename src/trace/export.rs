@@ -279,3 +279,46 @@ impl Collector {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(n: u64) -> Span {
+        let now = SystemTime::now();
+        Span {
+            trace_id: 1,
+            span_id: n,
+            parent: None,
+            kind: Kind::Internal,
+            name: "test".into(),
+            start: now,
+            end: now,
+            attributes: Vec::new(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn spans_beyond_the_queue_are_dropped_and_counted_without_waiting() {
+        // A collector that takes the connection and never answers: the first batch's export
+        // hangs, so whatever comes after the queue is full has nowhere to go.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let settings = ExportSettings {
+            endpoint: format!("http://{}/v1/traces", silent.local_addr().unwrap())
+                .parse()
+                .unwrap(),
+            service_name: "test".into(),
+            queue_size: 2,
+            export_interval: Duration::from_secs(3600),
+        };
+        let dropped = Counter::default();
+        let exporter = Exporter::start(&settings, dropped.clone()).unwrap();
+        for n in 1..=10 {
+            exporter.export(span(n));
+        }
+        // Two wait in the queue, and two more if the export thread took the first two out of
+        // it before the rest came; every other one is dropped.
+        assert!((6..=8).contains(&dropped.get()), "{}", dropped.get());
+    }
+}
