@@ -11,7 +11,6 @@ use crate::headers::{self, Injected};
 use crate::routes::IdempotencyKey;
 use crate::tenant::Tenant;
 use crate::token::Token;
-use crate::trace::{TRACEPARENT, TRACESTATE};
 use crate::upstream::error_chain;
 use bytes::Bytes;
 use http::request::Parts;
@@ -92,15 +91,10 @@ pub(super) async fn prepare(
             track_id: &admitted.track_id,
             entity_ids: admitted.rule.entity_header.as_ref(),
             org_ids: admitted.rule.org_header.as_ref(),
+            // Each attempt sets its own `traceparent`.
+            tracestate: record.trace.tracestate.as_ref(),
         },
     );
-    // The caller's trace context goes on only as this hop's: each attempt sets its own
-    // `traceparent`, and `tracestate` is the checked one or none.
-    headers.remove(&TRACEPARENT);
-    match &record.trace.tracestate {
-        Some(state) => headers.insert(TRACESTATE.clone(), state.clone()),
-        None => headers.remove(&TRACESTATE),
-    };
     if admitted.route.idempotency_key == IdempotencyKey::Generate && !headers.contains_key(&IDEMPOTENCY_KEY) {
         headers.insert(IDEMPOTENCY_KEY.clone(), generated_idempotency_key());
     }

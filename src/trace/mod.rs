@@ -5,6 +5,6 @@
 pub mod context;
 pub mod export;
 
-pub use context::{span_id_hex, trace_id_hex, TraceContext, TRACEPARENT, TRACESTATE};
+pub use context::{span_id_hex, trace_id_hex, TraceContext, TRACEPARENT};
 pub use export::{ExportSettings, Exporter, Kind, Span};
 pub use opentelemetry::KeyValue as Attribute;
