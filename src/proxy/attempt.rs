@@ -58,6 +58,7 @@ pub(super) async fn attempt(
     // Only a buffered body can be sent twice; a streamed one gets exactly one attempt.
     let replay = p.body.replayable();
     let caller = p.body.progress();
+    record.streamed_body = caller.clone();
     let mut first = Some(p.body.into_upstream());
     let mut tries = Tries {
         replayable: replay.is_some(),

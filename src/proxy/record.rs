@@ -5,7 +5,7 @@
 
 use super::prepare::Guards;
 use crate::access_log::{self, AccessRecord};
-use crate::body::{BodyEnd, ResponseBody, Watch, WatchedBody};
+use crate::body::{BodyEnd, CallerProgress, ResponseBody, Watch, WatchedBody};
 use crate::config::TenantSettings;
 use crate::error::ProxyError;
 use crate::headers::ZUORA_REQUEST_ID;
@@ -59,6 +59,8 @@ pub(super) struct Record {
     user_agent: Option<HeaderValue>,
     /// The request's declared body length; `None` for a chunked body.
     declared_body: Option<u64>,
+    /// A body streamed to Zuora counts its own bytes.
+    pub streamed_body: Option<CallerProgress>,
     pub track_id: Option<HeaderValue>,
     pub route: Option<Arc<Route>>,
     pub rule: Option<Arc<Rule>>,
@@ -139,6 +141,7 @@ impl Record {
             version: request.version(),
             user_agent: request.headers().get(header::USER_AGENT).cloned(),
             declared_body: declared_body(request.headers()),
+            streamed_body: None,
             track_id: None,
             route: None,
             rule: None,
@@ -252,15 +255,17 @@ impl Record {
 
     /// Request body bytes read. A request refused at admission had none read; a body of
     /// declared length up to the replay buffer is read whole before anything else happens,
-    /// so past that phase its length is what was read. A streamed body is counted by
-    /// nobody yet: unknown.
+    /// so past that phase its length is what was read; a streamed body counted what went
+    /// through it. A body that failed, or a streamed one never sent: unknown.
     fn request_bytes(&self) -> Option<u64> {
         if self.tenant.is_none() {
             return Some(0);
         }
-        match (self.declared_body, self.error) {
-            (_, Some("body_too_large" | "invalid_body")) => None,
-            (Some(n), _) if n <= crate::body::REPLAY_BUFFER_BYTES => Some(n),
+        match (self.declared_body, self.error, &self.streamed_body) {
+            (_, Some("body_too_large" | "invalid_body"), _) => None,
+            (_, _, Some(body)) if body.failed() => None,
+            (_, _, Some(body)) => Some(body.bytes()),
+            (Some(n), _, None) if n <= crate::body::REPLAY_BUFFER_BYTES => Some(n),
             _ => None,
         }
     }
