@@ -446,3 +446,27 @@ async fn a_refused_request_is_a_failed_server_span_and_an_unsampled_trace_is_not
         .await;
     assert!(collector.spans().iter().all(|s| s.trace_id != "2".repeat(32)));
 }
+
+#[tokio::test]
+async fn sample_ratio_decides_new_traces_only() {
+    support::logs::capture(tracing::Level::INFO);
+    let h = Harness::builder()
+        .rules("[tracing]\nsample_ratio = 0.0\n")
+        .start()
+        .await;
+    post(&h.url(&abort_path()), &[("zuora-track-id", "ratio-new")]).await;
+    let (_, _, _, flags) = received_traceparent(&at_zuora(&h, "ratio-new"));
+    assert_eq!(flags, "00", "a new trace is not sampled at ratio 0");
+    let parent = caller_traceparent();
+    post(
+        &h.url(&abort_path()),
+        &[("zuora-track-id", "ratio-caller"), ("traceparent", &parent)],
+    )
+    .await;
+    let (_, trace, _, flags) = received_traceparent(&at_zuora(&h, "ratio-caller"));
+    assert_eq!(
+        (trace.as_str(), flags.as_str()),
+        (CALLER_TRACE, "01"),
+        "the caller's decision stands"
+    );
+}
