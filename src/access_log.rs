@@ -4,6 +4,7 @@
 //! ordinary tracing event. Either way `RUST_LOG` / `log.level` decide (`access=off` works).
 
 use crate::routes::Peer;
+use crate::trace::{span_id_hex, trace_id_hex};
 use http::HeaderValue;
 use std::fmt::Write as _;
 use std::time::SystemTime;
@@ -13,6 +14,11 @@ use tracing::Level;
 #[derive(Debug, Default)]
 pub struct AccessRecord<'a> {
     pub track_id: Option<&'a HeaderValue>,
+    /// The W3C trace the request belongs to (the caller's, or one the proxy started).
+    pub trace_id: Option<u128>,
+    /// The proxy's span the line is about: the one Zuora received as `traceparent`'s
+    /// parent-id, or the request's own span when nothing was sent to Zuora.
+    pub span_id: Option<u64>,
     pub route: Option<&'a str>,
     pub rule: Option<&'a str>,
     pub tenant: Option<&'a str>,
@@ -64,6 +70,8 @@ pub fn emit(r: &AccessRecord<'_>) {
     }
     let [rl_limit, rl_remaining, rl_reset, cl_limit, cl_remaining] = r.limits.map(|(_, v)| v);
     let upstream_addr = r.upstream_addr.map(|(host, port)| format!("{host}:{port}"));
+    let trace_id = r.trace_id.map(trace_id_hex);
+    let span_id = r.span_id.map(span_id_hex);
     let (client_addr, peer_uid, peer_gid, peer_pid) = match r.peer {
         Some(Peer::Tcp(addr)) => (Some(tracing::field::display(addr)), None, None, None),
         Some(Peer::Unix { uid, gid, pid }) => (None, Some(uid), Some(gid), pid),
@@ -72,6 +80,8 @@ pub fn emit(r: &AccessRecord<'_>) {
     tracing::info!(
         target: "access",
         track_id = text(r.track_id),
+        trace_id = trace_id.as_ref().and_then(|h| std::str::from_utf8(h).ok()),
+        span_id = span_id.as_ref().and_then(|h| std::str::from_utf8(h).ok()),
         route = r.route,
         rule = r.rule,
         tenant = r.tenant,
@@ -116,6 +126,12 @@ fn to_json(r: &AccessRecord<'_>, now: SystemTime) -> String {
         humantime::format_rfc3339_micros(now)
     );
     string(&mut out, "track_id", r.track_id.map(HeaderValue::as_bytes));
+    if let Some(id) = r.trace_id {
+        string(&mut out, "trace_id", Some(&trace_id_hex(id)));
+    }
+    if let Some(id) = r.span_id {
+        string(&mut out, "span_id", Some(&span_id_hex(id)));
+    }
     string(&mut out, "route", r.route.map(str::as_bytes));
     string(&mut out, "rule", r.rule.map(str::as_bytes));
     string(&mut out, "tenant", r.tenant.map(str::as_bytes));
@@ -254,6 +270,8 @@ mod tests {
             concurrency_limit_type: Some(&cl_type),
             error: None,
             peer: Some(Peer::Tcp(([127, 0, 0, 1], 40312).into())),
+            trace_id: Some(0x0af7651916cd43dd8448eb211c80319c),
+            span_id: Some(0xb7ad6b7169203331),
         };
         let line = to_json(&record, SystemTime::UNIX_EPOCH);
         assert!(line.ends_with("}\n"));
@@ -287,6 +305,8 @@ mod tests {
         assert!(v.get("error").is_none());
         assert_eq!(v["client_addr"], "127.0.0.1:40312");
         assert!(v.get("peer_uid").is_none());
+        assert_eq!(v["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(v["span_id"], "b7ad6b7169203331");
     }
 
     #[test]

@@ -4,13 +4,13 @@
 //! learns how many bytes went out and how the body ended, and a stalled upstream body is cut
 //! after its read timeout.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::{header, HeaderMap};
 use http_body_util::{Either, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -180,9 +180,16 @@ pub struct CallerBody<B> {
     progress: CallerProgress,
 }
 
-/// Where a [`CallerBody`] stands; cheap to clone and read from another task.
+/// Where a [`CallerBody`] stands, and how many of its bytes were read; cheap to clone and
+/// read from another task.
 #[derive(Clone, Debug, Default)]
-pub struct CallerProgress(Arc<AtomicU8>);
+pub struct CallerProgress(Arc<Progress>);
+
+#[derive(Debug, Default)]
+struct Progress {
+    state: AtomicU8,
+    bytes: AtomicU64,
+}
 
 const SENDING: u8 = 0;
 /// Its last poll found nothing from the caller: whoever waits, waits for the caller.
@@ -193,16 +200,21 @@ const FAILED: u8 = 3;
 impl CallerProgress {
     /// The caller's body could not be read (malformed, over the cap, the caller gone).
     pub fn failed(&self) -> bool {
-        self.0.load(Ordering::Acquire) == FAILED
+        self.0.state.load(Ordering::Acquire) == FAILED
     }
 
     /// The body is not over and the last read of it was left waiting for the caller's bytes.
     pub fn waiting_on_caller(&self) -> bool {
-        self.0.load(Ordering::Acquire) == WAITING
+        self.0.state.load(Ordering::Acquire) == WAITING
+    }
+
+    /// Body bytes read from the caller so far.
+    pub fn bytes(&self) -> u64 {
+        self.0.bytes.load(Ordering::Acquire)
     }
 
     fn set(&self, state: u8) {
-        self.0.store(state, Ordering::Release);
+        self.0.state.store(state, Ordering::Release);
     }
 }
 
@@ -232,6 +244,14 @@ impl<B: Body + Unpin> Body for CallerBody<B> {
             Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => ENDED,
             Poll::Ready(Some(Ok(_))) => SENDING,
         };
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.progress
+                    .0
+                    .bytes
+                    .fetch_add(data.remaining() as u64, Ordering::AcqRel);
+            }
+        }
         self.progress.set(state);
         polled
     }

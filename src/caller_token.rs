@@ -37,6 +37,7 @@ pub fn route() -> Arc<Route> {
         retry: RetryPolicy::default(),
         idempotency_key: IdempotencyKey::default(),
         zuora_body_errors: false,
+        track_id_from_trace: false,
     })
 }
 

@@ -61,8 +61,9 @@ fn remove_matching(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool
 /// host is the tenant's, forwarding headers would leak internal addresses, `Expect` is
 /// answered by this hop, and the method/URL overrides could make a backend that honours
 /// them run another call than the one the allowlist admitted. Every `X-Forwarded-*` header
-/// goes too (see [`is_caller_forbidden`]).
-const CALLER_MAY_NOT_SET: [HeaderName; 13] = [
+/// goes too (see [`is_caller_forbidden`]). The caller's W3C trace context is replaced by this
+/// hop's (`tracestate` goes on only when the caller's checked out).
+const CALLER_MAY_NOT_SET: [HeaderName; 15] = [
     header::AUTHORIZATION,
     header::HOST,
     header::EXPECT,
@@ -76,7 +77,11 @@ const CALLER_MAY_NOT_SET: [HeaderName; 13] = [
     HeaderName::from_static("x-original-method"),
     ZUORA_ENTITY_IDS,
     ZUORA_ORG_IDS,
+    HeaderName::from_static("traceparent"),
+    TRACESTATE,
 ];
+
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Whether a caller's header is dropped before the request goes to Zuora.
 fn is_caller_forbidden(name: &HeaderName) -> bool {
@@ -89,6 +94,8 @@ pub struct Injected<'a> {
     pub track_id: &'a HeaderValue,
     pub entity_ids: Option<&'a HeaderValue>,
     pub org_ids: Option<&'a HeaderValue>,
+    /// The caller's `tracestate`, when it is to go on.
+    pub tracestate: Option<&'a HeaderValue>,
 }
 
 /// Sets `Authorization`, marked sensitive so that no debug output or HPACK table keeps it.
@@ -109,6 +116,9 @@ pub fn rewrite_request(headers: &mut HeaderMap, injected: &Injected<'_>) {
     }
     if let Some(v) = injected.org_ids {
         headers.insert(ZUORA_ORG_IDS.clone(), v.clone());
+    }
+    if let Some(v) = injected.tracestate {
+        headers.insert(TRACESTATE.clone(), v.clone());
     }
 }
 
@@ -217,10 +227,13 @@ mod tests {
             ("zuora-track-id", "caller-track"),
             ("idempotency-key", "k1"),
             ("connection", "keep-alive"),
+            ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            ("tracestate", "caller=1"),
         ]);
         let auth = HeaderValue::from_static("Bearer tok");
         let track = HeaderValue::from_static("t-1");
         let entity = HeaderValue::from_static("8a8aa0ad-5ab8-4a9b-9f2e-2f1c5b0c1d3e");
+        let state = HeaderValue::from_static("checked=1");
         rewrite_request(
             &mut h,
             &Injected {
@@ -228,6 +241,7 @@ mod tests {
                 track_id: &track,
                 entity_ids: Some(&entity),
                 org_ids: None,
+                tracestate: Some(&state),
             },
         );
         assert_eq!(
@@ -235,11 +249,13 @@ mod tests {
             vec![
                 "authorization",
                 "idempotency-key",
+                "tracestate",
                 "x-forwardedness",
                 "zuora-entity-ids",
                 "zuora-track-id"
             ]
         );
+        assert_eq!(h["tracestate"], "checked=1");
         assert_eq!(h["authorization"], "Bearer tok");
         assert!(h["authorization"].is_sensitive());
         assert_eq!(h["zuora-track-id"], "t-1");

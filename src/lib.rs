@@ -9,7 +9,8 @@
 //!
 //! Layering: every module imports only modules on a floor below its own.
 //! 1. Leaves, importing nothing of the crate: `tls` (crypto provider, PEM), `secret`,
-//!    `headers`, `body`, `backoff`, `track_id`, `labels`, and `routes::template`,
+//!    `headers`, `body`, `backoff`, `track_id`, `labels`, `trace` (W3C trace context, OTLP
+//!    span export), and `routes::template`,
 //!    `server::framing`, `server::timeouts`, and `cluster` (Redis coordination).
 //! 2. `routes` (allowlist, rules, caller identity, retry reasons) and `error` (every answer
 //!    the proxy makes itself), then `caller_token` (the placeholder token endpoint for SDKs);
@@ -46,6 +47,7 @@ mod telemetry;
 mod tenant;
 mod tls;
 mod token;
+mod trace;
 mod track_id;
 mod upstream;
 
@@ -101,7 +103,8 @@ pub struct Running {
 /// serves. Ports `0` pick free ports; see [`Running::addr`].
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let metrics = Arc::new(Metrics::with_cluster(config.fixed.cluster.is_some()));
+    let metrics = Metrics::with_cluster(config.fixed.cluster.is_some());
+    let metrics = Arc::new(metrics.with_spans(config.fixed.tracing.export.as_ref()));
     let listen = config.fixed.listener.listen;
     let admin_listen = config.fixed.admin_listen;
     let caller_tls = config
@@ -214,6 +217,9 @@ fn record_refusal(proxy: &Proxy, refusal: server::Refusal) {
         total_ms: seconds * 1000.0,
         error: Some(refusal.code),
         peer: Some(refusal.peer),
+        // Its head was never read: a trace of its own, so that every line has one.
+        trace_id: Some(trace::context::new_trace_id()),
+        span_id: Some(trace::context::new_span_id()),
         ..Default::default()
     });
 }

@@ -6,6 +6,7 @@
 
 use crate::labels::{label_enum, Name};
 use crate::routes::RetryOn;
+use crate::trace::{ExportSettings, Exporter};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -121,6 +122,10 @@ pub struct Metrics {
     queue_wait: HistogramFamily<TenantLabel>,
     retries: Family<RouteReason, Counter>,
     log_lines_dropped: Counter,
+    trace_spans_dropped: Counter,
+    /// Where finished spans go, when `[tracing] otlp_endpoint` is set: with the counters,
+    /// since every request and token fetch that reports here reports its spans there.
+    spans: Option<Exporter>,
     /// Registered only with `[cluster]`, so that a proxy without one exports what it did.
     cluster: Option<ClusterMetrics>,
 }
@@ -233,6 +238,13 @@ impl Metrics {
                 "Log lines dropped because standard error did not keep up",
                 Counter::default(),
             ),
+            trace_spans_dropped: add(
+                &mut r,
+                "trace_spans_dropped",
+                "Finished spans dropped because the export queue was full",
+                Counter::default(),
+            ),
+            spans: None,
             cluster,
             registry: Registry::default(),
             process: Registry::default(),
@@ -367,6 +379,24 @@ impl Metrics {
 
     pub fn config_reloaded(&self, result: ReloadResult) {
         self.config_reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Starts the span export (its thread and queue) when `settings` asks for one; without
+    /// it, nothing is started and no span is made.
+    pub fn with_spans(mut self, settings: Option<&ExportSettings>) -> Metrics {
+        self.spans = settings.and_then(|s| match Exporter::start(s, self.trace_spans_dropped.clone()) {
+            Ok(exporter) => Some(exporter),
+            Err(error) => {
+                tracing::error!(%error, endpoint = %s.endpoint, "span export not started; spans are not exported");
+                None
+            }
+        });
+        self
+    }
+
+    /// The span export, when it is on.
+    pub fn spans(&self) -> Option<&Exporter> {
+        self.spans.as_ref()
     }
 
     /// Brings the dropped-log-lines counter up to the log writer's own count.

@@ -75,6 +75,7 @@ impl Tenant {
             client.clone(),
             metrics.token_fetches(&settings.name),
             cluster.as_ref().map(|c| (c.cluster.clone(), c.token_key.clone())),
+            metrics.spans().cloned(),
         );
         let slots = Arc::new(Semaphore::new(settings.max_concurrency));
         Ok(Tenant::assemble(settings, client, tokens, slots, cluster, metrics))

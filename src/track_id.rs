@@ -25,6 +25,15 @@ pub fn is_valid_prefix(prefix: &str) -> bool {
 /// variant set), so tools that parse UUIDs accept it. A track id must be unique, not
 /// unguessable, so a fast thread-local generator serves (no syscall per request).
 pub fn generate(prefix: Option<&str>) -> HeaderValue {
+    let uuid = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+    let mut hex = [0u8; RANDOM_LEN];
+    uuid.simple().encode_lower(&mut hex);
+    with_hex(prefix, &hex)
+}
+
+/// `<prefix>-<hex>`, or just the hex: for a track id that is another id of the request (its
+/// trace id, 32 lower-case hex digits), so that one id finds it everywhere.
+pub fn with_hex(prefix: Option<&str>, hex: &[u8; RANDOM_LEN]) -> HeaderValue {
     let mut buf = [0u8; MAX_LEN];
     let mut len = 0;
     if let Some(p) = prefix {
@@ -32,9 +41,8 @@ pub fn generate(prefix: Option<&str>) -> HeaderValue {
         buf[p.len()] = b'-';
         len = p.len() + 1;
     }
-    let uuid = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
-    uuid.simple().encode_lower(&mut buf[len..len + RANDOM_LEN]);
-    HeaderValue::from_bytes(&buf[..len + RANDOM_LEN]).expect("generated track ids are visible ASCII")
+    buf[len..len + RANDOM_LEN].copy_from_slice(hex);
+    HeaderValue::from_bytes(&buf[..len + RANDOM_LEN]).expect("track ids are visible ASCII")
 }
 
 #[cfg(test)]
@@ -86,6 +94,16 @@ mod tests {
         assert!(is_valid(generate(Some(&longest)).as_bytes()));
         assert!(!is_valid_prefix(&format!("{longest}p")));
         assert!(!is_valid_prefix("a:b"));
+    }
+
+    #[test]
+    fn an_id_from_hex_fits_zuoras_limit_with_the_longest_prefix() {
+        let hex = *b"0af7651916cd43dd8448eb211c80319c";
+        assert_eq!(with_hex(None, &hex), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(with_hex(Some("acme"), &hex), "acme-0af7651916cd43dd8448eb211c80319c");
+        let longest = with_hex(Some(&"p".repeat(MAX_PREFIX_LEN)), &hex);
+        assert_eq!(longest.len(), MAX_LEN);
+        assert!(is_valid(longest.as_bytes()));
     }
 
     #[test]

@@ -73,6 +73,17 @@ pub struct FixedSettings {
     pub log: LogSettings,
     /// `[cluster]`: the Redis the replicas coordinate through, connected once at start.
     pub cluster: Option<crate::cluster::ClusterSettings>,
+    /// `[tracing]`: sampling of new traces and the span export, set up once at start.
+    pub tracing: TracingSettings,
+}
+
+/// How traces are sampled and where their spans go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingSettings {
+    /// Share of new traces that are sampled (a caller's trace keeps the caller's decision).
+    pub sample_ratio: f64,
+    /// `None`: no span is exported (nor made).
+    pub export: Option<crate::trace::ExportSettings>,
 }
 
 /// The reloadable part of the configuration.
@@ -439,6 +450,13 @@ impl Config {
                 "ready_min_ttl": secs(self.live.ready_min_ttl),
             },
             "cluster": self.fixed.cluster.as_ref().map(crate::cluster::ClusterSettings::to_json),
+            "tracing": {
+                "otlp_endpoint": self.fixed.tracing.export.as_ref().map(|e| e.endpoint.as_str()),
+                "service_name": self.fixed.tracing.export.as_ref().map(|e| e.service_name.as_str()),
+                "sample_ratio": self.fixed.tracing.sample_ratio,
+                "queue_size": self.fixed.tracing.export.as_ref().map(|e| e.queue_size),
+                "export_interval": self.fixed.tracing.export.as_ref().map(|e| secs(e.export_interval)),
+            },
             "tenants": tenants,
             "routes": self.live.routes.iter().map(|r| json!({
                 "name": r.name,
@@ -449,6 +467,7 @@ impl Config {
                 "idempotent": r.retry.idempotent,
                 "idempotency_key": r.idempotency_key.as_str(),
                 "zuora_body_errors": r.zuora_body_errors,
+                "track_id_from_trace": r.track_id_from_trace,
             })).collect::<Vec<_>>(),
             "rules": self.live.rules.iter().map(|r| json!({
                 "name": r.name,

@@ -69,6 +69,8 @@ pub struct RawConfig {
     pub rules: Field<Vec<Field<RawRule>>>,
     /// Replicas coordinated through Redis/Valkey; absent means every replica acts alone.
     pub cluster: Field<crate::cluster::RawCluster>,
+    /// Trace context and the optional OTLP export of spans.
+    pub tracing: Field<RawTracing>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +133,22 @@ pub struct RawLog {
     pub format: Field<String>,
     /// A level (`info`) or `target=level` directives (`warn,access=info`); `RUST_LOG` wins when set.
     pub level: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, expecting = "a table ([tracing])")]
+pub struct RawTracing {
+    /// `http://` URL of an OTLP/HTTP (protobuf) collector's traces endpoint, e.g.
+    /// `http://127.0.0.1:4318/v1/traces`; absent or empty: no export.
+    pub otlp_endpoint: Field<String>,
+    /// `service.name` of the exported spans.
+    pub service_name: Field<String>,
+    /// Share of new traces (those the caller did not start) that are sampled, 0 to 1.
+    pub sample_ratio: Field<f64>,
+    /// Finished spans waiting for export, at most; more are dropped and counted.
+    pub queue_size: Field<u64>,
+    /// How long a finished span may wait before its batch is sent.
+    pub export_interval: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -198,6 +216,9 @@ pub struct RawRoute {
     /// Read small JSON 200 answers for Zuora's `"success": false` limit errors (reason codes
     /// ending in 50, 61 or 70) and retry them as a 429 (default false).
     pub zuora_body_errors: Field<bool>,
+    /// A request sent without a `Zuora-Track-Id` gets its trace id as track id (after the
+    /// rule's prefix), so that Zuora, the logs and the trace share one id (default false).
+    pub track_id_from_trace: Field<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

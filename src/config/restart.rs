@@ -1,7 +1,7 @@
 //! What a reload cannot apply: the keys of the start-time settings that differ between the
 //! running configuration and a new one.
 
-use super::{Config, FixedSettings, ListenerSettings, LogSettings, TlsSettings};
+use super::{Config, FixedSettings, ListenerSettings, LogSettings, TlsSettings, TracingSettings};
 
 impl Config {
     /// The keys of [`Config::fixed`] whose values differ in `next`, in file order. A reload
@@ -22,6 +22,7 @@ impl Config {
             admin_listen,
             log: LogSettings { format, level },
             cluster,
+            tracing: TracingSettings { sample_ratio, export },
         } = &self.fixed;
         let new = &next.fixed;
         let mut keys = Vec::new();
@@ -70,6 +71,18 @@ impl Config {
         differ("log.level", *level != new.log.level);
         // The connection to Redis and the replica's identity in it are made once, at start.
         differ("cluster", *cluster != new.cluster);
+        // The export thread and its collector are set up once, at start.
+        differ("tracing.sample_ratio", *sample_ratio != new.tracing.sample_ratio);
+        let (old_export, new_export) = (export.as_ref(), new.tracing.export.as_ref());
+        differ(
+            "tracing.otlp_endpoint",
+            old_export.map(|e| &e.endpoint) != new_export.map(|e| &e.endpoint),
+        );
+        if let (Some(old), Some(new)) = (old_export, new_export) {
+            differ("tracing.service_name", old.service_name != new.service_name);
+            differ("tracing.queue_size", old.queue_size != new.queue_size);
+            differ("tracing.export_interval", old.export_interval != new.export_interval);
+        }
         keys
     }
 }
@@ -135,6 +148,27 @@ mod tests {
         );
         let plain = config("listen = \"127.0.0.1:0\"", "\n[admin]\nlisten = \"127.0.0.1:9090\"\n");
         assert_eq!(running.restart_needed(&plain), ["server.tls"]);
+    }
+
+    #[test]
+    fn tracing_keys_need_a_restart() {
+        let on = "\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\n";
+        let off = config("listen = \"127.0.0.1:0\"", "");
+        let running = config("listen = \"127.0.0.1:0\"", on);
+        assert_eq!(off.restart_needed(&running), ["tracing.otlp_endpoint"]);
+        let next = config(
+            "listen = \"127.0.0.1:0\"",
+            &format!("{on}service_name = \"x\"\nqueue_size = 5\nexport_interval = \"1s\"\nsample_ratio = 0.5\n"),
+        );
+        assert_eq!(
+            running.restart_needed(&next),
+            [
+                "tracing.sample_ratio",
+                "tracing.service_name",
+                "tracing.queue_size",
+                "tracing.export_interval"
+            ]
+        );
     }
 
     #[test]

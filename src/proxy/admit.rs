@@ -8,6 +8,7 @@ use crate::routes::{self, ClientIdentity, Peer, Resolution, Route, Rule};
 use crate::server::AmbiguousFraming;
 use crate::snapshot::Snapshot;
 use crate::tenant::Tenant;
+use crate::trace::trace_id_hex;
 use crate::track_id;
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Uri, Version};
@@ -49,7 +50,12 @@ pub(super) fn admit<'s>(
     let rule =
         routes::select(&live.rules, &route.name, &parts.headers, caller, peer).ok_or(ProxyError::NoMatchingRule)?;
     record.rule = Some(rule.clone());
-    let track_id = caller_track_id.unwrap_or_else(|| track_id::generate(rule.track_id_prefix.as_deref()));
+    let prefix = rule.track_id_prefix.as_deref();
+    let track_id = caller_track_id.unwrap_or_else(|| match route.track_id_from_trace {
+        // One id for Zuora's support, the logs and the trace.
+        true => track_id::with_hex(prefix, &trace_id_hex(record.trace.trace_id)),
+        false => track_id::generate(prefix),
+    });
     record.track_id = Some(track_id.clone());
     let tenant = snapshot
         .tenants

@@ -14,6 +14,7 @@ use crate::headers;
 use crate::routes::{RetryOn, Route};
 use crate::tenant::Tenant;
 use crate::token::Token;
+use crate::trace::TRACEPARENT;
 use crate::upstream::describe_client_error;
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Response, StatusCode, Uri};
@@ -57,6 +58,7 @@ pub(super) async fn attempt(
     // Only a buffered body can be sent twice; a streamed one gets exactly one attempt.
     let replay = p.body.replayable();
     let caller = p.body.progress();
+    record.streamed_body = caller.clone();
     let mut first = Some(p.body.into_upstream());
     let mut tries = Tries {
         replayable: replay.is_some(),
@@ -70,10 +72,13 @@ pub(super) async fn attempt(
     };
     let started = Instant::now();
     let result = loop {
-        let (attempt_headers, attempt_body) = next_attempt(&mut first, replay.as_ref(), &mut p.headers);
+        let (mut attempt_headers, attempt_body) = next_attempt(&mut first, replay.as_ref(), &mut p.headers);
+        // Each attempt is a span of its own: Zuora sees it as the parent of what it does.
+        attempt_headers.insert(TRACEPARENT.clone(), record.attempt_starts());
         let sent = send(tenant, &p.method, &p.uri, attempt_headers, attempt_body, p.max_body);
         let result = deadline.bound(None, sent, ProxyError::UpstreamTimeout).await;
         let result = result.map_err(|error| callers_fault(error, caller.as_ref()));
+        record.attempt_ends(&result);
         p.guards.cluster.iter().for_each(|cluster| cluster.saw(&result));
         let (result, failure) = answer_of(admitted, (&p.method, &p.token), result, deadline, record).await;
         let renew = match next(&result, failure, record, &mut tries) {

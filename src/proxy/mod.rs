@@ -97,7 +97,7 @@ async fn forward(
         let answer = deadline.bound(None, answer, ProxyError::BodyRead).await?;
         return Ok(answer.map(Either::Right));
     }
-    let prepared = prepare::prepare(&admitted, parts, body, limits.max_body_bytes, deadline).await?;
+    let prepared = prepare::prepare(&admitted, parts, body, limits.max_body_bytes, deadline, record).await?;
     let answer = attempt::attempt(&admitted, prepared, deadline, record).await?;
     Ok(respond::respond(answer, &admitted, record))
 }

@@ -3,6 +3,7 @@
 //! upstream URI, a concurrency slot, a token, the rewritten headers.
 
 use super::admit::Admitted;
+use super::record::{Record, Wait};
 use super::Deadline;
 use crate::body::{transfer_coding_is_decoded, CallerBody, CallerProgress, UpstreamBody, REPLAY_BUFFER_BYTES};
 use crate::error::ProxyError;
@@ -51,6 +52,7 @@ pub(super) async fn prepare(
     body: Incoming,
     max_body: u64,
     deadline: Deadline,
+    record: &mut Record,
 ) -> Result<Prepared, ProxyError> {
     let tenant = admitted.tenant;
     let body = OutgoingBody::read(body, &parts.headers, max_body);
@@ -60,19 +62,27 @@ pub(super) async fn prepare(
         ProxyError::Internal
     })?;
     let queue_timeout = Some(tenant.settings.queue_timeout);
-    let slot = deadline
-        .bound(queue_timeout, acquire_slot(tenant), ProxyError::Overloaded)
-        .await?;
-    // The local slot first: `max_concurrency` stays this replica's upper bound.
-    let cluster = super::govern::govern(tenant, admitted.rule, deadline).await?;
+    let since = record.wait_starts();
+    let permit = async {
+        let slot = deadline
+            .bound(queue_timeout, acquire_slot(tenant), ProxyError::Overloaded)
+            .await?;
+        // The local slot first: `max_concurrency` stays this replica's upper bound.
+        let cluster = super::govern::govern(tenant, admitted.rule, deadline).await?;
+        Ok((slot, cluster))
+    };
+    let permit = permit.await;
+    record.waited(Wait::Permit, since);
+    let (slot, cluster) = permit?;
     let guards = Guards {
         _slot: slot,
         _in_flight: GaugeGuard::enter(&tenant.meters.in_flight),
         cluster,
     };
-    let token = deadline
-        .bound(None, token(tenant), ProxyError::TokenUnavailable)
-        .await?;
+    let since = record.wait_starts();
+    let token = deadline.bound(None, token(tenant), ProxyError::TokenUnavailable).await;
+    record.waited(Wait::Token, since);
+    let token = token?;
     let mut headers = parts.headers;
     headers::rewrite_request(
         &mut headers,
@@ -81,6 +91,8 @@ pub(super) async fn prepare(
             track_id: &admitted.track_id,
             entity_ids: admitted.rule.entity_header.as_ref(),
             org_ids: admitted.rule.org_header.as_ref(),
+            // Each attempt sets its own `traceparent`.
+            tracestate: record.trace.tracestate.as_ref(),
         },
     );
     if admitted.route.idempotency_key == IdempotencyKey::Generate && !headers.contains_key(&IDEMPOTENCY_KEY) {

@@ -5,19 +5,21 @@
 
 use super::prepare::Guards;
 use crate::access_log::{self, AccessRecord};
-use crate::body::{BodyEnd, ResponseBody, Watch, WatchedBody};
+use crate::body::{BodyEnd, CallerProgress, ResponseBody, Watch, WatchedBody};
 use crate::config::TenantSettings;
 use crate::error::ProxyError;
 use crate::headers::ZUORA_REQUEST_ID;
 use crate::metrics::Metrics;
 use crate::routes::{Peer, RetryOn, Route, Rule};
 use crate::snapshot::Snapshot;
+use crate::trace::{self, Attribute, Kind, TraceContext};
 use crate::track_id;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Full;
+use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 /// Longest path written to the access log; the rest is cut.
@@ -57,6 +59,8 @@ pub(super) struct Record {
     user_agent: Option<HeaderValue>,
     /// The request's declared body length; `None` for a chunked body.
     declared_body: Option<u64>,
+    /// A body streamed to Zuora counts its own bytes.
+    pub streamed_body: Option<CallerProgress>,
     pub track_id: Option<HeaderValue>,
     pub route: Option<Arc<Route>>,
     pub rule: Option<Arc<Rule>>,
@@ -80,20 +84,64 @@ pub(super) struct Record {
     error: Option<&'static str>,
     /// Who connected, as the listener saw it.
     peer: Option<Peer>,
+    /// The request's trace: the caller's, or one started here.
+    pub trace: TraceContext,
+    /// The span id Zuora received in the last attempt's `traceparent`.
+    upstream_span: Option<u64>,
+    /// Span times, recorded only when this request's spans are exported.
+    spans: Option<Box<SpanTimes>>,
     written: bool,
+}
+
+/// What the request's spans need beyond the record itself.
+struct SpanTimes {
+    /// The wall-clock time of `started`: span times are counted from it on the monotonic clock.
+    wall: SystemTime,
+    permit: Option<(Instant, Instant)>,
+    token: Option<(Instant, Instant)>,
+    attempts: Vec<AttemptSpan>,
+}
+
+/// One attempt toward Zuora: a CLIENT span whose id went in the attempt's `traceparent`.
+struct AttemptSpan {
+    span_id: u64,
+    start: Instant,
+    end: Option<Instant>,
+    status: Option<u16>,
+    error: Option<&'static str>,
+}
+
+/// A wait of the request path that gets a span of its own.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Wait {
+    /// The tenant's concurrency slot and, with `[cluster]`, a permit.
+    Permit,
+    Token,
 }
 
 impl Record {
     pub fn new<B>(snapshot: Arc<Snapshot>, metrics: Arc<Metrics>, request: &Request<B>) -> Record {
+        let ratio = snapshot.config.fixed.tracing.sample_ratio;
+        let trace = TraceContext::from_headers(request.headers(), || ratio >= 1.0 || fastrand::f64() < ratio);
+        let started = Instant::now();
+        let spans = metrics.spans().filter(|_| trace.sampled).map(|_| {
+            Box::new(SpanTimes {
+                wall: SystemTime::now(),
+                permit: None,
+                token: None,
+                attempts: Vec::new(),
+            })
+        });
         Record {
             snapshot,
             metrics,
-            started: Instant::now(),
+            started,
             method: request.method().clone(),
             uri: request.uri().clone(),
             version: request.version(),
             user_agent: request.headers().get(header::USER_AGENT).cloned(),
             declared_body: declared_body(request.headers()),
+            streamed_body: None,
             track_id: None,
             route: None,
             rule: None,
@@ -112,7 +160,53 @@ impl Record {
             body_bytes: 0,
             error: None,
             peer: request.extensions().get::<Peer>().copied(),
+            trace,
+            upstream_span: None,
+            spans,
             written: false,
+        }
+    }
+
+    /// When a wait starts, if its span is recorded (no clock is read otherwise).
+    pub fn wait_starts(&self) -> Option<Instant> {
+        self.spans.as_ref().map(|_| Instant::now())
+    }
+
+    /// A wait that started at `since` (from [`Record::wait_starts`]) is over.
+    pub fn waited(&mut self, wait: Wait, since: Option<Instant>) {
+        if let (Some(spans), Some(since)) = (self.spans.as_deref_mut(), since) {
+            let span = Some((since, Instant::now()));
+            match wait {
+                Wait::Permit => spans.permit = span,
+                Wait::Token => spans.token = span,
+            }
+        }
+    }
+
+    /// An attempt toward Zuora starts: its span id, in the `traceparent` it carries.
+    pub fn attempt_starts(&mut self) -> HeaderValue {
+        let span_id = trace::context::new_span_id();
+        self.upstream_span = Some(span_id);
+        if let Some(spans) = self.spans.as_deref_mut() {
+            spans.attempts.push(AttemptSpan {
+                span_id,
+                start: Instant::now(),
+                end: None,
+                status: None,
+                error: None,
+            });
+        }
+        self.trace.traceparent(span_id)
+    }
+
+    /// The attempt that started last has its answer's head, or failed.
+    pub fn attempt_ends<B>(&mut self, result: &Result<Response<B>, ProxyError>) {
+        if let Some(attempt) = self.spans.as_deref_mut().and_then(|s| s.attempts.last_mut()) {
+            attempt.end = Some(Instant::now());
+            match result {
+                Ok(response) => attempt.status = Some(response.status().as_u16()),
+                Err(error) => attempt.error = Some(error.code()),
+            }
         }
     }
 
@@ -161,15 +255,17 @@ impl Record {
 
     /// Request body bytes read. A request refused at admission had none read; a body of
     /// declared length up to the replay buffer is read whole before anything else happens,
-    /// so past that phase its length is what was read. A streamed body is counted by
-    /// nobody yet: unknown.
+    /// so past that phase its length is what was read; a streamed body counted what went
+    /// through it. A body that failed, or a streamed one never sent: unknown.
     fn request_bytes(&self) -> Option<u64> {
         if self.tenant.is_none() {
             return Some(0);
         }
-        match (self.declared_body, self.error) {
-            (_, Some("body_too_large" | "invalid_body")) => None,
-            (Some(n), _) if n <= crate::body::REPLAY_BUFFER_BYTES => Some(n),
+        match (self.declared_body, self.error, &self.streamed_body) {
+            (_, Some("body_too_large" | "invalid_body"), _) => None,
+            (_, _, Some(body)) if body.failed() => None,
+            (_, _, Some(body)) => Some(body.bytes()),
+            (Some(n), _, None) if n <= crate::body::REPLAY_BUFFER_BYTES => Some(n),
             _ => None,
         }
     }
@@ -272,7 +368,114 @@ impl Record {
             concurrency_limit_type: self.concurrency_limit_type.as_ref(),
             error: self.error,
             peer: self.peer,
+            trace_id: Some(self.trace.trace_id),
+            span_id: Some(self.upstream_span.unwrap_or(self.trace.span_id)),
         });
+        self.export_spans(status, path, total);
+    }
+
+    /// The request's spans, when they are exported: the SERVER span (child of the caller's
+    /// span when it sent one), and under it the permit and token waits and one CLIENT span
+    /// per attempt toward Zuora.
+    fn export_spans(&self, status: u16, path: &str, total: Duration) {
+        let (Some(exporter), Some(times)) = (self.metrics.spans(), self.spans.as_deref()) else {
+            return;
+        };
+        let at = |instant: Instant| times.wall + instant.saturating_duration_since(self.started);
+        let route = self.route.as_deref();
+        let template = route.map(|r| http_route(&r.template.to_string()));
+        let name: Cow<'static, str> = match &template {
+            Some(template) => format!("{} {template}", self.method).into(),
+            None => self.method.to_string().into(),
+        };
+        let text = |v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+        let mut attributes = vec![
+            Attribute::new("http.request.method", self.method.to_string()),
+            Attribute::new("url.path", path.to_string()),
+            Attribute::new("http.response.status_code", i64::from(status)),
+            Attribute::new(
+                "network.protocol.version",
+                protocol(self.version).trim_start_matches("HTTP/"),
+            ),
+        ];
+        let optional = [
+            ("http.route", template),
+            ("zuora.route", route.map(|r| r.name.clone())),
+            ("zuora.tenant", self.tenant.as_deref().map(|t| t.name.clone())),
+            ("zuora.track_id", self.track_id.as_ref().map(text)),
+            ("zuora.request_id", self.zuora_request_id.as_ref().map(text)),
+        ];
+        attributes.extend(
+            optional
+                .into_iter()
+                .filter_map(|(key, value)| Some(Attribute::new(key, value?))),
+        );
+        // A server span fails on the proxy's own errors and on 5xx answers (4xx are the caller's).
+        let error = self
+            .error
+            .map(Cow::Borrowed)
+            .or_else(|| (status >= 500).then(|| status.to_string().into()));
+        if let Some(error) = &error {
+            attributes.push(Attribute::new("error.type", error.clone()));
+        }
+        let (trace_id, server) = (self.trace.trace_id, self.trace.span_id);
+        exporter.export(trace::Span {
+            trace_id,
+            span_id: server,
+            parent: self.trace.parent_span_id.map(|id| (id, true)),
+            kind: Kind::Server,
+            name: name.clone(),
+            start: times.wall,
+            end: times.wall + total,
+            attributes,
+            error,
+        });
+        let child = |span_id, kind, name: Cow<'static, str>, (start, end): (Instant, Instant)| trace::Span {
+            trace_id,
+            span_id,
+            parent: Some((server, false)),
+            kind,
+            name,
+            start: at(start),
+            end: at(end),
+            attributes: Vec::new(),
+            error: None,
+        };
+        for (span, name) in [(times.permit, "permit wait"), (times.token, "token wait")] {
+            if let Some(span) = span {
+                exporter.export(child(trace::context::new_span_id(), Kind::Internal, name.into(), span));
+            }
+        }
+        let upstream = self.tenant.as_deref().map(|t| &t.base_url);
+        for (resend, attempt) in times.attempts.iter().enumerate() {
+            let end = attempt.end.unwrap_or_else(Instant::now);
+            let mut span = child(attempt.span_id, Kind::Client, name.clone(), (attempt.start, end));
+            span.attributes
+                .push(Attribute::new("http.request.method", self.method.to_string()));
+            if let Some(url) = upstream {
+                let host = url.host_str().unwrap_or_default().to_string();
+                span.attributes.push(Attribute::new("server.address", host));
+                let port = url.port_or_known_default().unwrap_or_default();
+                span.attributes.push(Attribute::new("server.port", i64::from(port)));
+            }
+            if resend > 0 {
+                span.attributes
+                    .push(Attribute::new("http.request.resend_count", resend as i64));
+            }
+            if let Some(status) = attempt.status {
+                span.attributes
+                    .push(Attribute::new("http.response.status_code", i64::from(status)));
+            }
+            // A client span fails on any error answer, and on no answer at all.
+            span.error = attempt
+                .error
+                .map(Cow::Borrowed)
+                .or_else(|| attempt.status.filter(|s| *s >= 400).map(|s| s.to_string().into()));
+            if let Some(error) = &span.error {
+                span.attributes.push(Attribute::new("error.type", error.clone()));
+            }
+            exporter.export(span);
+        }
     }
 }
 
@@ -295,6 +498,25 @@ impl Drop for Record {
     fn drop(&mut self) {
         self.write(BodyEnd::Abandoned);
     }
+}
+
+/// A route template as OpenTelemetry's `http.route` writes it: placeholders without their type
+/// (`/bulk-jobs/{id}/aborts` for `/bulk-jobs/{id:uuid}/aborts`).
+fn http_route(template: &str) -> String {
+    let mut out = String::with_capacity(template.len());
+    let (mut placeholder, mut typed) = (false, false);
+    for c in template.chars() {
+        match c {
+            '{' => placeholder = true,
+            '}' => (placeholder, typed) = (false, false),
+            ':' if placeholder => typed = true,
+            _ => {}
+        }
+        if !typed {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A header that should hold a non-negative integer, as one.
@@ -325,4 +547,22 @@ fn protocol(version: Version) -> &'static str {
 /// Milliseconds with microsecond precision, for log fields.
 fn millis(d: Duration) -> f64 {
     d.as_micros() as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn http_route_drops_placeholder_types() {
+        for (template, route) in [
+            (
+                "/bulk-data/bulk-jobs/{id:uuid}/aborts",
+                "/bulk-data/bulk-jobs/{id}/aborts",
+            ),
+            ("/v1/accounts/{key}", "/v1/accounts/{key}"),
+            ("/a/{x:uuid}/b/{y}", "/a/{x}/b/{y}"),
+            ("/plain:colon", "/plain:colon"),
+        ] {
+            assert_eq!(super::http_route(template), route);
+        }
+    }
 }

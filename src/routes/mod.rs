@@ -47,6 +47,8 @@ pub struct Route {
     /// Zuora's `/v1` failures inside a 200 (`"success": false`) are read: logged by reason
     /// code, and the retryable ones retried as a 429 would be.
     pub zuora_body_errors: bool,
+    /// A request without a caller's `Zuora-Track-Id` gets its trace id as track id.
+    pub track_id_from_trace: bool,
 }
 
 /// Whether the proxy gives a request an `Idempotency-Key` of its own (a route's
@@ -269,6 +271,7 @@ mod tests {
             retry: RetryPolicy::default(),
             idempotency_key: IdempotencyKey::Caller,
             zuora_body_errors: false,
+            track_id_from_trace: false,
         })
     }
 

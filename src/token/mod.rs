@@ -9,12 +9,13 @@ use crate::backoff::Backoff;
 use crate::cluster::{Cluster, Fingerprint, TenantKey};
 use crate::config::TenantSettings;
 use crate::metrics::{FetchMeters, FetchResult};
+use crate::trace::{span_id_hex, trace_id_hex, Attribute, Exporter, Kind, TraceContext};
 use crate::upstream::UpstreamClient;
 use http::HeaderValue;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
@@ -134,6 +135,8 @@ struct Shared {
     /// The shared token Zuora last refused here: never taken from Redis again, even while
     /// its deletion there is still on its way.
     refused: std::sync::Mutex<Option<Fingerprint>>,
+    /// Where each fetch's span goes, when spans are exported.
+    spans: Option<Exporter>,
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -160,6 +163,7 @@ impl TokenManager {
         client: UpstreamClient,
         fetches: FetchMeters,
         cluster: Option<(Cluster, TenantKey)>,
+        spans: Option<Exporter>,
     ) -> TokenManager {
         let (state, _) = watch::channel(TokenState {
             token: None,
@@ -174,6 +178,7 @@ impl TokenManager {
             generation: AtomicU64::new(0),
             cluster,
             refused: std::sync::Mutex::new(None),
+            spans,
         });
         let task = tokio::spawn(refresh_loop(shared.clone()));
         TokenManager {
@@ -283,16 +288,21 @@ async fn refresh_loop(shared: Arc<Shared>) {
                     let rejoined = up_now && !was_up;
                     was_up = up_now;
                     if let Some(obtained) = shared::look(&shared, rejoined).await {
-                        refresh_at = publish(&shared, obtained);
+                        refresh_at = publish(&shared, obtained, &TraceContext::root(true));
                     }
                 }
             }
         }
         shared.state.send_modify(|s| s.phase = Phase::Fetching);
-        match shared::obtain(&shared).await {
+        // Each fetch is a trace of its own: no request owns it, however many wait for it.
+        let trace = TraceContext::root(true);
+        let started = shared.spans.as_ref().map(|_| SystemTime::now());
+        let result = shared::obtain(&shared).await;
+        export_fetch(&shared, &trace, started, &result);
+        match result {
             Ok(obtained) => {
                 backoff = new_backoff();
-                refresh_at = publish(&shared, obtained);
+                refresh_at = publish(&shared, obtained, &trace);
             }
             Err(error) => {
                 let wait = match error.retry_after() {
@@ -305,6 +315,8 @@ async fn refresh_loop(shared: Arc<Shared>) {
                 let still_valid = shared.state.borrow().usable(Instant::now()).is_some();
                 tracing::warn!(
                     tenant = %tenant,
+                    trace_id = %Hex(&trace_id_hex(trace.trace_id)),
+                    span_id = %Hex(&span_id_hex(trace.span_id)),
                     reason = %reason,
                     retry_in_s = wait.as_secs_f64(),
                     serving_cached_token = still_valid,
@@ -322,8 +334,65 @@ async fn refresh_loop(shared: Arc<Shared>) {
     }
 }
 
+/// Ids in hex, as a log field.
+struct Hex<'a>(&'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(std::str::from_utf8(self.0).map_err(|_| fmt::Error)?)
+    }
+}
+
+/// The fetch's CLIENT span, when spans are exported: named for the token call, with the
+/// tenant and the fetch's result (a token taken from the cluster is `shared`).
+fn export_fetch(
+    shared: &Shared,
+    trace: &TraceContext,
+    started: Option<SystemTime>,
+    result: &Result<shared::Obtained, fetch::FetchError>,
+) {
+    let (Some(exporter), Some(start)) = (&shared.spans, started) else {
+        return;
+    };
+    let url = &shared.tenant.token_url;
+    let outcome = match result {
+        Ok(obtained) if !obtained.fetched => "shared",
+        Ok(_) => FetchResult::Ok.as_str(),
+        Err(error) => error.kind().as_str(),
+    };
+    let mut attributes = vec![
+        Attribute::new("http.request.method", "POST"),
+        Attribute::new("server.address", url.host_str().unwrap_or_default().to_string()),
+        Attribute::new(
+            "server.port",
+            i64::from(url.port_or_known_default().unwrap_or_default()),
+        ),
+        Attribute::new("url.path", url.path().to_string()),
+        Attribute::new("zuora.tenant", shared.tenant.name.clone()),
+        Attribute::new("zuora.token.result", outcome),
+    ];
+    if let Err(fetch::FetchError::Status { status, .. }) = result {
+        attributes.push(Attribute::new("http.response.status_code", i64::from(status.as_u16())));
+    }
+    let error = result.as_ref().err().map(|e| e.kind().as_str().into());
+    if let Some(error) = &error {
+        attributes.push(Attribute::new("error.type", std::borrow::Cow::clone(error)));
+    }
+    exporter.export(crate::trace::Span {
+        trace_id: trace.trace_id,
+        span_id: trace.span_id,
+        parent: None,
+        kind: Kind::Client,
+        name: "POST /oauth/token".into(),
+        start,
+        end: SystemTime::now(),
+        attributes,
+        error,
+    });
+}
+
 /// Publishes a token fetched here or taken from the cluster; returns when to refresh it.
-fn publish(shared: &Shared, obtained: shared::Obtained) -> Instant {
+fn publish(shared: &Shared, obtained: shared::Obtained, trace: &TraceContext) -> Instant {
     let generation = shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
     // Lifetime counts from when the request left, so the token never outlives Zuora's view.
     let started = obtained.since;
@@ -346,6 +415,8 @@ fn publish(shared: &Shared, obtained: shared::Obtained) -> Instant {
     };
     tracing::info!(
         tenant = %shared.tenant.name,
+        trace_id = %Hex(&trace_id_hex(trace.trace_id)),
+        span_id = %Hex(&span_id_hex(trace.span_id)),
         generation,
         expires_in_s = obtained.lifetime.as_secs_f64(),
         refresh_in_s = delay.as_secs_f64(),

@@ -7,6 +7,7 @@ mod route;
 mod rule;
 mod server;
 mod tenant;
+mod tracing;
 
 use super::raw::{Field, RawAdmin, RawConfig, RawLog, RawServer};
 use super::{Config, ConfigError, ConfigIssue, FixedSettings, LiveSettings};
@@ -104,9 +105,20 @@ impl Issues {
     }
 
     fn https_url(&mut self, key: &str, value: &str) -> Option<Url> {
+        self.url(
+            key,
+            value,
+            "https",
+            "must be an https:// URL (credentials never travel in clear text)",
+        )
+    }
+
+    /// A URL of `scheme` with a host, no credentials, no query or fragment; `wrong_scheme`
+    /// says why another scheme is refused.
+    fn url(&mut self, key: &str, value: &str, scheme: &str, wrong_scheme: &str) -> Option<Url> {
         match Url::parse(value) {
-            Ok(url) if url.scheme() != "https" => {
-                self.push(key, "must be an https:// URL (credentials never travel in clear text)");
+            Ok(url) if url.scheme() != scheme => {
+                self.push(key, wrong_scheme);
                 None
             }
             Ok(url) if url.host_str().is_none() => {
@@ -161,6 +173,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let (admin_listen, ready_min_ttl) = server::admin(&mut issues, raw_admin, listener.listen);
 
     let cluster = cluster::cluster(&mut issues, &raw.cluster);
+    let tracing = tracing::tracing(&mut issues, &raw.tracing);
     let expected_replicas = cluster.as_ref().map_or(1, |c| c.expected_replicas);
     let tenants = tenant::tenants(&mut issues, &raw.tenants, expected_replicas);
     let routes = route::routes(&mut issues, &raw.routes);
@@ -177,6 +190,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             admin_listen,
             log,
             cluster,
+            tracing,
         },
         live: LiveSettings {
             requests,

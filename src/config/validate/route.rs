@@ -95,6 +95,7 @@ fn route(issues: &mut Issues, i: usize, r: &RawRoute) -> Option<Route> {
         retry,
         idempotency_key,
         zuora_body_errors: issues.number(&key("zuora_body_errors"), &r.zuora_body_errors, false),
+        track_id_from_trace: issues.number(&key("track_id_from_trace"), &r.track_id_from_trace, false),
     })
 }
 
