@@ -132,13 +132,23 @@ fn to_json(r: &AccessRecord<'_>, now: SystemTime) -> String {
     if let Some(id) = r.span_id {
         string(&mut out, "span_id", Some(&span_id_hex(id)));
     }
-    string(&mut out, "route", r.route.map(str::as_bytes));
-    string(&mut out, "rule", r.rule.map(str::as_bytes));
-    string(&mut out, "tenant", r.tenant.map(str::as_bytes));
-    string(&mut out, "method", Some(r.method.as_bytes()));
-    string(&mut out, "path", Some(r.path.as_bytes()));
-    string(&mut out, "protocol", Some(r.protocol.as_bytes()));
-    string(&mut out, "user_agent", r.user_agent.map(HeaderValue::as_bytes));
+    request_fields(&mut out, r);
+    outcome_fields(&mut out, r);
+    zuora_fields(&mut out, r);
+    peer_fields(&mut out, r);
+    out.push_str(",\"target\":\"access\"}\n");
+    out
+}
+
+/// What the caller asked, and where it went.
+fn request_fields(out: &mut String, r: &AccessRecord<'_>) {
+    string(out, "route", r.route.map(str::as_bytes));
+    string(out, "rule", r.rule.map(str::as_bytes));
+    string(out, "tenant", r.tenant.map(str::as_bytes));
+    string(out, "method", Some(r.method.as_bytes()));
+    string(out, "path", Some(r.path.as_bytes()));
+    string(out, "protocol", Some(r.protocol.as_bytes()));
+    string(out, "user_agent", r.user_agent.map(HeaderValue::as_bytes));
     if let Some(n) = r.request_bytes {
         let _ = write!(out, ",\"request_bytes\":{n}");
     }
@@ -146,6 +156,10 @@ fn to_json(r: &AccessRecord<'_>, now: SystemTime) -> String {
         // A host from a validated URL: no character that needs escaping.
         let _ = write!(out, ",\"upstream_addr\":\"{host}:{port}\"");
     }
+}
+
+/// How it was answered, and how long it took.
+fn outcome_fields(out: &mut String, r: &AccessRecord<'_>) {
     let _ = write!(out, ",\"status\":{}", r.status);
     if let Some(s) = r.upstream_status {
         let _ = write!(out, ",\"upstream_status\":{s}");
@@ -162,11 +176,11 @@ fn to_json(r: &AccessRecord<'_>, now: SystemTime) -> String {
         let _ = write!(out, ",\"upstream_ms\":{ms}");
     }
     let _ = write!(out, ",\"token_retry\":{},\"retries\":{}", r.token_retry, r.retries);
-    string(
-        &mut out,
-        "zuora_request_id",
-        r.zuora_request_id.map(HeaderValue::as_bytes),
-    );
+}
+
+/// What Zuora said about it, and the proxy's own error code.
+fn zuora_fields(out: &mut String, r: &AccessRecord<'_>) {
+    string(out, "zuora_request_id", r.zuora_request_id.map(HeaderValue::as_bytes));
     if let Some(code) = r.zuora_reason_code {
         let _ = write!(out, ",\"zuora_reason_code\":{code}");
     }
@@ -176,11 +190,15 @@ fn to_json(r: &AccessRecord<'_>, now: SystemTime) -> String {
         }
     }
     string(
-        &mut out,
+        out,
         "concurrency_limit_type",
         r.concurrency_limit_type.map(HeaderValue::as_bytes),
     );
-    string(&mut out, "error", r.error.map(str::as_bytes));
+    string(out, "error", r.error.map(str::as_bytes));
+}
+
+/// Who the caller was.
+fn peer_fields(out: &mut String, r: &AccessRecord<'_>) {
     match r.peer {
         Some(Peer::Tcp(addr)) => {
             let _ = write!(out, ",\"client_addr\":\"{addr}\"");
@@ -193,8 +211,6 @@ fn to_json(r: &AccessRecord<'_>, now: SystemTime) -> String {
         }
         None => {}
     }
-    out.push_str(",\"target\":\"access\"}\n");
-    out
 }
 
 /// `,"name":"value"` with JSON escaping; bytes that are not UTF-8 become U+FFFD.

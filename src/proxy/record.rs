@@ -12,15 +12,17 @@ use crate::headers::ZUORA_REQUEST_ID;
 use crate::metrics::Metrics;
 use crate::routes::{Peer, RetryOn, Route, Rule};
 use crate::snapshot::Snapshot;
-use crate::trace::{self, Attribute, Kind, TraceContext};
+use crate::trace::{self, TraceContext};
 use crate::track_id;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Full;
-use std::borrow::Cow;
+use spans::{AttemptSpan, SpanTimes};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
+
+mod spans;
 
 /// Longest path written to the access log; the rest is cut.
 const MAX_LOGGED_PATH: usize = 256;
@@ -91,24 +93,6 @@ pub(super) struct Record {
     /// Span times, recorded only when this request's spans are exported.
     spans: Option<Box<SpanTimes>>,
     written: bool,
-}
-
-/// What the request's spans need beyond the record itself.
-struct SpanTimes {
-    /// The wall-clock time of `started`: span times are counted from it on the monotonic clock.
-    wall: SystemTime,
-    permit: Option<(Instant, Instant)>,
-    token: Option<(Instant, Instant)>,
-    attempts: Vec<AttemptSpan>,
-}
-
-/// One attempt toward Zuora: a CLIENT span whose id went in the attempt's `traceparent`.
-struct AttemptSpan {
-    span_id: u64,
-    start: Instant,
-    end: Option<Instant>,
-    status: Option<u16>,
-    error: Option<&'static str>,
 }
 
 /// A wait of the request path that gets a span of its own.
@@ -373,110 +357,6 @@ impl Record {
         });
         self.export_spans(status, path, total);
     }
-
-    /// The request's spans, when they are exported: the SERVER span (child of the caller's
-    /// span when it sent one), and under it the permit and token waits and one CLIENT span
-    /// per attempt toward Zuora.
-    fn export_spans(&self, status: u16, path: &str, total: Duration) {
-        let (Some(exporter), Some(times)) = (self.metrics.spans(), self.spans.as_deref()) else {
-            return;
-        };
-        let at = |instant: Instant| times.wall + instant.saturating_duration_since(self.started);
-        let route = self.route.as_deref();
-        let template = route.map(|r| http_route(&r.template.to_string()));
-        let name: Cow<'static, str> = match &template {
-            Some(template) => format!("{} {template}", self.method).into(),
-            None => self.method.to_string().into(),
-        };
-        let text = |v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
-        let mut attributes = vec![
-            Attribute::new("http.request.method", self.method.to_string()),
-            Attribute::new("url.path", path.to_string()),
-            Attribute::new("http.response.status_code", i64::from(status)),
-            Attribute::new(
-                "network.protocol.version",
-                protocol(self.version).trim_start_matches("HTTP/"),
-            ),
-        ];
-        let optional = [
-            ("http.route", template),
-            ("zuora.route", route.map(|r| r.name.clone())),
-            ("zuora.tenant", self.tenant.as_deref().map(|t| t.name.clone())),
-            ("zuora.track_id", self.track_id.as_ref().map(text)),
-            ("zuora.request_id", self.zuora_request_id.as_ref().map(text)),
-        ];
-        attributes.extend(
-            optional
-                .into_iter()
-                .filter_map(|(key, value)| Some(Attribute::new(key, value?))),
-        );
-        // A server span fails on the proxy's own errors and on 5xx answers (4xx are the caller's).
-        let error = self
-            .error
-            .map(Cow::Borrowed)
-            .or_else(|| (status >= 500).then(|| status.to_string().into()));
-        if let Some(error) = &error {
-            attributes.push(Attribute::new("error.type", error.clone()));
-        }
-        let (trace_id, server) = (self.trace.trace_id, self.trace.span_id);
-        exporter.export(trace::Span {
-            trace_id,
-            span_id: server,
-            parent: self.trace.parent_span_id.map(|id| (id, true)),
-            kind: Kind::Server,
-            name: name.clone(),
-            start: times.wall,
-            end: times.wall + total,
-            attributes,
-            error,
-        });
-        let child = |span_id, kind, name: Cow<'static, str>, (start, end): (Instant, Instant)| trace::Span {
-            trace_id,
-            span_id,
-            parent: Some((server, false)),
-            kind,
-            name,
-            start: at(start),
-            end: at(end),
-            attributes: Vec::new(),
-            error: None,
-        };
-        for (span, name) in [(times.permit, "permit wait"), (times.token, "token wait")] {
-            if let Some(span) = span {
-                exporter.export(child(trace::context::new_span_id(), Kind::Internal, name.into(), span));
-            }
-        }
-        let upstream = self.tenant.as_deref().map(|t| &t.base_url);
-        for (resend, attempt) in times.attempts.iter().enumerate() {
-            let end = attempt.end.unwrap_or_else(Instant::now);
-            let mut span = child(attempt.span_id, Kind::Client, name.clone(), (attempt.start, end));
-            span.attributes
-                .push(Attribute::new("http.request.method", self.method.to_string()));
-            if let Some(url) = upstream {
-                let host = url.host_str().unwrap_or_default().to_string();
-                span.attributes.push(Attribute::new("server.address", host));
-                let port = url.port_or_known_default().unwrap_or_default();
-                span.attributes.push(Attribute::new("server.port", i64::from(port)));
-            }
-            if resend > 0 {
-                span.attributes
-                    .push(Attribute::new("http.request.resend_count", resend as i64));
-            }
-            if let Some(status) = attempt.status {
-                span.attributes
-                    .push(Attribute::new("http.response.status_code", i64::from(status)));
-            }
-            // A client span fails on any error answer, and on no answer at all.
-            span.error = attempt
-                .error
-                .map(Cow::Borrowed)
-                .or_else(|| attempt.status.filter(|s| *s >= 400).map(|s| s.to_string().into()));
-            if let Some(error) = &span.error {
-                span.attributes.push(Attribute::new("error.type", error.clone()));
-            }
-            exporter.export(span);
-        }
-    }
 }
 
 impl Watch for Record {
@@ -498,25 +378,6 @@ impl Drop for Record {
     fn drop(&mut self) {
         self.write(BodyEnd::Abandoned);
     }
-}
-
-/// A route template as OpenTelemetry's `http.route` writes it: placeholders without their type
-/// (`/bulk-jobs/{id}/aborts` for `/bulk-jobs/{id:uuid}/aborts`).
-fn http_route(template: &str) -> String {
-    let mut out = String::with_capacity(template.len());
-    let (mut placeholder, mut typed) = (false, false);
-    for c in template.chars() {
-        match c {
-            '{' => placeholder = true,
-            '}' => (placeholder, typed) = (false, false),
-            ':' if placeholder => typed = true,
-            _ => {}
-        }
-        if !typed {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// A header that should hold a non-negative integer, as one.
@@ -547,22 +408,4 @@ fn protocol(version: Version) -> &'static str {
 /// Milliseconds with microsecond precision, for log fields.
 fn millis(d: Duration) -> f64 {
     d.as_micros() as f64 / 1000.0
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn http_route_drops_placeholder_types() {
-        for (template, route) in [
-            (
-                "/bulk-data/bulk-jobs/{id:uuid}/aborts",
-                "/bulk-data/bulk-jobs/{id}/aborts",
-            ),
-            ("/v1/accounts/{key}", "/v1/accounts/{key}"),
-            ("/a/{x:uuid}/b/{y}", "/a/{x}/b/{y}"),
-            ("/plain:colon", "/plain:colon"),
-        ] {
-            assert_eq!(super::http_route(template), route);
-        }
-    }
 }
