@@ -138,8 +138,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// One thread: worker 0, the token fetchers, the admin listener and the signals share it;
+/// `server.workers` > 1 adds a thread with a runtime of its own per further worker. No work
+/// stealing: a sidecar's cores are shared with its application and its load.
 fn async_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
 }
 
 fn check_config(path: &Path) -> ExitCode {
