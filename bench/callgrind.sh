@@ -80,22 +80,23 @@ sleep 1
 idle_kb=$(awk '/^VmRSS:/{print $2}' "/proc/$pid/status")
 kill -TERM "$pid"; wait "$pid" || true
 
-instructions() {  # requests -> total instructions of the proxy's run
+[ "$SHORT" -ge "$CONC" ] && [ "$LONG" -gt "$SHORT" ] || die "need CONC <= SHORT < LONG"
+instructions() {  # requests: runs the proxy under callgrind; its total goes to $TMP/total.<requests>
   local n="$1" out="$TMP/callgrind.$1.out"
   valgrind --tool=callgrind --callgrind-out-file="$out" "$BIN" run --config "$TMP/proxy.toml" \
-    2> "$TMP/proxy.$n.log" &
+    > /dev/null 2> "$TMP/proxy.$n.log" &
   local vpid=$!; PIDS+=("$vpid")
   wait_ready "$vpid"
   ab -q -k -c "$CONC" -n "$n" -m POST "$URL" > "$TMP/ab.$n.txt" 2>&1 || die "ab failed: $(tail -3 "$TMP/ab.$n.txt")"
   grep -q "^Failed requests: *0" "$TMP/ab.$n.txt" || die "ab saw failures: $(cat "$TMP/ab.$n.txt")"
   kill -TERM "$vpid"; wait "$vpid" || true
-  awk '/^(summary|totals):/{print $2; exit}' "$out"
+  awk '/^(summary|totals):/{print $2; exit}' "$out" > "$TMP/total.$n"
 }
 
 log "callgrind: $SHORT requests"
-short=$(instructions "$SHORT")
+instructions "$SHORT"; short=$(cat "$TMP/total.$SHORT")
 log "callgrind: $LONG requests"
-long=$(instructions "$LONG")
+instructions "$LONG"; long=$(cat "$TMP/total.$LONG")
 per=$(( (long - short) / (LONG - SHORT) ))
 echo "instructions/request $per  (($long - $short) / ($LONG - $SHORT); ab -k -c$CONC, workers=${WORKERS:-default}, log level=$LOG_LEVEL)"
 echo "idle RSS $(awk -v k="$idle_kb" 'BEGIN{printf "%.1f", k/1024}') MiB  ($BIN)"

@@ -145,7 +145,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             let path = unix.path.as_path();
             let socket = server::unix::UnixSocketListener::bind(path, unix.mode, unix.group)?;
             let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
-            (server::Listener::Unix(socket), Vec::new(), unspecified, Some(path.to_path_buf()))
+            (
+                server::Listener::Unix(socket),
+                Vec::new(),
+                unspecified,
+                Some(path.to_path_buf()),
+            )
         }
     };
     let admin_listener = match admin_listen {

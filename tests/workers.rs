@@ -97,7 +97,11 @@ async fn one_worker_is_the_default() {
     assert_eq!(post(&h.url(&abort_path()), &[]).await.status, 200);
     let metrics = Metrics::parse(&h.proxy.probe().metrics_text());
     assert_eq!(metrics.value(&format!("{ACCEPTED}{{worker=\"0\"}}")), 1.0);
-    assert_eq!(metrics.get(&format!("{ACCEPTED}{{worker=\"1\"}}")), None, "no second worker");
+    assert_eq!(
+        metrics.get(&format!("{ACCEPTED}{{worker=\"1\"}}")),
+        None,
+        "no second worker"
+    );
 }
 
 /// SIGTERM with requests in flight on both workers: every one is answered, then exit 0.
@@ -106,10 +110,10 @@ async fn the_binary_drains_every_worker() {
     const WORKERS: usize = 2;
     const IN_FLIGHT: usize = 16;
     let upstream = Upstream::start("drain-secret").await;
-    let text = upstream
-        .config(ROUTES)
-        .text()
-        .replace("shutdown_grace = \"5s\"", &format!("shutdown_grace = \"5s\"\nworkers = {WORKERS}"));
+    let text = upstream.config(ROUTES).text().replace(
+        "shutdown_grace = \"5s\"",
+        &format!("shutdown_grace = \"5s\"\nworkers = {WORKERS}"),
+    );
     assert!(text.contains("workers = 2"), "{text}");
     let path = upstream.dir.path().join("proxy.toml");
     std::fs::write(&path, text).unwrap();
@@ -143,7 +147,11 @@ async fn the_binary_drains_every_worker() {
 
     proxy.signal("TERM");
     for request in slow {
-        assert_eq!(request.await.unwrap(), 200, "an in-flight request finished in the drain");
+        assert_eq!(
+            request.await.unwrap(),
+            200,
+            "an in-flight request finished in the drain"
+        );
     }
     let status = proxy.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0), "{}", proxy.log());
