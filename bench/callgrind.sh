@@ -40,36 +40,16 @@ wait_ready() {  # pid
   die "the proxy never became ready"
 }
 
-mkdir -p "$TMP/certs" "$TMP/upstream-tmp"
-C="$TMP/certs"
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=bench CA" -keyout "$C/ca.key" -out "$C/ca.pem" 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout "$C/server.key" -out "$C/server.csr" 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$C/ext.cnf"
-openssl x509 -req -in "$C/server.csr" -CA "$C/ca.pem" -CAkey "$C/ca.key" -CAcreateserial -days 2 -extfile "$C/ext.cnf" -out "$C/server.pem" 2>/dev/null
+# shellcheck source=bench/common.sh
+. "$ROOT/bench/common.sh"
+mkdir -p "$TMP/upstream-tmp"
+make_certs "$TMP/certs"
 sed -e "s#BENCH_TMP#$TMP#g" "$ROOT/bench/upstream.nginx.conf" > "$TMP/upstream.conf"
 nginx -c "$TMP/upstream.conf" -e "$TMP/upstream.err.log" -g "worker_processes 1;" &
 PIDS+=("$!")
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/19443) 2>/dev/null && break; sleep 0.05; done
 
-cat > "$TMP/proxy.toml" <<EOF
-[server]
-listen = "127.0.0.1:19080"
-${WORKERS:+workers = $WORKERS}
-[admin]
-listen = "127.0.0.1:19090"
-[log]
-format = "json"
-level = "$LOG_LEVEL"
-[tenants.bench]
-base_url = "https://127.0.0.1:19443"
-client_id = "bench"
-client_secret = "bench"
-ca_file = "$C/ca.pem"
-[[routes]]
-name = "abort-bulk-job"
-method = "POST"
-path = "/bulk-data/bulk-jobs/{id:uuid}/aborts"
-EOF
+proxy_config "$TMP/proxy.toml" "$TMP/certs/ca.pem" "$LOG_LEVEL" "$WORKERS"
 
 # Idle RSS, without valgrind: after the first token and one request, once things settle.
 "$BIN" run --config "$TMP/proxy.toml" 2> "$TMP/idle.log" &

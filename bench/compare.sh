@@ -74,12 +74,11 @@ log "building the release binary"
 (cd "$ROOT" && cargo build --release --quiet)
 BIN="$ROOT/target/release/zuora-auth-proxy"
 
-mkdir -p "$BENCH_TMP/certs" "$BENCH_TMP/upstream-tmp" "$BENCH_TMP/nginx-proxy-tmp" "$BENCH_TMP/cells"
+# shellcheck source=bench/common.sh
+. "$BENCH/common.sh"
+mkdir -p "$BENCH_TMP/upstream-tmp" "$BENCH_TMP/nginx-proxy-tmp" "$BENCH_TMP/cells"
 C="$BENCH_TMP/certs"
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=bench CA" -keyout "$C/ca.key" -out "$C/ca.pem" 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout "$C/server.key" -out "$C/server.csr" 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$C/ext.cnf"
-openssl x509 -req -in "$C/server.csr" -CA "$C/ca.pem" -CAkey "$C/ca.key" -CAcreateserial -days 2 -extfile "$C/ext.cnf" -out "$C/server.pem" 2>/dev/null
+make_certs "$C"
 
 render() {  # template output access_log_line
   sed -e "s#BENCH_TMP#$BENCH_TMP#g" -e "s#BENCH_WORKERS#$WORKERS#g" -e "s#BENCH_ACCESS_LOG#$3#" "$1" > "$2"
@@ -96,25 +95,7 @@ NGINX_JSON="log_format bench escape=json '{\"time\":\"\$time_iso8601\",\"method\
 start_candidates() {  # mode: off | on
   local mode="$1" level="warn" access="access_log off;"
   if [ "$mode" = on ]; then level="warn,access=info"; access="${NGINX_JSON//BENCH_TMP/$BENCH_TMP}"; fi
-  cat > "$BENCH_TMP/proxy.toml" <<EOF
-[server]
-listen = "127.0.0.1:19080"
-workers = $WORKERS
-[admin]
-listen = "127.0.0.1:19090"
-[log]
-format = "json"
-level = "$level"
-[tenants.bench]
-base_url = "https://127.0.0.1:19443"
-client_id = "bench"
-client_secret = "bench"
-ca_file = "$C/ca.pem"
-[[routes]]
-name = "abort-bulk-job"
-method = "POST"
-path = "/bulk-data/bulk-jobs/{id:uuid}/aborts"
-EOF
+  proxy_config "$BENCH_TMP/proxy.toml" "$C/ca.pem" "$level" "$WORKERS"
   "$BIN" run --config "$BENCH_TMP/proxy.toml" 2> "$BENCH_TMP/proxy-$mode.log" &
   ZAP_PID=$!; PIDS+=("$ZAP_PID")
   render "$BENCH/nginx-proxy.conf" "$BENCH_TMP/nginx-proxy.conf" "$access"

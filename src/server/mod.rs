@@ -1,6 +1,7 @@
 //! Listeners: the accept loop (bounded by `max_connections`) on TCP or a Unix socket,
 //! optional TLS toward callers, per-connection HTTP/1 settings and timeouts, the requests
-//! the HTTP layer refuses itself, and graceful drain.
+//! the HTTP layer refuses itself, and graceful drain; [`workers`] binds one socket per worker
+//! and runs the workers beyond the first on threads of their own.
 
 mod framing;
 pub mod timeouts;
