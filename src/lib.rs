@@ -17,8 +17,9 @@
 //! 3. `config` (raw and validated settings, over `routes` and `secret`) and `metrics`.
 //! 4. `telemetry` (log setup) then `access_log`; `upstream` (the TLS client toward Zuora).
 //! 5. `token` (per-tenant token manager, over `upstream` and `metrics`).
-//! 6. `tenant` (a tenant's client, token, slots and meters) and `server` (listeners,
-//!    connection deadlines, caller TLS, drain), which knows nothing of what it serves.
+//! 6. `tenant` (a tenant's client, token, slots and meters) and `server` (listeners, the
+//!    workers' sockets and threads, connection deadlines, caller TLS, drain), which knows
+//!    nothing of what it serves.
 //! 7. `snapshot` (the configuration in force with its tenants), then `proxy` (the request
 //!    path), then `admin` (health, readiness, metrics), then `demo` and this file.
 
@@ -175,7 +176,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let proxy = proxy.clone();
         move |request| {
             let proxy = proxy.clone();
-            async move { proxy.handle(request).await }
+            // Boxed once, here: the request's future is a few KiB, and the listener and hyper
+            // would otherwise copy the whole of it at each of their moves before it first runs.
+            Box::pin(async move { proxy.handle(request).await })
         }
     };
     let proxy_settings = ConnSettings {
