@@ -112,6 +112,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::with_cluster(config.fixed.cluster.is_some()));
     let listen = config.fixed.listener.listen;
     let workers = config.fixed.listener.workers;
+    let max_connections = config.fixed.listener.max_connections;
     let admin_listen = config.fixed.admin_listen;
     let caller_tls = config
         .fixed
@@ -124,7 +125,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         header_read_timeout: config.fixed.listener.header_read_timeout,
         idle_timeout: config.fixed.listener.idle_timeout,
         max_header_bytes: config.fixed.listener.max_header_bytes,
-        slots: Arc::new(Semaphore::new(config.fixed.listener.max_connections)),
+        slots: Arc::new(Semaphore::new(max_connections)),
         shutdown_grace: config.fixed.listener.shutdown_grace,
         tls: caller_tls,
         on_refusal: None,
@@ -217,7 +218,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let handler = move |request| admin::handle(proxy.clone(), request);
         // The admin listener stays plain HTTP on its own (loopback) address; what its HTTP
         // layer refuses is no proxy request.
-        let settings = ConnSettings { tls: None, ..settings };
+        let settings = ConnSettings {
+            tls: None,
+            // Slots of its own: the callers' connections never crowd out a probe.
+            slots: Arc::new(Semaphore::new(max_connections)),
+            ..settings
+        };
         tokio::spawn(server::serve(listener, settings, handler, admin_rx))
     });
     tracing::info!(

@@ -177,3 +177,22 @@ async fn a_unix_socket_takes_one_worker() {
     assert!(text.contains("server.workers"), "{text}");
     assert!(text.contains("Unix socket"), "{text}");
 }
+
+#[test]
+fn workers_are_counted_from_1_to_64() {
+    let config = |workers: &str| {
+        zuora_auth_proxy::Config::from_toml(&format!(
+            "[server]\nworkers = {workers}\n[tenants.default]\nbase_url = \"https://rest.zuora.com\"\nclient_id = \"id\"\nclient_secret = \"secret\"\n{ROUTES}"
+        ))
+    };
+    for refused in ["0", "65"] {
+        let error = config(refused).expect_err(refused).to_string();
+        assert!(
+            error.contains("server.workers") && error.contains("from 1 to 64"),
+            "{error}"
+        );
+    }
+    for taken in ["1", "64"] {
+        assert!(config(taken).is_ok(), "workers = {taken}");
+    }
+}
