@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# Benchmark: zuora-auth-proxy against nginx and HAProxy doing the same job by hand, and
-# against calling the (mock) upstream directly. Everything runs on loopback; every load run
-# is bounded by wrk's duration; everything started here is stopped on exit.
+# Benchmark: zuora-auth-proxy against nginx (and HAProxy) doing the same job by hand, in one
+# sitting, on loopback. Two modes: access logs off for every candidate, then access logs on
+# (nginx: a JSON log_format to a file, buffered; the proxy: its JSON access line, stderr to a
+# file; HAProxy sits this mode out). In each mode three loads: 8 connections paced (each waits
+# 1 ms between requests, about 6k req/s), then 64 and 256 connections flat out. Each cell is
+# run RUNS times, the candidates taking turns within a run, and the median is reported with
+# its ratio to nginx in the same run.
 #
 #   bash bench/compare.sh
 #
-# Knobs (environment): CONNS=64 THREADS=2 DURATION=15s WARMUP=3s WORKERS=1 BIG_CONNS=256
-#   WORKERS: nginx worker_processes, HAProxy nbthread and the proxy's tokio worker threads.
-#   PROXY_LOG_LEVEL=info: the proxy's log filter (info writes one access line per request).
+# Knobs (environment): RUNS=3 DURATION=10s WARMUP=2s THREADS=2 WORKERS=1 MODES="off on"
+#   WORKERS: nginx worker_processes, HAProxy nbthread and the proxy's server.workers.
+# Time: about 2 x 3 loads x RUNS x (candidates) x (DURATION + WARMUP), plus the release
+# build: about 10 minutes with the defaults (15 cells x 3 runs x 12 s); `DURATION=3s
+# WARMUP=1s RUNS=1` takes about 70 s.
 # It never runs in CI: it is a measurement, not a test.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH="$ROOT/bench"
-CONNS="${CONNS:-64}"; THREADS="${THREADS:-2}"; DURATION="${DURATION:-15s}"; WARMUP="${WARMUP:-3s}"
-WORKERS="${WORKERS:-1}"; BIG_CONNS="${BIG_CONNS:-256}"; PROXY_LOG_LEVEL="${PROXY_LOG_LEVEL:-info}"
+RUNS="${RUNS:-3}"; DURATION="${DURATION:-10s}"; WARMUP="${WARMUP:-2s}"; THREADS="${THREADS:-2}"
+WORKERS="${WORKERS:-1}"; MODES="${MODES:-off on}"
+LOADS=("paced8|8|paced" "c64|64|flat" "c256|256|flat")
 BENCH_TMP="$(mktemp -d /tmp/zap-bench.XXXXXX)"
 JOB=3a3e85c4-96e7-486b-ae02-827120104301
 REQ_PATH="/bulk-data/bulk-jobs/$JOB/aborts"
@@ -32,12 +39,13 @@ fi
 
 # ---- processes: only PIDs started here are ever signalled ----------------------------------
 PIDS=()
+stop_pid() {  # TERM, then KILL after 5 s
+  kill -TERM "$1" 2>/dev/null || return 0
+  for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+}
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
+  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
   [ -n "${KEEP_TMP:-}" ] || rm -rf "$BENCH_TMP"
 }
 trap cleanup EXIT
@@ -53,112 +61,148 @@ wait_port() {  # name pid port
 }
 for p in 19443 19080 19090 19081 19082; do port_open "$p" && die "port $p is busy"; done
 
-render() { sed -e "s#BENCH_TMP#$BENCH_TMP#g" -e "s#BENCH_WORKERS#$WORKERS#g" "$1" > "$2"; }
 tree() { echo "$1"; pgrep -P "$1" 2>/dev/null || true; }
 cpu_ticks() { local t=0 a; for p in $(tree "$1"); do read -r -a a <<< "$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null)" || continue; t=$((t + a[11] + a[12])); done; echo "$t"; }
 status_kb() { local t=0 v; for p in $(tree "$1"); do v=$(awk -v k="$2:" '$1==k{print $2}' "/proc/$p/status" 2>/dev/null); t=$((t + ${v:-0})); done; echo "$t"; }
-token_fetches() { curl -s http://127.0.0.1:19090/metrics | awk '/^zuora_proxy_token_fetches_total\{.*result="ok"/{s+=$2} END{print s+0}'; }
+check() {  # name url: the abort call answered through the candidate
+  local got; got=$(curl -s -X POST -H 'Content-Length: 0' "$2$REQ_PATH")
+  case "$got" in *'"status":"Aborted"'*) ;; *) die "$1: check failed: $got" ;; esac
+}
 
 # ---- build, certificates, upstream ---------------------------------------------------------
 log "building the release binary"
 (cd "$ROOT" && cargo build --release --quiet)
 BIN="$ROOT/target/release/zuora-auth-proxy"
 
-mkdir -p "$BENCH_TMP/certs" "$BENCH_TMP/upstream-tmp" "$BENCH_TMP/nginx-proxy-tmp"
+# shellcheck source=bench/common.sh
+. "$BENCH/common.sh"
+mkdir -p "$BENCH_TMP/upstream-tmp" "$BENCH_TMP/nginx-proxy-tmp" "$BENCH_TMP/cells"
 C="$BENCH_TMP/certs"
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=bench CA" -keyout "$C/ca.key" -out "$C/ca.pem" 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout "$C/server.key" -out "$C/server.csr" 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$C/ext.cnf"
-openssl x509 -req -in "$C/server.csr" -CA "$C/ca.pem" -CAkey "$C/ca.key" -CAcreateserial -days 2 -extfile "$C/ext.cnf" -out "$C/server.pem" 2>/dev/null
+make_certs "$C"
 
-render "$BENCH/upstream.nginx.conf" "$BENCH_TMP/upstream.conf"
+render() {  # template output access_log_line
+  sed -e "s#BENCH_TMP#$BENCH_TMP#g" -e "s#BENCH_WORKERS#$WORKERS#g" -e "s#BENCH_ACCESS_LOG#$3#" "$1" > "$2"
+}
+render "$BENCH/upstream.nginx.conf" "$BENCH_TMP/upstream.conf" ""
 nginx -c "$BENCH_TMP/upstream.conf" -e "$BENCH_TMP/upstream.err.log" -g "worker_processes 1;" &
 UP_PID=$!; PIDS+=("$UP_PID"); wait_port upstream "$UP_PID" 19443
 
-# ---- the proxy: time to ready, idle RSS ----------------------------------------------------
-cat > "$BENCH_TMP/proxy.toml" <<EOF
-[server]
-listen = "127.0.0.1:19080"
-[admin]
-listen = "127.0.0.1:19090"
-[log]
-format = "json"
-level = "$PROXY_LOG_LEVEL"
-[tenants.bench]
-base_url = "https://127.0.0.1:19443"
-client_id = "bench"
-client_secret = "bench"
-ca_file = "$C/ca.pem"
-[[routes]]
-name = "abort-bulk-job"
-method = "POST"
-path = "/bulk-data/bulk-jobs/{id:uuid}/aborts"
-EOF
-t0=$(date +%s%N)
-TOKIO_WORKER_THREADS="$WORKERS" "$BIN" run --config "$BENCH_TMP/proxy.toml" 2> "$BENCH_TMP/proxy.log" &
-ZAP_PID=$!; PIDS+=("$ZAP_PID")
-ready_ms=""
-for _ in $(seq 2000); do
-  if [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:19090/readyz 2>/dev/null)" = 200 ]; then
-    ready_ms=$(( ($(date +%s%N) - t0) / 1000000 )); break
+cp "$BENCH/abort.lua" "$BENCH_TMP/paced.lua"
+echo 'function delay() return 1 end' >> "$BENCH_TMP/paced.lua"
+
+# ---- candidates, started per mode ----------------------------------------------------------
+NGINX_JSON="log_format bench escape=json '{\"time\":\"\$time_iso8601\",\"method\":\"\$request_method\",\"path\":\"\$uri\",\"status\":\$status,\"duration_ms\":\$request_time,\"upstream_ms\":\"\$upstream_response_time\",\"track_id\":\"\$track_id\",\"peer\":\"\$remote_addr\"}'; access_log BENCH_TMP/nginx-access.log bench buffer=64k flush=100ms;"
+start_candidates() {  # mode: off | on
+  local mode="$1" level="warn" access="access_log off;"
+  if [ "$mode" = on ]; then level="warn,access=info"; access="${NGINX_JSON//BENCH_TMP/$BENCH_TMP}"; fi
+  proxy_config "$BENCH_TMP/proxy.toml" "$C/ca.pem" "$level" "$WORKERS"
+  "$BIN" run --config "$BENCH_TMP/proxy.toml" 2> "$BENCH_TMP/proxy-$mode.log" &
+  ZAP_PID=$!; PIDS+=("$ZAP_PID")
+  render "$BENCH/nginx-proxy.conf" "$BENCH_TMP/nginx-proxy.conf" "$access"
+  nginx -c "$BENCH_TMP/nginx-proxy.conf" -e "$BENCH_TMP/nginx-proxy.err.log" &
+  NGINX_PID=$!; PIDS+=("$NGINX_PID")
+  TARGETS=("nginx|http://127.0.0.1:19081|$NGINX_PID" "zuora-auth-proxy|http://127.0.0.1:19080|$ZAP_PID")
+  if [ "$mode" = off ]; then
+    BENCH_TMP="$BENCH_TMP" BENCH_WORKERS="$WORKERS" haproxy -db -f "$BENCH/haproxy.cfg" 2> "$BENCH_TMP/haproxy.log" &
+    HAPROXY_PID=$!; PIDS+=("$HAPROXY_PID")
+    TARGETS+=("haproxy|http://127.0.0.1:19082|$HAPROXY_PID")
   fi
-  kill -0 "$ZAP_PID" 2>/dev/null || die "the proxy exited; see its log"
-done
-[ -n "$ready_ms" ] || die "the proxy never became ready"
-sleep 1
-idle_rss_kb=$(status_kb "$ZAP_PID" VmRSS)
+  for _ in $(seq 200); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:19090/readyz 2>/dev/null)" = 200 ] && break
+    kill -0 "$ZAP_PID" 2>/dev/null || die "the proxy exited; see $BENCH_TMP/proxy-$mode.log"
+    sleep 0.05
+  done
+  wait_port nginx "$NGINX_PID" 19081
+  [ "$mode" = off ] && wait_port haproxy "$HAPROXY_PID" 19082
+  local t name url pid
+  for t in "${TARGETS[@]}"; do
+    IFS='|' read -r name url pid <<< "$t"
+    check "$name" "$url"
+  done
+  sleep 1
+  for t in "${TARGETS[@]}"; do
+    IFS='|' read -r name url pid <<< "$t"
+    echo "$(status_kb "$pid" VmRSS)" > "$BENCH_TMP/cells/$mode.$name.idle_kb"
+  done
+}
+stop_candidates() {
+  local t name url pid
+  for t in "${TARGETS[@]}"; do IFS='|' read -r name url pid <<< "$t"; stop_pid "$pid"; done
+}
 
-# ---- the baselines -------------------------------------------------------------------------
-render "$BENCH/nginx-proxy.conf" "$BENCH_TMP/nginx-proxy.conf"
-nginx -c "$BENCH_TMP/nginx-proxy.conf" -e "$BENCH_TMP/nginx-proxy.err.log" &
-NGINX_PID=$!; PIDS+=("$NGINX_PID"); wait_port nginx "$NGINX_PID" 19081
-BENCH_TMP="$BENCH_TMP" BENCH_WORKERS="$WORKERS" haproxy -db -f "$BENCH/haproxy.cfg" 2> "$BENCH_TMP/haproxy.log" &
-HAPROXY_PID=$!; PIDS+=("$HAPROXY_PID"); wait_port haproxy "$HAPROXY_PID" 19082
-
-# ---- load ----------------------------------------------------------------------------------
-TARGETS=("direct|https://127.0.0.1:19443|$UP_PID" "nginx|http://127.0.0.1:19081|$NGINX_PID"
-         "haproxy|http://127.0.0.1:19082|$HAPROXY_PID" "zuora-auth-proxy|http://127.0.0.1:19080|$ZAP_PID")
-declare -A RPS P50 P99 P999 ERR CPU RSS
-fetches0=$(token_fetches)
-for t in "${TARGETS[@]}"; do
-  IFS='|' read -r name url pid <<< "$t"
-  got=$(curl -s -k -X POST -H 'Content-Length: 0' "$url$REQ_PATH")
-  case "$got" in *'"status":"Aborted"'*) ;; *) die "$name: check failed: $got" ;; esac
-  log "$name: warm-up $WARMUP, then wrk -t$THREADS -c$CONNS -d$DURATION"
-  wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s "$BENCH/abort.lua" "$url$REQ_PATH" >/dev/null
+# One wrk run against one candidate: appends req/s, p50, p99 (ms), CPU µs/req, errors to the
+# cell's files.
+measure() {  # mode load conns kind name url pid
+  local mode="$1" load="$2" conns="$3" kind="$4" name="$5" url="$6" pid="$7"
+  local script="$BENCH/abort.lua"; [ "$kind" = paced ] && script="$BENCH_TMP/paced.lua"
+  local cell="$BENCH_TMP/cells/$mode.$load.$name"
+  wrk -t"$THREADS" -c"$conns" -d"$WARMUP" -s "$script" "$url$REQ_PATH" > /dev/null
+  local c0 c1 out line
   c0=$(cpu_ticks "$pid")
-  out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -s "$BENCH/abort.lua" "$url$REQ_PATH")
+  out=$(wrk -t"$THREADS" -c"$conns" -d"$DURATION" -s "$script" "$url$REQ_PATH")
   c1=$(cpu_ticks "$pid")
   line=$(grep '^RESULT' <<< "$out") || die "$name: wrk gave no result: $out"
   declare -A r=()
+  local kv
   for kv in ${line#RESULT }; do r[${kv%%=*}]=${kv#*=}; done
-  RPS[$name]=$(awk -v n="${r[requests]}" -v d="${r[duration_us]}" 'BEGIN{printf "%.0f", n*1e6/d}')
-  P50[$name]=$(awk -v v="${r[p50_us]}" 'BEGIN{printf "%.2f", v/1000}')
-  P99[$name]=$(awk -v v="${r[p99_us]}" 'BEGIN{printf "%.2f", v/1000}')
-  P999[$name]=$(awk -v v="${r[p999_us]}" 'BEGIN{printf "%.2f", v/1000}')
-  ERR[$name]=$(( r[errors] + r[non2xx] ))
-  CPU[$name]=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="${r[requests]}" 'BEGIN{printf "%.2f", t/hz/n*10000}')
-  RSS[$name]=$(awk -v k="$(status_kb "$pid" VmHWM)" 'BEGIN{printf "%.1f", k/1024}')
-done
-fetches=$(( $(token_fetches) - fetches0 ))
+  awk -v n="${r[requests]}" -v d="${r[duration_us]}" 'BEGIN{printf "%.0f\n", n*1e6/d}' >> "$cell.rps"
+  awk -v v="${r[p50_us]}" 'BEGIN{printf "%.3f\n", v/1000}' >> "$cell.p50"
+  awk -v v="${r[p99_us]}" 'BEGIN{printf "%.3f\n", v/1000}' >> "$cell.p99"
+  awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="${r[requests]}" 'BEGIN{printf "%.2f\n", t/hz/n*1e6}' >> "$cell.cpu"
+  echo $(( r[errors] + r[non2xx] )) >> "$cell.err"
+}
 
-log "zuora-auth-proxy: $BIG_CONNS connections for $DURATION"
-big=$(wrk -t"$THREADS" -c"$BIG_CONNS" -d"$DURATION" -s "$BENCH/abort.lua" "http://127.0.0.1:19080$REQ_PATH" | grep '^RESULT')
-big_rss=$(awk -v k="$(status_kb "$ZAP_PID" VmHWM)" 'BEGIN{printf "%.1f", k/1024}')
-big_rps=$(awk -v l="$big" 'BEGIN{split(l,a," "); for(i in a){split(a[i],kv,"="); v[kv[1]]=kv[2]} printf "%.0f", v["requests"]*1e6/v["duration_us"]}')
+median() { sort -n "$1" | awk '{v[NR]=$1} END{ if (NR%2) print v[(NR+1)/2]; else printf "%.3f\n", (v[NR/2]+v[NR/2+1])/2 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f", a/b; else print "-" }'; }
+mib() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
+
+started=$(date +%s)
+for mode in $MODES; do
+  log "mode: access logs $mode"
+  start_candidates "$mode"
+  for l in "${LOADS[@]}"; do
+    IFS='|' read -r load conns kind <<< "$l"
+    for run in $(seq "$RUNS"); do
+      for t in "${TARGETS[@]}"; do
+        IFS='|' read -r name url pid <<< "$t"
+        log "$mode/$load run $run/$RUNS: $name"
+        measure "$mode" "$load" "$conns" "$kind" "$name" "$url" "$pid"
+      done
+    done
+    # Peak RSS after this load (loads run from the lightest up).
+    for t in "${TARGETS[@]}"; do
+      IFS='|' read -r name url pid <<< "$t"
+      status_kb "$pid" VmHWM > "$BENCH_TMP/cells/$mode.$load.$name.peak_kb"
+    done
+  done
+  stop_candidates
+  if [ "$mode" = on ]; then
+    lines=$(grep -c '"target":"access"' "$BENCH_TMP/proxy-on.log" || true)
+    nginx_lines=$(wc -l < "$BENCH_TMP/nginx-access.log" || echo 0)
+    log "access lines written: proxy $lines, nginx $nginx_lines"
+  fi
+done
 
 # ---- table ---------------------------------------------------------------------------------
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f", a/b; else print "-" }'; }
 echo
-echo "# $(date -u +%Y-%m-%dT%H:%MZ)  $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo)  wrk -t$THREADS -c$CONNS -d$DURATION POST (no body)  workers=$WORKERS  proxy log level=$PROXY_LOG_LEVEL"
+echo "# $(date -u +%Y-%m-%dT%H:%MZ)  $(nproc) cores  wrk -t$THREADS, median of $RUNS x $DURATION  workers=$WORKERS  ($(( $(date +%s) - started )) s)"
 echo
-echo "| target | req/s | p50 ms | p99 ms | p99.9 ms | errors | CPU s / 10k req | peak RSS MiB | req/s vs nginx | p99 vs nginx | req/s vs direct |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-for t in "${TARGETS[@]}"; do
-  IFS='|' read -r name _ _ <<< "$t"
-  echo "| $name | ${RPS[$name]} | ${P50[$name]} | ${P99[$name]} | ${P999[$name]} | ${ERR[$name]} | ${CPU[$name]} | ${RSS[$name]} | $(ratio "${RPS[$name]}" "${RPS[nginx]}") | $(ratio "${P99[$name]}" "${P99[nginx]}") | $(ratio "${RPS[$name]}" "${RPS[direct]}") |"
+echo "| logs | load | target | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | idle RSS MiB | errors | req/s ÷ nginx | p50 ÷ nginx | p99 ÷ nginx | CPU ÷ nginx | peak RSS ÷ nginx | idle RSS ÷ nginx |"
+echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+for mode in $MODES; do
+  for l in "${LOADS[@]}"; do
+    IFS='|' read -r load _ _ <<< "$l"
+    for name in nginx haproxy zuora-auth-proxy; do
+      cell="$BENCH_TMP/cells/$mode.$load.$name"; base="$BENCH_TMP/cells/$mode.$load.nginx"
+      [ -f "$cell.rps" ] || continue
+      rps=$(median "$cell.rps"); p50=$(median "$cell.p50"); p99=$(median "$cell.p99"); cpu=$(median "$cell.cpu")
+      peak=$(cat "$cell.peak_kb"); idle=$(cat "$BENCH_TMP/cells/$mode.$name.idle_kb")
+      err=$(awk '{s+=$1} END{print s+0}' "$cell.err")
+      n_peak=$(cat "$base.peak_kb"); n_idle=$(cat "$BENCH_TMP/cells/$mode.nginx.idle_kb")
+      echo "| $mode | $load | $name | $rps | $p50 | $p99 | $cpu | $(mib "$peak") | $(mib "$idle") | $err | $(ratio "$rps" "$(median "$base.rps")") | $(ratio "$p50" "$(median "$base.p50")") | $(ratio "$p99" "$(median "$base.p99")") | $(ratio "$cpu" "$(median "$base.cpu")") | $(ratio "$peak" "$n_peak") | $(ratio "$idle" "$n_idle") |"
+    done
+  done
 done
 echo
-echo "zuora-auth-proxy: ready (/readyz 200) ${ready_ms} ms after start; idle RSS $(awk -v k="$idle_rss_kb" 'BEGIN{printf "%.1f", k/1024}') MiB;"
-echo "peak RSS with $BIG_CONNS connections ${big_rss} MiB (${big_rps} req/s); token fetches during the load runs: $fetches."
-echo "direct = wrk over TLS straight to the mock upstream (nginx, 1 worker); its RSS/CPU columns are the upstream's."
+echo "paced8 = 8 connections, each waiting 1 ms between requests (wrk delay()); c64, c256 = that many connections flat out."
+echo "CPU = user + system time of the candidate's processes during the measured run, per request; RSS = VmRSS (idle: after start and one request) and VmHWM (peak), summed over the candidate's processes."

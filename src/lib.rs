@@ -18,8 +18,9 @@
 //! 3. `config` (raw and validated settings, over `routes` and `secret`) and `metrics`.
 //! 4. `telemetry` (log setup) then `access_log`; `upstream` (the TLS client toward Zuora).
 //! 5. `token` (per-tenant token manager, over `upstream` and `metrics`).
-//! 6. `tenant` (a tenant's client, token, slots and meters) and `server` (listeners,
-//!    connection deadlines, caller TLS, drain), which knows nothing of what it serves.
+//! 6. `tenant` (a tenant's client, token, slots and meters) and `server` (listeners, the
+//!    workers' sockets and threads, connection deadlines, caller TLS, drain), which knows
+//!    nothing of what it serves.
 //! 7. `snapshot` (the configuration in force with its tenants), then `proxy` (the request
 //!    path), then `admin` (health, readiness, metrics), then `demo` and this file.
 
@@ -66,7 +67,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 /// Why the proxy could not start.
@@ -82,6 +83,8 @@ pub enum StartError {
     UnixSocket(#[from] server::unix::UnixSocketError),
     #[error("cluster: {0}")]
     Cluster(#[from] cluster::ClusterError),
+    #[error("cannot start a worker thread: {0}")]
+    Worker(std::io::Error),
 }
 
 /// A started proxy: its bound addresses and the handles to drain and reload it.
@@ -95,17 +98,24 @@ pub struct Running {
     proxy: Arc<Proxy>,
     stop_proxy: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
+    /// Worker 0, on the runtime `start` was called on.
     proxy_task: JoinHandle<()>,
+    /// Workers 1 and up (`server.workers`), each on a thread of its own.
+    workers: Vec<server::workers::Worker>,
     admin_task: Option<JoinHandle<()>>,
 }
 
 /// Binds the listeners, starts the token fetchers (without waiting for a first token) and
-/// serves. Ports `0` pick free ports; see [`Running::addr`].
+/// serves. Ports `0` pick free ports; see [`Running::addr`]. Worker 0, the token fetchers and
+/// the admin listener run on the calling runtime; with `server.workers` > 1, each further
+/// worker gets a thread with a current-thread runtime and a socket of its own on the same port.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Metrics::with_cluster(config.fixed.cluster.is_some());
     let metrics = Arc::new(metrics.with_spans(config.fixed.tracing.export.as_ref()));
     let listen = config.fixed.listener.listen;
+    let workers = config.fixed.listener.workers;
+    let max_connections = config.fixed.listener.max_connections;
     let admin_listen = config.fixed.admin_listen;
     let caller_tls = config
         .fixed
@@ -118,25 +128,34 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         header_read_timeout: config.fixed.listener.header_read_timeout,
         idle_timeout: config.fixed.listener.idle_timeout,
         max_header_bytes: config.fixed.listener.max_header_bytes,
-        max_connections: config.fixed.listener.max_connections,
+        slots: Arc::new(Semaphore::new(max_connections)),
         shutdown_grace: config.fixed.listener.shutdown_grace,
         tls: caller_tls,
         on_refusal: None,
         open: None,
+        accepted: None,
     };
-    let (listener, addr, socket_path) = match listen {
+    // Worker 0's listener, and the sockets of the others (validation allows one worker only
+    // on a Unix socket).
+    let (listener, more_sockets, addr, socket_path) = match listen {
         Listen::Tcp(wanted) => {
-            let tcp = bind(wanted).await?;
-            let addr = tcp
-                .local_addr()
-                .map_err(|source| StartError::Bind { addr: wanted, source })?;
-            (server::Listener::Tcp(tcp), addr, None)
+            let bind_error = |source| StartError::Bind { addr: wanted, source };
+            let mut sockets = server::workers::bind_tcp(wanted, workers).map_err(bind_error)?;
+            let more = sockets.split_off(1);
+            let first = TcpListener::from_std(sockets.remove(0)).map_err(bind_error)?;
+            let addr = first.local_addr().map_err(bind_error)?;
+            (server::Listener::Tcp(first), more, addr, None)
         }
         Listen::Unix(unix) => {
             let path = unix.path.as_path();
             let socket = server::unix::UnixSocketListener::bind(path, unix.mode, unix.group)?;
             let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
-            (server::Listener::Unix(socket), unspecified, Some(path.to_path_buf()))
+            (
+                server::Listener::Unix(socket),
+                Vec::new(),
+                unspecified,
+                Some(path.to_path_buf()),
+            )
         }
     };
     let admin_listener = match admin_listen {
@@ -161,7 +180,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let proxy = proxy.clone();
         move |request| {
             let proxy = proxy.clone();
-            async move { proxy.handle(request).await }
+            // Boxed once, here: the request's future is a few KiB, and the listener and hyper
+            // would otherwise copy the whole of it at each of their moves before it first runs.
+            Box::pin(async move { proxy.handle(request).await })
         }
     };
     let proxy_settings = ConnSettings {
@@ -172,7 +193,25 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }),
         ..settings.clone()
     };
-    let proxy_task = tokio::spawn(server::serve(listener, proxy_settings, handler, stop_rx));
+    let worker_settings = |worker: usize| ConnSettings {
+        accepted: Some(proxy.metrics().connections_accepted(worker)),
+        ..proxy_settings.clone()
+    };
+    let mut more_workers = Vec::with_capacity(more_sockets.len());
+    for (index, socket) in (1..).zip(more_sockets) {
+        let (settings, handler, stop) = (worker_settings(index), handler.clone(), stop_rx.clone());
+        let worker = server::workers::spawn(format!("zap-worker-{index}"), move || async move {
+            upstream::enter_worker(index);
+            // Registered with the worker's own runtime, on its thread.
+            match TcpListener::from_std(socket) {
+                Ok(listener) => server::serve(listener, settings, handler, stop).await,
+                Err(error) => tracing::error!(worker = index, %error, "worker cannot listen"),
+            }
+        })
+        .map_err(StartError::Worker)?;
+        more_workers.push(worker);
+    }
+    let proxy_task = tokio::spawn(server::serve(listener, worker_settings(0), handler, stop_rx));
 
     let (stop_admin, admin_rx) = watch::channel(false);
     let mut admin_addr = None;
@@ -182,12 +221,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let handler = move |request| admin::handle(proxy.clone(), request);
         // The admin listener stays plain HTTP on its own (loopback) address; what its HTTP
         // layer refuses is no proxy request.
-        let settings = ConnSettings { tls: None, ..settings };
+        let settings = ConnSettings {
+            tls: None,
+            // Slots of its own: the callers' connections never crowd out a probe.
+            slots: Arc::new(Semaphore::new(max_connections)),
+            ..settings
+        };
         tokio::spawn(server::serve(listener, settings, handler, admin_rx))
     });
     tracing::info!(
         listen = %shown,
         admin = admin_addr.map(tracing::field::display),
+        workers,
         "zuora-auth-proxy listening"
     );
     Ok(Running {
@@ -198,6 +243,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop_proxy,
         stop_admin,
         proxy_task,
+        workers: more_workers,
         admin_task,
     })
 }
@@ -353,6 +399,9 @@ impl Running {
     /// Waits for the drain to finish, then stops the admin listener.
     pub async fn wait(self) {
         let _ = self.proxy_task.await;
+        for worker in self.workers {
+            worker.finished().await;
+        }
         let _ = self.stop_admin.send(true);
         if let Some(task) = self.admin_task {
             let _ = task.await;

@@ -18,6 +18,8 @@ Environment:
   RUST_LOG                       log filter; wins over log.level
   HTTPS_PROXY, NO_PROXY          egress proxy toward Zuora, unless a tenant sets proxy_url
   NOTIFY_SOCKET                  set by systemd (Type=notify): READY=1 and STOPPING=1 are sent
+  TOKIO_WORKER_THREADS           when set, the main runtime is tokio's multi-thread one with
+                                 that many threads (unset: one thread; see server.workers)
 
 Signals (run):
   SIGTERM, SIGINT  drain: /readyz turns 503, in-flight requests finish within
@@ -138,8 +140,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// One thread: worker 0, the token fetchers, the admin listener and the signals share it;
+/// `server.workers` > 1 adds a thread with a runtime of its own per further worker. No work
+/// stealing: a sidecar's cores are shared with its application and its load. A deployment
+/// that sets tokio's own `TOKIO_WORKER_THREADS` keeps what it asked for, as before
+/// `server.workers`: tokio's multi-thread runtime with that many threads (tokio refuses 0).
 fn async_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
+        return tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    }
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
 }
 
 fn check_config(path: &Path) -> ExitCode {

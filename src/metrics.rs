@@ -68,6 +68,11 @@ pub struct TenantStatus {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabel {
+    pub worker: usize,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     pub version: &'static str,
 }
@@ -115,6 +120,7 @@ pub struct Metrics {
     upstream_responses: Family<TenantStatus, Counter>,
     ratelimit_remaining: Family<TenantLabel, Gauge>,
     open_connections: Gauge,
+    connections_accepted: Family<WorkerLabel, Counter>,
     in_flight: Family<TenantLabel, Gauge>,
     proxy_errors: Family<CodeLabel, Counter>,
     config_reloads: Family<ResultLabel, Counter>,
@@ -195,6 +201,12 @@ impl Metrics {
                 "open_connections",
                 "Caller connections open on the proxy listener",
                 Gauge::default(),
+            ),
+            connections_accepted: add(
+                &mut r,
+                "connections_accepted",
+                "Caller connections accepted on the proxy listener, by worker (server.workers)",
+                Family::default(),
             ),
             in_flight: add(
                 &mut r,
@@ -328,9 +340,13 @@ impl Metrics {
     }
 
     /// The gauge of open caller connections, for the listener to move.
-    #[allow(dead_code)] // the listener (`server::serve`) does not take it yet
     pub fn open_connections(&self) -> Gauge {
         self.open_connections.clone()
+    }
+
+    /// The counter of connections worker `worker` accepted (its series shows from the start).
+    pub fn connections_accepted(&self, worker: usize) -> Counter {
+        self.connections_accepted.get_or_create(&WorkerLabel { worker }).clone()
     }
 
     /// The token fetch counters of one tenant, every result at zero from the start.

@@ -42,7 +42,7 @@ impl Snapshot {
                 .filter(|t| *t.settings == **settings);
             let tenant = match kept {
                 Some(tenant) => tenant.carry_over(metrics),
-                None => Tenant::start(settings, metrics, cluster)?,
+                None => Tenant::start(settings, metrics, cluster, config.fixed.listener.workers)?,
             };
             tenants.insert(name.clone(), tenant);
         }

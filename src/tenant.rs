@@ -61,14 +61,15 @@ pub fn permit_key(settings: &TenantSettings, entity: Option<&HeaderValue>) -> Te
 pub struct UriError(String);
 
 impl Tenant {
-    /// A tenant built from scratch: a new client, a new token manager (which starts
-    /// fetching at once), a full set of slots.
+    /// A tenant built from scratch: a new client (a pool for each of `workers`), a new token
+    /// manager (which starts fetching at once), a full set of slots.
     pub fn start(
         settings: &Arc<TenantSettings>,
         metrics: &Arc<Metrics>,
         cluster: Option<&Cluster>,
+        workers: usize,
     ) -> Result<Tenant, UpstreamError> {
-        let client = upstream::build(settings)?;
+        let client = upstream::build(settings, workers)?;
         let cluster = cluster.map(|c| TenantCluster::new(c, settings));
         let tokens = TokenManager::start(
             settings.clone(),

@@ -1,5 +1,7 @@
-//! The client toward Zuora: one hyper-util pooled client per tenant, over rustls, built once
-//! and shared by that tenant's API calls and token calls.
+//! The client toward Zuora: per tenant, one hyper-util pooled client per worker, over rustls,
+//! built once and shared by that tenant's API calls and token calls. A request takes the pool
+//! of the worker whose thread it runs on, so that a pooled connection's task lives on the
+//! same thread as the requests that use it.
 
 use crate::body::UpstreamBody;
 use crate::config::TenantSettings;
@@ -11,6 +13,7 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::cell::Cell;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -19,7 +22,32 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
-pub type UpstreamClient = Client<HttpsConnector<Egress>, UpstreamBody>;
+type PooledClient = Client<HttpsConnector<Egress>, UpstreamBody>;
+
+/// A tenant's client: one connection pool per worker (`server.workers`). Cheap to clone.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    per_worker: Arc<[PooledClient]>,
+}
+
+thread_local! {
+    /// The worker this thread serves for; 0 on any thread that is no worker's own (the
+    /// runtime `start` was called on runs worker 0, the token fetches and the admin listener).
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the calling thread as worker `index`'s: its requests take that worker's pools.
+pub fn enter_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+impl UpstreamClient {
+    /// Sends `request` over the calling worker's pool.
+    pub fn request(&self, request: http::Request<UpstreamBody>) -> hyper_util::client::legacy::ResponseFuture {
+        let worker = WORKER.with(Cell::get).min(self.per_worker.len() - 1);
+        self.per_worker[worker].request(request)
+    }
+}
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -38,8 +66,9 @@ pub enum UpstreamError {
     Tls(#[from] rustls::Error),
 }
 
-/// Builds the tenant's client: built-in web PKI roots plus the tenant's `ca_file`, HTTPS only.
-pub fn build(tenant: &TenantSettings) -> Result<UpstreamClient, UpstreamError> {
+/// Builds the tenant's client, with a pool for each of `workers`: built-in web PKI roots plus
+/// the tenant's `ca_file`, HTTPS only.
+pub fn build(tenant: &TenantSettings, workers: usize) -> Result<UpstreamClient, UpstreamError> {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
@@ -72,11 +101,13 @@ pub fn build(tenant: &TenantSettings) -> Result<UpstreamClient, UpstreamError> {
         .https_only()
         .enable_http1()
         .wrap_connector(egress);
-
-    Ok(Client::builder(TokioExecutor::new())
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(POOL_IDLE_TIMEOUT_SECS))
-        .build(https))
+        .pool_idle_timeout(Duration::from_secs(POOL_IDLE_TIMEOUT_SECS));
+    // The connector (and its TLS configuration) is shared; each pool is the worker's own.
+    let per_worker = (0..workers.max(1)).map(|_| builder.build(https.clone())).collect();
+    Ok(UpstreamClient { per_worker })
 }
 
 fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), UpstreamError> {

@@ -369,6 +369,8 @@ async fn caller_input_never_becomes_a_label_value() {
                 "le" => value == "+Inf" || value.parse::<f64>().is_ok(),
                 // zuora_proxy_build_info: the build's own version.
                 "version" => value == env!("CARGO_PKG_VERSION"),
+                // zuora_proxy_connections_accepted_total: the worker's index (server.workers).
+                "worker" => value.parse::<usize>().is_ok(),
                 // Fixed reason codes (retries): lower-case words only.
                 "reason" => value
                     .bytes()

@@ -38,6 +38,8 @@ pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
+/// One serving thread: a sidecar shares its cores with the application it serves.
+pub const DEFAULT_WORKERS: u64 = 1;
 pub const DEFAULT_CALLER_TOKEN_ENDPOINT: bool = true;
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_READY_MIN_TTL_SECS: u64 = 60;
@@ -106,6 +108,8 @@ pub struct ListenerSettings {
     pub max_header_bytes: usize,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Serving threads (`server.workers`), each with its own socket on `listen`.
+    pub workers: usize,
     pub tls: Option<TlsSettings>,
 }
 
@@ -434,6 +438,7 @@ impl Config {
                 "max_header_bytes": self.fixed.listener.max_header_bytes,
                 "idle_timeout": secs(self.fixed.listener.idle_timeout),
                 "max_connections": self.fixed.listener.max_connections,
+                "workers": self.fixed.listener.workers,
                 "tls": self.fixed.listener.tls.as_ref().map(|t| json!({
                     "cert_file": t.cert_file.display().to_string(),
                     "key_file": t.key_file.display().to_string(),

@@ -98,6 +98,8 @@ pub struct RawServer {
     pub idle_timeout: Field<String>,
     /// Connections served at once; more wait in the accept backlog.
     pub max_connections: Field<u64>,
+    /// Threads serving callers, each with its own listening socket and runtime.
+    pub workers: Field<u64>,
     /// Answer `POST /oauth/token` locally with a placeholder token (route `caller-token`), so
     /// that Zuora's SDKs work unchanged; default true.
     pub caller_token_endpoint: Field<bool>,

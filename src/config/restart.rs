@@ -17,6 +17,7 @@ impl Config {
                     max_header_bytes,
                     idle_timeout,
                     max_connections,
+                    workers,
                     tls,
                 },
             admin_listen,
@@ -46,6 +47,7 @@ impl Config {
             "server.max_connections",
             *max_connections != new.listener.max_connections,
         );
+        differ("server.workers", *workers != new.listener.workers);
         match (tls, &new.listener.tls) {
             (None, None) => {}
             (Some(old), Some(new)) => {

@@ -1,11 +1,13 @@
 //! Listeners: the accept loop (bounded by `max_connections`) on TCP or a Unix socket,
 //! optional TLS toward callers, per-connection HTTP/1 settings and timeouts, the requests
-//! the HTTP layer refuses itself, and graceful drain.
+//! the HTTP layer refuses itself, and graceful drain; [`workers`] binds one socket per worker
+//! and runs the workers beyond the first on threads of their own.
 
 mod framing;
 pub mod timeouts;
 pub mod tls;
 pub mod unix;
+pub mod workers;
 
 use crate::body::{GuardedBody, ResponseBody};
 use crate::routes::{ClientIdentity, Peer};
@@ -15,6 +17,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use std::convert::Infallible;
 use std::future::Future;
@@ -38,8 +41,9 @@ pub struct ConnSettings {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
-    /// Connections beyond this wait in the kernel's accept backlog.
-    pub max_connections: usize,
+    /// One slot per connection served (`max_connections`), shared by every worker of a
+    /// listener; without a free one, callers wait in the kernel's accept backlog.
+    pub slots: Arc<Semaphore>,
     /// How long in-flight requests may still run once shutdown begins.
     pub shutdown_grace: Duration,
     /// TLS toward callers; plain HTTP when `None`.
@@ -48,6 +52,8 @@ pub struct ConnSettings {
     pub on_refusal: Option<OnRefusal>,
     /// Counts the connections being served.
     pub open: Option<Gauge>,
+    /// Counts the connections this worker accepted.
+    pub accepted: Option<Counter>,
 }
 
 /// One served connection on the `open` gauge, for as long as its task lives.
@@ -183,7 +189,7 @@ pub async fn serve<H, F>(
         .header_read_timeout(None)
         .max_buf_size(settings.max_header_bytes.max(8192))
         .keep_alive(true);
-    let limit = Arc::new(Semaphore::new(settings.max_connections));
+    let limit = settings.slots.clone();
     let listener = listener.into();
     let local = listener.describe();
     // Connection tasks, so that those still running when the grace expires can be cut.
@@ -213,6 +219,9 @@ pub async fn serve<H, F>(
             settings: settings.clone(),
             watcher: graceful.watcher(),
         };
+        if let Some(accepted) = &settings.accepted {
+            accepted.inc();
+        }
         let open = Open::enter(&settings.open);
         connections.spawn(async move {
             let _permit = permit;

@@ -9,6 +9,8 @@ use crate::routes::Rule;
 /// What a listen address names a Unix socket with.
 const UNIX_PREFIX: &str = "unix:";
 
+/// More serving threads than this is a typo, not a machine.
+const MAX_WORKERS: u64 = 64;
 /// hyper's HTTP/1 parser cannot work with a smaller read buffer.
 const MIN_HEADER_BYTES: u64 = 8192;
 /// Zuora's tokens live one hour: none can stay valid for longer than this.
@@ -81,6 +83,7 @@ pub(super) fn server(issues: &mut Issues, s: &RawServer) -> (ListenerSettings, R
             }
             n => usize::try_from(n).unwrap_or(usize::MAX),
         },
+        workers: workers(issues, s, &listen),
         tls: issues.field("server.tls", &s.tls).and_then(|t| server_tls(issues, t)),
     };
     for (key, d) in [
@@ -94,6 +97,27 @@ pub(super) fn server(issues: &mut Issues, s: &RawServer) -> (ListenerSettings, R
         }
     }
     (listener, requests)
+}
+
+/// `server.workers`: 1 to [`MAX_WORKERS`], and 1 on a Unix socket (`SO_REUSEPORT`, which
+/// spreads connections over the workers' sockets, is for TCP only).
+fn workers(issues: &mut Issues, s: &RawServer, listen: &Listen) -> usize {
+    let workers = issues.number("server.workers", &s.workers, DEFAULT_WORKERS);
+    if !(1..=MAX_WORKERS).contains(&workers) {
+        issues.push(
+            "server.workers",
+            format!("must be from 1 to {MAX_WORKERS} (one per core is the most that helps)"),
+        );
+        return 1;
+    }
+    if workers > 1 && matches!(listen, Listen::Unix(_)) {
+        issues.push(
+            "server.workers",
+            "must be 1 on a Unix socket (several workers share a TCP port, not a socket file)",
+        );
+        return 1;
+    }
+    usize::try_from(workers).unwrap_or(1)
 }
 
 /// A `unix:` listener: its path, mode and group. TLS is refused there: the kernel already
