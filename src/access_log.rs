@@ -149,45 +149,40 @@ fn request_fields(out: &mut String, r: &AccessRecord<'_>) {
     string(out, "path", Some(r.path.as_bytes()));
     string(out, "protocol", Some(r.protocol.as_bytes()));
     string(out, "user_agent", r.user_agent.map(HeaderValue::as_bytes));
-    if let Some(n) = r.request_bytes {
-        let _ = write!(out, ",\"request_bytes\":{n}");
-    }
+    integer(out, "request_bytes", r.request_bytes);
     if let Some((host, port)) = r.upstream_addr {
         // A host from a validated URL: no character that needs escaping.
-        let _ = write!(out, ",\"upstream_addr\":\"{host}:{port}\"");
+        out.push_str(",\"upstream_addr\":\"");
+        out.push_str(host);
+        out.push(':');
+        out.push_str(itoa::Buffer::new().format(port));
+        out.push('"');
     }
 }
 
 /// How it was answered, and how long it took.
 fn outcome_fields(out: &mut String, r: &AccessRecord<'_>) {
-    let _ = write!(out, ",\"status\":{}", r.status);
-    if let Some(s) = r.upstream_status {
-        let _ = write!(out, ",\"upstream_status\":{s}");
-    }
-    let _ = write!(
-        out,
-        ",\"duration_ms\":{},\"total_ms\":{},\"response_bytes\":{}",
-        r.duration_ms, r.total_ms, r.response_bytes
-    );
-    if let Some(ms) = r.ttfb_ms {
-        let _ = write!(out, ",\"ttfb_ms\":{ms}");
-    }
-    if let Some(ms) = r.upstream_ms {
-        let _ = write!(out, ",\"upstream_ms\":{ms}");
-    }
-    let _ = write!(out, ",\"token_retry\":{},\"retries\":{}", r.token_retry, r.retries);
+    integer(out, "status", Some(r.status));
+    integer(out, "upstream_status", r.upstream_status);
+    float(out, "duration_ms", Some(r.duration_ms));
+    float(out, "total_ms", Some(r.total_ms));
+    integer(out, "response_bytes", Some(r.response_bytes));
+    float(out, "ttfb_ms", r.ttfb_ms);
+    float(out, "upstream_ms", r.upstream_ms);
+    out.push_str(if r.token_retry {
+        ",\"token_retry\":true"
+    } else {
+        ",\"token_retry\":false"
+    });
+    integer(out, "retries", Some(r.retries));
 }
 
 /// What Zuora said about it, and the proxy's own error code.
 fn zuora_fields(out: &mut String, r: &AccessRecord<'_>) {
     string(out, "zuora_request_id", r.zuora_request_id.map(HeaderValue::as_bytes));
-    if let Some(code) = r.zuora_reason_code {
-        let _ = write!(out, ",\"zuora_reason_code\":{code}");
-    }
+    integer(out, "zuora_reason_code", r.zuora_reason_code);
     for (name, value) in r.limits {
-        if let Some(n) = value {
-            let _ = write!(out, ",\"{name}\":{n}");
-        }
+        integer(out, name, value);
     }
     string(
         out,
@@ -204,21 +199,42 @@ fn peer_fields(out: &mut String, r: &AccessRecord<'_>) {
             let _ = write!(out, ",\"client_addr\":\"{addr}\"");
         }
         Some(Peer::Unix { uid, gid, pid }) => {
-            let _ = write!(out, ",\"peer_uid\":{uid},\"peer_gid\":{gid}");
-            if let Some(pid) = pid {
-                let _ = write!(out, ",\"peer_pid\":{pid}");
-            }
+            integer(out, "peer_uid", Some(uid));
+            integer(out, "peer_gid", Some(gid));
+            integer(out, "peer_pid", pid);
         }
         None => {}
+    }
+}
+
+/// `,"name":` before a field's value.
+fn key(out: &mut String, name: &str) {
+    out.push_str(",\"");
+    out.push_str(name);
+    out.push_str("\":");
+}
+
+/// `,"name":n` when there is a value, formatted without `core::fmt` (the line's numbers were most of its cost).
+fn integer<N: itoa::Integer>(out: &mut String, name: &str, n: Option<N>) {
+    if let Some(n) = n {
+        key(out, name);
+        out.push_str(itoa::Buffer::new().format(n));
+    }
+}
+
+/// `,"name":x` when there is a value, for a duration in milliseconds (always finite: it is measured).
+fn float(out: &mut String, name: &str, x: Option<f64>) {
+    if let Some(x) = x {
+        key(out, name);
+        out.push_str(ryu::Buffer::new().format(x));
     }
 }
 
 /// `,"name":"value"` with JSON escaping; bytes that are not UTF-8 become U+FFFD.
 fn string(out: &mut String, name: &str, value: Option<&[u8]>) {
     let Some(value) = value else { return };
-    out.push_str(",\"");
-    out.push_str(name);
-    out.push_str("\":\"");
+    key(out, name);
+    out.push('"');
     // Nearly every value is plain ASCII with nothing to escape: copy it whole.
     if value
         .iter()
