@@ -45,6 +45,13 @@ fn is_hex(s: &str, len: usize) -> bool {
 }
 
 /// What Zuora received for the request with this track id.
+/// Sends an abort under `track` with `traceparent`; the traceparent Zuora received for it.
+async fn sent_with(h: &Harness, track: &str, traceparent: &str) -> (String, String, String, String) {
+    let headers = [("zuora-track-id", track), ("traceparent", traceparent)];
+    post(&h.url(&abort_path()), &headers).await;
+    received_traceparent(&at_zuora(h, track))
+}
+
 fn at_zuora(h: &Harness, track: &str) -> HeaderMap {
     let received = h.mock.received();
     let found = received.iter().rev().find(|r| track_of(&r.headers) == track);
@@ -100,23 +107,13 @@ async fn a_valid_traceparent_is_continued_with_the_proxys_own_span_id() {
     // An unsampled caller's decision is kept.
     let track = "trace-valid-2";
     let unsampled = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-00");
-    post(
-        &h.url(&abort_path()),
-        &[("zuora-track-id", track), ("traceparent", &unsampled)],
-    )
-    .await;
-    let (_, trace, _, flags) = received_traceparent(&at_zuora(&h, track));
+    let (_, trace, _, flags) = sent_with(&h, track, &unsampled).await;
     assert_eq!((trace.as_str(), flags.as_str()), (CALLER_TRACE, "00"));
 
     // A later version is read by its first four fields and sent on as version 00.
     let track = "trace-valid-3";
     let future = format!("01-{CALLER_TRACE}-{CALLER_SPAN}-01-what-comes-next");
-    post(
-        &h.url(&abort_path()),
-        &[("zuora-track-id", track), ("traceparent", &future)],
-    )
-    .await;
-    let (version, trace, _, _) = received_traceparent(&at_zuora(&h, track));
+    let (version, trace, _, _) = sent_with(&h, track, &future).await;
     assert_eq!((version.as_str(), trace.as_str()), ("00", CALLER_TRACE));
 }
 
@@ -458,12 +455,7 @@ async fn sample_ratio_decides_new_traces_only() {
     let (_, _, _, flags) = received_traceparent(&at_zuora(&h, "ratio-new"));
     assert_eq!(flags, "00", "a new trace is not sampled at ratio 0");
     let parent = caller_traceparent();
-    post(
-        &h.url(&abort_path()),
-        &[("zuora-track-id", "ratio-caller"), ("traceparent", &parent)],
-    )
-    .await;
-    let (_, trace, _, flags) = received_traceparent(&at_zuora(&h, "ratio-caller"));
+    let (_, trace, _, flags) = sent_with(&h, "ratio-caller", &parent).await;
     assert_eq!(
         (trace.as_str(), flags.as_str()),
         (CALLER_TRACE, "01"),

@@ -513,6 +513,17 @@ pub(crate) mod tests {
         err.issues.iter().map(|i| i.key.as_str()).collect()
     }
 
+    /// Loads `text`, which must be refused with a problem at each of the `wanted` keys (and
+    /// maybe more); returns the error for what else the test checks.
+    pub(crate) fn refused_at(text: &str, wanted: &[&str]) -> ConfigError {
+        let err = Config::from_toml(text).unwrap_err();
+        let found = keys(&err);
+        for want in wanted {
+            assert!(found.contains(want), "{want} missing from {found:?}");
+        }
+        err
+    }
+
     #[test]
     fn unknown_keys_are_errors_with_full_names() {
         let text = format!("{GOOD}\n[admin]\nlisten = \"\"\nlisen = \"x\"\n[tenants.default.extra]\na = 1\n");

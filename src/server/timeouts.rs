@@ -241,8 +241,9 @@ mod tests {
         assert_eq!(ended.elapsed(), idle);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_first_byte_of_a_head_starts_the_header_deadline() {
+    /// A connection that has served one request, watched with a 10 s header deadline and a
+    /// 60 s idle timeout.
+    fn watched_after_one_request() -> (Arc<Activity>, tokio::task::JoinHandle<&'static str>) {
         let activity = Activity::new();
         drop(activity.begin().0);
         let dog = tokio::spawn(watchdog(
@@ -250,6 +251,12 @@ mod tests {
             Duration::from_secs(10),
             Duration::from_secs(60),
         ));
+        (activity, dog)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_byte_of_a_head_starts_the_header_deadline() {
+        let (activity, dog) = watched_after_one_request();
         tokio::time::sleep(Duration::from_secs(30)).await;
         activity.on_read();
         let first_byte = Instant::now();
@@ -260,13 +267,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn writes_keep_an_idle_connection_open() {
-        let activity = Activity::new();
-        drop(activity.begin().0);
-        let dog = tokio::spawn(watchdog(
-            activity.clone(),
-            Duration::from_secs(10),
-            Duration::from_secs(60),
-        ));
+        let (activity, dog) = watched_after_one_request();
         for _ in 0..5 {
             tokio::time::sleep(Duration::from_secs(50)).await;
             activity.on_write();
