@@ -149,7 +149,6 @@ fn hex(digits: &[u8]) -> Option<u128> {
 fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
     let mut values = headers.get_all(&TRACESTATE).iter();
     let first = values.next()?;
-    let joined;
     let value = match values.next() {
         None => first.clone(),
         Some(second) => {
@@ -158,8 +157,7 @@ fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
                 bytes.push(b',');
                 bytes.extend_from_slice(next.as_bytes());
             }
-            joined = HeaderValue::from_bytes(&bytes).ok()?;
-            joined
+            HeaderValue::from_bytes(&bytes).ok()?
         }
     };
     valid_tracestate(value.as_bytes()).then_some(value)
