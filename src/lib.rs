@@ -259,8 +259,8 @@ fn record_refusal(proxy: &Proxy, refusal: server::Refusal) {
     proxy.metrics().proxy_error(refusal.code);
     access_log::emit(&access_log::AccessRecord {
         status: refusal.status.as_u16(),
-        duration_ms: seconds * 1000.0,
-        total_ms: seconds * 1000.0,
+        duration: refusal.head_time,
+        total: refusal.head_time,
         error: Some(refusal.code),
         peer: Some(refusal.peer),
         // Its head was never read: a trace of its own, so that every line has one.

@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Metric, Registry};
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 /// Route label of requests that matched no route.
@@ -293,15 +294,13 @@ impl Metrics {
     /// reason exist from the start, at zero.
     pub fn route(&self, route: &str) -> RouteMeters {
         let meters = self.unrouted(route);
-        let _ = self.requests.get_or_create(&RouteStatus {
-            route: meters.name.clone(),
-            status: 200,
-        });
-        for &reason in RetryOn::ALL {
-            let _ = self.retries.get_or_create(&RouteReason {
+        meters.requests.counter(200);
+        for (kept, &reason) in meters.retried.iter().zip(RetryOn::ALL) {
+            let label = RouteReason {
                 route: meters.name.clone(),
                 reason,
-            });
+            };
+            let _ = kept.set(self.retries.get_or_create(&label).clone());
         }
         meters
     }
@@ -315,8 +314,9 @@ impl Metrics {
                 .request_duration
                 .get_or_create(&RouteLabel { route: name.clone() })
                 .clone(),
-            requests: self.requests.clone(),
+            requests: ByStatus::new(&self.requests, &name, |route, status| RouteStatus { route, status }),
             retries: self.retries.clone(),
+            retried: RetryOn::ALL.iter().map(|_| OnceLock::new()).collect(),
             name,
         }
     }
@@ -335,6 +335,7 @@ impl Metrics {
             ratelimit_remaining: RateLimitRemaining {
                 family: self.ratelimit_remaining.clone(),
                 label,
+                gauge: Arc::default(),
             },
         }
     }
@@ -470,30 +471,86 @@ impl Metrics {
 /// One route's handles.
 #[derive(Clone)]
 pub struct RouteMeters {
-    name: Name,
     duration: Histogram,
-    requests: Family<RouteStatus, Counter>,
+    requests: ByStatus<RouteStatus>,
     retries: Family<RouteReason, Counter>,
+    name: Name,
+    /// The retry counters by reason, once each has been counted (or created at zero).
+    retried: Arc<[OnceLock<Counter>]>,
 }
 
 impl RouteMeters {
     pub fn answered(&self, status: u16, seconds: f64) {
-        self.requests
-            .get_or_create(&RouteStatus {
-                route: self.name.clone(),
-                status,
-            })
-            .inc();
+        self.requests.count(status);
         self.duration.observe(seconds);
     }
 
     pub fn retried(&self, reason: RetryOn) {
-        self.retries
-            .get_or_create(&RouteReason {
-                route: self.name.clone(),
-                reason,
+        let index = RetryOn::ALL.iter().position(|&r| r == reason).unwrap_or_default();
+        self.retried[index]
+            .get_or_init(|| {
+                let label = RouteReason {
+                    route: self.name.clone(),
+                    reason,
+                };
+                self.retries.get_or_create(&label).clone()
             })
             .inc();
+    }
+}
+
+/// Statuses whose counters a [`ByStatus`] keeps once used: Zuora's common ones and the
+/// proxy's own refusals.
+const KEPT_STATUSES: [u16; 20] = [
+    200, 201, 204, 400, 401, 403, 404, 405, 409, 411, 413, 415, 422, 429, 431, 499, 500, 502, 503, 504,
+];
+
+/// One route's or tenant's counters by status. A counter of a [`KEPT_STATUSES`] status is
+/// looked up in its family once, then kept: counting a request is no label built, no hash,
+/// no lock. A series still appears only once something was counted in it (or was created
+/// at zero on purpose).
+#[derive(Clone)]
+struct ByStatus<L> {
+    family: Family<L, Counter>,
+    name: Name,
+    label: fn(Name, u16) -> L,
+    kept: Arc<[OnceLock<Counter>; KEPT_STATUSES.len()]>,
+}
+
+impl<L: Clone + std::hash::Hash + Eq> ByStatus<L> {
+    fn new(family: &Family<L, Counter>, name: &Name, label: fn(Name, u16) -> L) -> ByStatus<L> {
+        ByStatus {
+            family: family.clone(),
+            name: name.clone(),
+            label,
+            kept: Arc::new(std::array::from_fn(|_| OnceLock::new())),
+        }
+    }
+
+    /// The counter of `status`, created at zero if it was not there.
+    fn counter(&self, status: u16) -> Counter {
+        let make = || {
+            self.family
+                .get_or_create(&(self.label)(self.name.clone(), status))
+                .clone()
+        };
+        match KEPT_STATUSES.iter().position(|&s| s == status) {
+            Some(index) => self.kept[index].get_or_init(make).clone(),
+            // Any other status is still a number below 1000: the series count stays bounded.
+            None => make(),
+        }
+    }
+
+    fn count(&self, status: u16) {
+        let kept = KEPT_STATUSES.iter().position(|&s| s == status);
+        match kept.and_then(|index| self.kept[index].get()) {
+            Some(counter) => {
+                counter.inc();
+            }
+            None => {
+                self.counter(status).inc();
+            }
+        }
     }
 }
 
@@ -510,46 +567,19 @@ pub struct TenantMeters {
 
 /// One tenant's response counters by Zuora's status; the common ones exist from the start.
 #[derive(Clone)]
-pub struct UpstreamResponses {
-    tenant: Name,
-    family: Family<TenantStatus, Counter>,
-    common: Vec<(u16, Counter)>,
-}
+pub struct UpstreamResponses(ByStatus<TenantStatus>);
 
 impl UpstreamResponses {
     fn new(family: &Family<TenantStatus, Counter>, tenant: &Name) -> UpstreamResponses {
-        let common = COMMON_UPSTREAM_STATUSES
-            .iter()
-            .map(|&status| {
-                let label = TenantStatus {
-                    tenant: tenant.clone(),
-                    status,
-                };
-                (status, family.get_or_create(&label).clone())
-            })
-            .collect();
-        UpstreamResponses {
-            tenant: tenant.clone(),
-            family: family.clone(),
-            common,
+        let counters = ByStatus::new(family, tenant, |tenant, status| TenantStatus { tenant, status });
+        for status in COMMON_UPSTREAM_STATUSES {
+            counters.counter(status);
         }
+        UpstreamResponses(counters)
     }
 
     pub fn count(&self, status: u16) {
-        match self.common.iter().find(|(s, _)| *s == status) {
-            Some((_, counter)) => {
-                counter.inc();
-            }
-            // Any other status is still a number below 1000: the series count stays bounded.
-            None => {
-                self.family
-                    .get_or_create(&TenantStatus {
-                        tenant: self.tenant.clone(),
-                        status,
-                    })
-                    .inc();
-            }
-        }
+        self.0.count(status);
     }
 }
 
@@ -559,12 +589,17 @@ impl UpstreamResponses {
 pub struct RateLimitRemaining {
     family: Family<TenantLabel, Gauge>,
     label: TenantLabel,
+    /// The series, once Zuora has sent a value (looked up in the family only then).
+    gauge: Arc<OnceLock<Gauge>>,
 }
 
 impl RateLimitRemaining {
     pub fn set(&self, remaining: u64) {
         let value = i64::try_from(remaining).unwrap_or(i64::MAX);
-        self.family.get_or_create(&self.label).set(value);
+        let gauge = self
+            .gauge
+            .get_or_init(|| self.family.get_or_create(&self.label).clone());
+        gauge.set(value);
     }
 }
 

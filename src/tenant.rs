@@ -124,17 +124,19 @@ impl Tenant {
 
     /// The upstream URI: always the tenant's scheme and host, the caller's path and query.
     pub fn uri_for(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, UriError> {
-        let pq = path_and_query.map_or("/", PathAndQuery::as_str);
-        let pq = if self.base_path.is_empty() {
-            PathAndQuery::try_from(pq)
-        } else {
-            PathAndQuery::try_from(format!("{}{pq}", self.base_path))
+        let pq = match (path_and_query, self.base_path.is_empty()) {
+            // The caller's path and query as hyper parsed them: shared, not parsed again.
+            (Some(pq), true) => pq.clone(),
+            (None, true) => PathAndQuery::from_static("/"),
+            (pq, false) => {
+                let pq = pq.map_or("/", PathAndQuery::as_str);
+                PathAndQuery::try_from(format!("{}{pq}", self.base_path)).map_err(|e| UriError(e.to_string()))?
+            }
         };
-        Uri::builder()
-            .scheme(Scheme::HTTPS)
-            .authority(self.authority.clone())
-            .path_and_query(pq.map_err(|e| UriError(e.to_string()))?)
-            .build()
-            .map_err(|e| UriError(e.to_string()))
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTPS);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(pq);
+        Uri::from_parts(parts).map_err(|e| UriError(e.to_string()))
     }
 }

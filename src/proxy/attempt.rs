@@ -100,8 +100,9 @@ pub(super) async fn attempt(
             headers::set_authorization(&mut p.headers, p.token.header());
         }
     };
-    record.upstream_time = Some(started.elapsed());
-    tenant.meters.upstream_duration.observe(started.elapsed().as_secs_f64());
+    let upstream_time = started.elapsed();
+    record.upstream_time = Some(upstream_time);
+    tenant.meters.upstream_duration.observe(upstream_time.as_secs_f64());
     record.guards = Some(p.guards);
     result
 }

@@ -88,7 +88,8 @@ async fn forward(
     record: &mut Record,
 ) -> Result<Response<attempt::Answer>, ProxyError> {
     let limits = &snapshot.config.live.requests;
-    let deadline = Deadline(Instant::now() + limits.request_timeout);
+    // Counted from when the record started the request's clock: one clock read for both.
+    let deadline = Deadline(record.started() + limits.request_timeout);
     let (parts, body) = request.into_parts();
     let admitted = admit::admit(snapshot, &parts, record)?;
     if snapshot.is_caller_token(admitted.route) {

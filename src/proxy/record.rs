@@ -8,14 +8,13 @@ use crate::access_log::{self, AccessRecord};
 use crate::body::{BodyEnd, CallerProgress, ResponseBody, Watch, WatchedBody};
 use crate::config::TenantSettings;
 use crate::error::ProxyError;
-use crate::headers::ZUORA_REQUEST_ID;
 use crate::metrics::Metrics;
 use crate::routes::{Peer, RetryOn, Route, Rule};
 use crate::snapshot::Snapshot;
 use crate::trace::{self, TraceContext};
 use crate::track_id;
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Full;
 use spans::{AttemptSpan, SpanTimes};
 use std::sync::Arc;
@@ -31,24 +30,31 @@ const MAX_LOGGED_USER_AGENT: usize = 256;
 /// Status logged for a request whose caller left before it was answered (nginx's 499).
 const CALLER_GONE_STATUS: u16 = 499;
 
-static CONCURRENCY_LIMIT_TYPE: HeaderName = HeaderName::from_static("concurrency-limit-type");
-/// Index of `RateLimit-Remaining` in [`LOGGED_RESPONSE_HEADERS`].
+/// A response header the access log keeps.
+#[derive(Clone, Copy)]
+enum Logged {
+    RequestId,
+    /// Zuora's numeric rate and concurrency headers, at their index in [`AccessRecord::limits`].
+    Limit(usize),
+    ConcurrencyLimitType,
+}
+
+/// Index of `RateLimit-Remaining` in [`AccessRecord::limits`].
 const RATELIMIT_REMAINING: usize = 1;
 
-/// Zuora's numeric response headers copied into the access log, with their field names.
-static LOGGED_RESPONSE_HEADERS: [(HeaderName, &str); 5] = [
-    (HeaderName::from_static("ratelimit-limit"), "ratelimit_limit"),
-    (HeaderName::from_static("ratelimit-remaining"), "ratelimit_remaining"),
-    (HeaderName::from_static("ratelimit-reset"), "ratelimit_reset"),
-    (
-        HeaderName::from_static("concurrency-limit-limit"),
-        "concurrency_limit_limit",
-    ),
-    (
-        HeaderName::from_static("concurrency-limit-remaining"),
-        "concurrency_limit_remaining",
-    ),
-];
+/// Whether the access log keeps the response header `name` (lower case, as `http` holds it).
+fn logged(name: &str) -> Option<Logged> {
+    Some(match name {
+        "zuora-request-id" => Logged::RequestId,
+        "ratelimit-limit" => Logged::Limit(0),
+        "ratelimit-remaining" => Logged::Limit(RATELIMIT_REMAINING),
+        "ratelimit-reset" => Logged::Limit(2),
+        "concurrency-limit-limit" => Logged::Limit(3),
+        "concurrency-limit-remaining" => Logged::Limit(4),
+        "concurrency-limit-type" => Logged::ConcurrencyLimitType,
+        _ => return None,
+    })
+}
 
 /// One request as it will be logged.
 pub(super) struct Record {
@@ -76,7 +82,7 @@ pub(super) struct Record {
     pub guards: Option<Guards>,
     upstream_status: Option<u16>,
     zuora_request_id: Option<HeaderValue>,
-    limits: [Option<u64>; LOGGED_RESPONSE_HEADERS.len()],
+    limits: [Option<u64>; 5],
     concurrency_limit_type: Option<HeaderValue>,
     /// Status and time of the answer's head, once sent.
     head: Option<(StatusCode, Duration)>,
@@ -151,6 +157,11 @@ impl Record {
         }
     }
 
+    /// When the request arrived.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// When a wait starts, if its span is recorded (no clock is read otherwise).
     pub fn wait_starts(&self) -> Option<Instant> {
         self.spans.as_ref().map(|_| Instant::now())
@@ -219,11 +230,29 @@ impl Record {
     /// Zuora's status and the headers worth logging.
     pub fn upstream_answered(&mut self, status: StatusCode, headers: &HeaderMap) {
         self.upstream_status = Some(status.as_u16());
-        self.zuora_request_id = headers.get(&ZUORA_REQUEST_ID).cloned();
-        for (slot, (name, _)) in self.limits.iter_mut().zip(&LOGGED_RESPONSE_HEADERS) {
-            *slot = headers.get(name).and_then(number);
+        self.zuora_request_id = None;
+        self.limits = Default::default();
+        self.concurrency_limit_type = None;
+        // One pass over the answer's headers; of a repeated header, its first value counts.
+        let mut seen = 0u8;
+        for (name, value) in headers {
+            let Some(field) = logged(name.as_str()) else { continue };
+            let bit = 1
+                << match field {
+                    Logged::RequestId => 5,
+                    Logged::Limit(i) => i,
+                    Logged::ConcurrencyLimitType => 6,
+                };
+            if seen & bit != 0 {
+                continue;
+            }
+            seen |= bit;
+            match field {
+                Logged::RequestId => self.zuora_request_id = Some(value.clone()),
+                Logged::Limit(i) => self.limits[i] = number(value),
+                Logged::ConcurrencyLimitType => self.concurrency_limit_type = Some(value.clone()),
+            }
         }
-        self.concurrency_limit_type = headers.get(&CONCURRENCY_LIMIT_TYPE).cloned();
         if let Some(meters) = self.tenant_meters() {
             meters.responses.count(status.as_u16());
             if let Some(remaining) = self.limits[RATELIMIT_REMAINING] {
@@ -304,16 +333,8 @@ impl Record {
     }
 
     fn emit(&self, status: u16, head_time: Duration, total: Duration) {
-        let path = self.uri.path();
         // Paths are cut for the log; the query is never logged (it may carry personal data).
-        let path = match path.char_indices().nth(MAX_LOGGED_PATH) {
-            Some((cut, _)) => &path[..cut],
-            None => path,
-        };
-        let mut limits: [(&'static str, Option<u64>); LOGGED_RESPONSE_HEADERS.len()] = Default::default();
-        for (slot, ((_, field), value)) in limits.iter_mut().zip(LOGGED_RESPONSE_HEADERS.iter().zip(&self.limits)) {
-            *slot = (field, *value);
-        }
+        let path = logged_path(self.uri.path());
         let upstream_addr = self
             .tenant
             .as_deref()
@@ -322,10 +343,7 @@ impl Record {
         let user_agent = self
             .user_agent
             .as_ref()
-            .map(|ua| match ua.as_bytes().get(..MAX_LOGGED_USER_AGENT) {
-                Some(cut) => HeaderValue::from_bytes(cut).unwrap_or_else(|_| ua.clone()),
-                None => ua.clone(),
-            });
+            .map(|ua| &ua.as_bytes()[..ua.len().min(MAX_LOGGED_USER_AGENT)]);
         access_log::emit(&AccessRecord {
             track_id: self.track_id.as_ref(),
             route: self.route_name(),
@@ -334,21 +352,21 @@ impl Record {
             method: self.method.as_str(),
             path,
             protocol: protocol(self.version),
-            user_agent: user_agent.as_ref(),
+            user_agent,
             request_bytes: self.request_bytes(),
             upstream_addr,
             status,
             upstream_status: self.upstream_status,
-            duration_ms: millis(head_time),
-            total_ms: millis(total),
-            ttfb_ms: self.first_byte.map(millis),
+            duration: head_time,
+            total,
+            ttfb: self.first_byte,
             response_bytes: self.body_bytes,
-            upstream_ms: self.upstream_time.map(millis),
+            upstream: self.upstream_time,
             token_retry: self.token_retry,
             retries: self.retries,
             zuora_request_id: self.zuora_request_id.as_ref(),
             zuora_reason_code: self.zuora_reason_code,
-            limits,
+            limits: self.limits,
             concurrency_limit_type: self.concurrency_limit_type.as_ref(),
             error: self.error,
             peer: self.peer,
@@ -380,6 +398,17 @@ impl Drop for Record {
     }
 }
 
+/// The path up to [`MAX_LOGGED_PATH`] characters (a path no longer in bytes has no more characters).
+fn logged_path(path: &str) -> &str {
+    if path.len() <= MAX_LOGGED_PATH {
+        return path;
+    }
+    match path.char_indices().nth(MAX_LOGGED_PATH) {
+        Some((cut, _)) => &path[..cut],
+        None => path,
+    }
+}
+
 /// A header that should hold a non-negative integer, as one.
 fn number(value: &HeaderValue) -> Option<u64> {
     value.to_str().ok()?.trim().parse().ok()
@@ -403,9 +432,4 @@ fn protocol(version: Version) -> &'static str {
         Version::HTTP_3 => "HTTP/3.0",
         _ => "HTTP",
     }
-}
-
-/// Milliseconds with microsecond precision, for log fields.
-fn millis(d: Duration) -> f64 {
-    d.as_micros() as f64 / 1000.0
 }

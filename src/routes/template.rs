@@ -2,6 +2,7 @@
 //! placeholders. Matching is segment by segment on the raw (still percent-encoded) path, with
 //! no normalisation, so `..`, `//` and trailing slashes never sneak past a literal.
 
+use std::borrow::Cow;
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,8 +140,12 @@ fn check_param(raw: &str, kind: ParamKind) -> Result<(), &'static str> {
     if raw.is_empty() {
         return Err("is empty");
     }
-    let decoded = percent_decode(raw).ok_or("has a malformed percent-encoding")?;
-    if decoded == b"." || decoded == b".." {
+    // Most values have no escape at all: checked where they lie.
+    let decoded = match raw.contains('%') {
+        false => Cow::Borrowed(raw.as_bytes()),
+        true => Cow::Owned(percent_decode(raw).ok_or("has a malformed percent-encoding")?),
+    };
+    if *decoded == *b"." || *decoded == *b".." {
         return Err("is a dot segment");
     }
     if decoded.iter().any(|&b| b == b'/' || b == b'\\') {

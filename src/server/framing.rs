@@ -51,19 +51,28 @@ impl HeadScan {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
 }
 
 /// Whether a head (request line and header lines) names both framing headers.
 pub fn has_both_framings(head: &[u8]) -> bool {
     let mut content_length = false;
     let mut transfer_encoding = false;
-    for line in head.split(|&b| b == b'\n').skip(1) {
-        let name = line.split(|&b| b == b':').next().unwrap_or_default();
-        content_length |= name.eq_ignore_ascii_case(b"content-length");
-        transfer_encoding |= name.eq_ignore_ascii_case(b"transfer-encoding");
+    // Each header line starts after a line feed; the request line is skipped.
+    for start in memchr::memchr_iter(b'\n', head).map(|i| i + 1) {
+        let line = &head[start..];
+        match line.first() {
+            Some(b'c' | b'C') => content_length |= names(line, b"content-length"),
+            Some(b't' | b'T') => transfer_encoding |= names(line, b"transfer-encoding"),
+            _ => {}
+        }
     }
     content_length && transfer_encoding
+}
+
+/// Whether header `line` is `name` (any case) followed by its colon.
+fn names(line: &[u8], name: &[u8]) -> bool {
+    line.get(name.len()) == Some(&b':') && line[..name.len()].eq_ignore_ascii_case(name)
 }
 
 #[cfg(test)]
