@@ -88,15 +88,16 @@ pub(super) async fn attempt(
                 true
             }
             Next::Retry { wait, reason } => {
-                pause(record, reason, wait, result).await;
+                // Boxed, as the other waits off the common path: each would make every
+                // request's future (moved at each of its awaits) as large as itself.
+                Box::pin(pause(record, reason, wait, result)).await;
                 // The token may have run out while waiting; never send an expired one.
                 !p.token.is_usable(Instant::now())
             }
         };
         if renew {
-            p.token = deadline
-                .bound(None, prepare::token(tenant), ProxyError::TokenUnavailable)
-                .await?;
+            let token = deadline.bound(None, prepare::token(tenant), ProxyError::TokenUnavailable);
+            p.token = Box::pin(token).await?;
             headers::set_authorization(&mut p.headers, p.token.header());
         }
     };
@@ -119,7 +120,7 @@ async fn answer_of(
     let (result, failure) = match result {
         Ok(response) if admitted.route.zuora_body_errors && may_hold_failure(method, &response) => {
             let read = deadline.bound(None, read_failure(response), ProxyError::UpstreamTimeout);
-            match read.await {
+            match Box::pin(read).await {
                 Ok((response, failure)) => (Ok(response), failure),
                 Err(error) => (Err(error), None),
             }

@@ -125,3 +125,38 @@ impl Deadline {
         wait < self.0.saturating_duration_since(Instant::now())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::admit::Admitted;
+    use super::prepare::Prepared;
+    use super::*;
+    use std::mem::size_of;
+
+    // The size of what a function returns, without calling it.
+    fn of3<A, B, C, F>(_: impl FnOnce(A, B, C) -> F) -> usize {
+        size_of::<F>()
+    }
+    fn of4<A, B, C, D, F>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
+        size_of::<F>()
+    }
+    fn of6<A, B, C, D, E, G, F>(_: impl FnOnce(A, B, C, D, E, G) -> F) -> usize {
+        size_of::<F>()
+    }
+
+    type Adm = &'static Admitted<'static>;
+    type Rec = &'static mut Record;
+
+    /// Every request's future is moved whole at each of its awaits (and boxed once): a wait
+    /// off the common path that grows it past these bounds belongs in a `Box::pin`.
+    #[test]
+    fn request_futures_stay_small() {
+        let forward = of3::<&'static Snapshot, Request<Incoming>, Rec, _>(forward);
+        let prepare = of6::<Adm, http::request::Parts, Incoming, u64, Deadline, Rec, _>(prepare::prepare);
+        let attempt = of4::<Adm, Prepared, Deadline, Rec, _>(attempt::attempt);
+        eprintln!("bytes: forward {forward}, prepare {prepare}, attempt {attempt}");
+        assert!(forward <= 4096, "forward's future is {forward} bytes");
+        assert!(prepare <= 2048, "prepare's future is {prepare} bytes");
+        assert!(attempt <= 3072, "attempt's future is {attempt} bytes");
+    }
+}

@@ -64,9 +64,12 @@ pub(super) async fn prepare(
     let queue_timeout = Some(tenant.settings.queue_timeout);
     let since = record.wait_starts();
     let permit = async {
-        let slot = deadline
-            .bound(queue_timeout, acquire_slot(tenant), ProxyError::Overloaded)
-            .await?;
+        let slot = match tenant.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            // Boxed, as the token wait below: a wait off the common path would make every
+            // request's future (moved at each of its awaits) as large as itself.
+            Err(_) => Box::pin(deadline.bound(queue_timeout, acquire_slot(tenant), ProxyError::Overloaded)).await?,
+        };
         // The local slot first: `max_concurrency` stays this replica's upper bound.
         let cluster = super::govern::govern(tenant, admitted.rule, deadline).await?;
         Ok((slot, cluster))
@@ -80,7 +83,10 @@ pub(super) async fn prepare(
         cluster,
     };
     let since = record.wait_starts();
-    let token = deadline.bound(None, token(tenant), ProxyError::TokenUnavailable).await;
+    let token = match tenant.tokens.current() {
+        Some(token) => Ok(token),
+        None => Box::pin(deadline.bound(None, token(tenant), ProxyError::TokenUnavailable)).await,
+    };
     record.waited(Wait::Token, since);
     let token = token?;
     let mut headers = parts.headers;
@@ -123,12 +129,9 @@ pub(super) async fn token(tenant: &Tenant) -> Result<Arc<Token>, ProxyError> {
     tenant.tokens.get().await.map_err(|_| ProxyError::TokenUnavailable)
 }
 
-/// A concurrency slot for `tenant`, granted in arrival order. A caller that goes away while
+/// A concurrency slot for `tenant` when none was free at once, granted in arrival order. A caller that goes away while
 /// queued leaves the queue (its future is dropped); the caller bounds the wait.
 async fn acquire_slot(tenant: &Tenant) -> Result<OwnedSemaphorePermit, ProxyError> {
-    if let Ok(permit) = tenant.slots.clone().try_acquire_owned() {
-        return Ok(permit);
-    }
     let _queued = QueueWait::enter(&tenant.meters.queue_length, &tenant.meters.queue_wait);
     tenant
         .slots
