@@ -15,6 +15,9 @@ use tracing_subscriber::EnvFilter;
 
 /// A log line waits at most this long before it is written.
 const FLUSH_INTERVAL_MS: u64 = 100;
+/// With nothing to write, the flusher looks again after this many ticks (a first line wakes
+/// it at once).
+const IDLE_TICKS: u32 = 10;
 /// This much pending wakes the flusher before its next tick.
 const WAKE_AT_BYTES: usize = 64 * 1024;
 /// Past this much pending, the writer is not keeping up: new lines are dropped.
@@ -84,7 +87,8 @@ impl<W: Write + Send + 'static> Sink<W> {
         }
         pending.bytes.extend_from_slice(line);
         pending.appended += line.len() as u64;
-        if before < self.wake_at && pending.bytes.len() >= self.wake_at {
+        // The first line into an empty buffer starts the flusher's tick; a full one writes now.
+        if before == 0 || (before < self.wake_at && pending.bytes.len() >= self.wake_at) {
             self.wake.notify_one();
         }
     }
@@ -94,8 +98,9 @@ impl<W: Write + Send + 'static> Sink<W> {
         let weak: Weak<Sink<W>> = Arc::downgrade(sink);
         std::thread::Builder::new().name("log-flush".into()).spawn(move || {
             let mut reported = 0;
+            let mut spare = Vec::new();
             while let Some(sink) = weak.upgrade() {
-                sink.write_batch(interval);
+                sink.write_batch(interval, &mut spare);
                 // Said once standard error takes lines again, so the gap in the log is explained.
                 let dropped = sink.dropped.load(Ordering::Relaxed);
                 if dropped > reported {
@@ -109,10 +114,22 @@ impl<W: Write + Send + 'static> Sink<W> {
         })
     }
 
-    /// One flusher step: waits for the tick (or an early wake), takes the buffer, writes it.
-    fn write_batch(&self, interval: Duration) {
-        let batch = {
+    /// One flusher step: waits for a first line (at most [`IDLE_TICKS`] ticks: an idle proxy's
+    /// flusher wakes once a second, not ten times), then for the tick (or an early wake), and
+    /// writes what was appended meanwhile. The buffers take turns, so that neither grows
+    /// again from nothing for every batch.
+    fn write_batch(&self, interval: Duration, spare: &mut Vec<u8>) {
+        {
             let mut pending = lock(&self.pending);
+            if pending.bytes.is_empty() && !pending.flush_requested {
+                pending = self
+                    .wake
+                    .wait_timeout_while(pending, interval * IDLE_TICKS, |p| {
+                        p.bytes.is_empty() && !p.flush_requested
+                    })
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
             if pending.bytes.len() < self.wake_at && !pending.flush_requested {
                 pending = self
                     .wake
@@ -121,15 +138,17 @@ impl<W: Write + Send + 'static> Sink<W> {
                     .0;
             }
             pending.flush_requested = false;
-            std::mem::take(&mut pending.bytes)
-        };
+            spare.clear();
+            std::mem::swap(&mut pending.bytes, spare);
+        }
+        let batch = &*spare;
         if batch.is_empty() {
             return;
         }
         {
             let mut output = lock(&self.output);
             // Nowhere to report a failed log write; the next batch tries again.
-            let _ = output.write_all(&batch);
+            let _ = output.write_all(batch);
             let _ = output.flush();
         }
         lock(&self.pending).written += batch.len() as u64;
