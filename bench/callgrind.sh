@@ -42,12 +42,7 @@ wait_ready() {  # pid
 
 # shellcheck source=bench/common.sh
 . "$ROOT/bench/common.sh"
-mkdir -p "$TMP/upstream-tmp"
-make_certs "$TMP/certs"
-sed -e "s#BENCH_TMP#$TMP#g" "$ROOT/bench/upstream.nginx.conf" > "$TMP/upstream.conf"
-nginx -c "$TMP/upstream.conf" -e "$TMP/upstream.err.log" -g "worker_processes 1;" &
-PIDS+=("$!")
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/19443) 2>/dev/null && break; sleep 0.05; done
+start_upstream "$TMP"
 
 proxy_config "$TMP/proxy.toml" "$TMP/certs/ca.pem" "$LOG_LEVEL" "$WORKERS"
 

@@ -1,4 +1,4 @@
-# Sourced by compare.sh and callgrind.sh: the bench's certificates and the proxy's configuration.
+# Sourced by compare.sh, callgrind.sh and memory.sh: the bench's certificates and the proxy's configuration.
 
 # A CA and a server certificate for 127.0.0.1 / localhost, in directory $1.
 make_certs() {
@@ -32,4 +32,17 @@ name = "abort-bulk-job"
 method = "POST"
 path = "/bulk-data/bulk-jobs/{id:uuid}/aborts"
 EOF
+}
+
+# The TLS upstream standing in for Zuora (nginx on :19443, one worker, bench/upstream.nginx.conf)
+# with its certificates in $1/certs; appends nginx's pid to PIDS and returns once it accepts
+# connections. Needs ROOT.
+start_upstream() {
+  local dir="$1"
+  mkdir -p "$dir/upstream-tmp"
+  make_certs "$dir/certs"
+  sed -e "s#BENCH_TMP#$dir#g" "$ROOT/bench/upstream.nginx.conf" > "$dir/upstream.conf"
+  nginx -c "$dir/upstream.conf" -e "$dir/upstream.err.log" -g "worker_processes 1;" &
+  PIDS+=("$!")
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/19443) 2>/dev/null && break; sleep 0.05; done
 }

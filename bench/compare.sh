@@ -71,7 +71,7 @@ check() {  # name url: the abort call answered through the candidate
 
 # ---- build, certificates, upstream ---------------------------------------------------------
 log "building the release binary"
-(cd "$ROOT" && cargo build --release --quiet)
+(cd "$ROOT" && cargo build --release --quiet --no-default-features)  # the production feature set
 BIN="$ROOT/target/release/zuora-auth-proxy"
 
 # shellcheck source=bench/common.sh

@@ -5,7 +5,8 @@
 //! the configuration file watch ([`Running::watch_config`]) and systemd's readiness
 //! protocol ([`sd_notify`]).
 //! [`Probe`] is what tests and tooling may observe besides HTTP; [`mock`] is the fake Zuora
-//! that `demo` and the tests run against.
+//! that `demo` and the tests run against. Both are built only with the cargo feature `demo`
+//! (on by default), which the production build leaves out.
 //!
 //! Layering: every module imports only modules on a floor below its own.
 //! 1. Leaves, importing nothing of the crate: `tls` (crypto provider, PEM), `secret`,
@@ -33,11 +34,13 @@ mod caller_token;
 /// that its tests can drive several instances against one real Redis.
 pub mod cluster;
 mod config;
+#[cfg(feature = "demo")]
 mod demo;
 mod error;
 mod headers;
 mod labels;
 mod metrics;
+#[cfg(feature = "demo")]
 pub mod mock;
 mod proxy;
 mod routes;
@@ -53,6 +56,7 @@ mod track_id;
 mod upstream;
 
 pub use config::{Config, ConfigError, ConfigIssue, CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH};
+#[cfg(feature = "demo")]
 pub use demo::{run as run_demo, DIR_PREFIX as DEMO_DIR_PREFIX, SAMPLE_JOB_ID as DEMO_JOB_ID};
 pub use telemetry::{init as init_logging, LogGuard};
 pub use token::Phase as TokenPhase;

@@ -29,7 +29,8 @@ Signals (run):
 
 Exit codes:
   0   success (a drain finished, check-config found the file valid, wait saw /readyz 200)
-  1   failure at run time (cannot bind, cannot start, second signal, wait timed out)
+  1   failure at run time (cannot bind, cannot start, second signal, wait timed out,
+      demo in a build without the `demo` feature)
   2   usage error (unknown command or option)
   78  configuration error (EX_CONFIG): the file is missing or invalid";
 
@@ -228,8 +229,20 @@ async fn serve(config: Config, path: PathBuf) -> ExitCode {
     }
 }
 
+/// A build without the cargo feature `demo` has no mock Zuora to run against.
+#[cfg(not(feature = "demo"))]
+async fn demo(_once: bool, _listen: SocketAddr, _admin: &str) -> ExitCode {
+    eprintln!(
+        "demo: this build of zuora-auth-proxy has no demo (it was built without the cargo feature \
+         `demo`, as the production build is); build with the default features, e.g. \
+         `cargo run --release -- demo`"
+    );
+    ExitCode::FAILURE
+}
+
 /// The demo stops as `run` does: the first SIGTERM/SIGINT drains, a second exits at once.
 /// Either way the demo's future is dropped before returning, which removes its files.
+#[cfg(feature = "demo")]
 async fn demo(once: bool, listen: SocketAddr, admin: &str) -> ExitCode {
     let mut signals = match StopSignals::install() {
         Ok(signals) => signals,

@@ -1,6 +1,7 @@
 //! One access line per request, however it ends: Zuora's body cut short, a body that stalls
 //! past `server.upstream_body_timeout`, a caller that leaves before its answer. Each is
 //! counted in `proxy_errors_total` by its code, and the tenant's slot comes back.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod client;

@@ -1,5 +1,6 @@
 //! The admin listener: `/healthz`, `/readyz` tied to the tokens and to the drain, `/metrics`
 //! in Prometheus text format with label values that never come from a caller.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod client;

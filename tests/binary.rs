@@ -1,6 +1,7 @@
 //! The `zuora-auth-proxy` binary itself: exit codes of `check-config`, `--version` and
 //! `--help`, and a full `run` against the mock, stopped by SIGTERM, whose logs are JSON lines
 //! that never show a token or the client secret.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod binary;

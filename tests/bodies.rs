@@ -1,5 +1,6 @@
 //! Bodies both ways: a small request body is held so it can be replayed after a 401, a larger
 //! or chunked one streams under the size cap, and Zuora's answer streams back byte for byte.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod chunked;

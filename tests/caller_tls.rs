@@ -1,5 +1,6 @@
 //! TLS toward callers: HTTPS with a certificate re-read when its files change, mutual TLS
 //! with a client CA, rules chosen by the caller's certificate, and the handshake deadline.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod client;

@@ -2,6 +2,7 @@
 //! whatever the body, never forwarded, the caller's secret never logged; subject to rules; off
 //! when `server.caller_token_endpoint = false`. And Zuora's Python SDK, pointed at the proxy,
 //! working unchanged against the mock Zuora.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod client;

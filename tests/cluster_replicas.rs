@@ -3,6 +3,7 @@
 //! the token is fetched about once per lifetime for the whole fleet, Redis failing leaves the
 //! replicas serving under their fallback cap (and they rejoin), and a 429 at one replica
 //! holds the others.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod client;

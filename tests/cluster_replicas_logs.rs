@@ -1,6 +1,7 @@
 //! Secrets in a fleet with `[cluster]`: the token in Redis is sealed, and no log line holds
 //! the token, the client secret or the Redis password. Alone in its binary: log capture is
 //! per thread, and tests running beside it would leave its log callsites disabled.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod client;

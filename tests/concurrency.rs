@@ -1,5 +1,6 @@
 //! The per-tenant concurrency cap: at most `max_concurrency` requests in flight to a tenant,
 //! the rest queued in arrival order for at most `queue_timeout`, then 503 `overloaded`.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod client;

@@ -1,6 +1,7 @@
 //! `demo` as the binary: it serves until SIGTERM or SIGINT, drains and exits 0; `--once` prints
 //! the answer and exits 0; and its temporary directory is gone afterwards, a failed start
 //! included. Each run gets a `TMPDIR` of its own, so "gone" is checked without guessing names.
+#![cfg(feature = "demo")] // runs the `demo` command
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

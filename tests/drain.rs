@@ -1,6 +1,7 @@
 //! Graceful drain: once shutdown begins the listener refuses new connections, idle keep-alive
 //! connections close, in-flight requests finish within `server.shutdown_grace`, then the
 //! proxy stops, in-process (`begin_shutdown` + `wait`) and as a binary on SIGTERM.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod binary;

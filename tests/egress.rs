@@ -1,6 +1,7 @@
 //! Egress through a corporate proxy: `proxy_url` tunnels every connection to Zuora (API and
 //! token calls alike) through HTTP CONNECT with Basic credentials, TLS end to end inside the
 //! tunnel, and the proxy's password never shows in output.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod client;

@@ -5,6 +5,7 @@
 //!
 //! The tests of this binary run one at a time (see [`serial`]): their timing bounds assume
 //! the two CI cores are not shared with another load test of this binary.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod client;

@@ -1,4 +1,5 @@
 //! The core path: a caller's abort reaches Zuora with the injected token and the rule's headers.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod client;

@@ -1,6 +1,7 @@
 //! Hostile and unusual input as raw bytes on a socket: refused without reaching Zuora and
 //! without an extra token fetch, or served the one safe way; and floods of slow or silent
 //! connections that must not stop the proxy from answering everyone else.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod client;

@@ -1,6 +1,7 @@
 //! Requests the HTTP layer refuses itself, before any handler sees them: a malformed head
 //! (400) and a head over `server.max_header_bytes` (431). hyper writes those answers; each
 //! still leaves one access line and a `requests_total{route="(none)"}` count.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod binary;

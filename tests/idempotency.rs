@@ -2,6 +2,7 @@
 //! one (the same for every attempt, so a POST may be retried; a 409 for a key still in
 //! progress is not), and Zuora's `/v1` limit errors inside an HTTP 200 retried like a 429
 //! where a route says `zuora_body_errors = true`.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod client;

@@ -1,5 +1,6 @@
 //! Connection and request limits: header and idle deadlines, the connection cap, head and
 //! body size caps, and the connect and request timeouts toward Zuora, each on real sockets.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod client;

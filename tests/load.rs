@@ -4,6 +4,7 @@
 //!
 //! The tests of this binary run one at a time (see [`serial`]): each measures counts, timing
 //! or memory that a neighbour hammering the same two CI cores would skew.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod binary;

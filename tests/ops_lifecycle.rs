@@ -2,6 +2,7 @@
 //! symlink swap) takes effect without a signal, `wait` gates an application's start on
 //! `/readyz`, systemd hears READY=1 and STOPPING=1, and the exit codes tell a bad
 //! configuration (78) from a bad command line (2).
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod binary;

@@ -3,6 +3,7 @@
 //! stray `101`, its own HTTP version), an early answer that must be relayed, and the
 //! caller's mistakes (a malformed or slow chunked body, a bad `Host`) that are the caller's
 //! errors, not Zuora's. Answers are read off raw sockets where the wire itself is the point.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod client;

@@ -1,5 +1,6 @@
 //! Requests the proxy refuses itself: each gets its own status and JSON error, and none of
 //! them reaches Zuora or costs a token fetch.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod client;

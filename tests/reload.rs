@@ -1,6 +1,7 @@
 //! Changing a running proxy: configuration reloads (in-process and on SIGHUP) swap routes,
 //! rules and tenants for new requests and keep unchanged tenants' tokens; a bad file changes
 //! nothing; a rotated client secret file is used by the next token fetch.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod binary;

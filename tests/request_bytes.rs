@@ -1,5 +1,6 @@
 //! The access line's `request_bytes` for bodies streamed to Zuora (larger than the replay
 //! buffer, or chunked): counted as they go through, so the line says how much the caller sent.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod chunked;

@@ -1,6 +1,7 @@
 //! Retries per route: only when repeating is harmless (idempotent method, idempotent route or
 //! an `Idempotency-Key`) and the body is buffered; waiting per `Retry-After`, else
 //! `RateLimit-Reset`, else backoff, never past the request's deadline.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod chunked;

@@ -1,6 +1,7 @@
 //! The OAuth token's life: one fetch however many callers wait, refresh before expiry, one
 //! refetch and one replay after a 401, backoff and `Retry-After` while the token endpoint
 //! fails, and serving from the cached token meanwhile.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod client;

@@ -3,6 +3,7 @@
 //! follows only a valid one; the access line names the ids Zuora saw; `track_id_from_trace`
 //! makes the track id out of the trace id; and with `[tracing] otlp_endpoint` the spans reach
 //! an OTLP collector, parented as the trace says.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod client;

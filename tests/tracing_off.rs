@@ -1,6 +1,7 @@
 //! With `[tracing] otlp_endpoint` unset (the default) the proxy starts nothing for tracing: no
 //! export thread exists, while requests still carry trace context. Its own test binary, so
 //! that no other test's exporter runs in the same process.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod client;

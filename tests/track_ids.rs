@@ -1,5 +1,6 @@
 //! `Zuora-Track-Id`: a caller's valid id reaches Zuora unchanged and comes back; without one,
 //! the proxy makes one (with the rule's prefix when it has one) and echoes it.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod client;

@@ -1,6 +1,7 @@
 //! Callers on a Unix socket (`server.listen = "unix:/path"`): the proxy answers over it, the
 //! socket file has the configured mode, replaces a stale file and goes away on shutdown,
 //! rules match the caller's uid from `SO_PEERCRED`, and the access line names the caller.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     // Its start-up line parser reads TCP addresses: the socket tests wait for the line instead.

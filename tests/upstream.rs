@@ -1,5 +1,6 @@
 //! When Zuora cannot be reached, is too slow, drops the connection or answers an error: each
 //! failure has its own status and code, and Zuora's own answers pass through unchanged.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod client;

@@ -1,6 +1,7 @@
 //! `server.workers`: several workers share the caller-facing port (one `SO_REUSEPORT` socket
 //! each), and every one of them serves, drains on SIGTERM and follows a reload. Which worker
 //! accepted a connection is read from `zuora_proxy_connections_accepted_total{worker}`.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod binary;
