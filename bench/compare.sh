@@ -9,7 +9,7 @@
 #
 #   bash bench/compare.sh
 #
-# Knobs (environment): RUNS=3 DURATION=10s WARMUP=2s THREADS=2 WORKERS=1 MODES="off on"
+# Knobs (environment): RUNS=3 DURATION=10s WARMUP=2s THREADS=2 WORKERS=1 MODES="off on" IDLE_SECS=5
 #   WORKERS: nginx worker_processes, HAProxy nbthread and the proxy's server.workers.
 # Time: about 2 x 3 loads x RUNS x (candidates) x (DURATION + WARMUP), plus the release
 # build: about 10 minutes with the defaults (15 cells x 3 runs x 12 s); `DURATION=3s
@@ -20,7 +20,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH="$ROOT/bench"
 RUNS="${RUNS:-3}"; DURATION="${DURATION:-10s}"; WARMUP="${WARMUP:-2s}"; THREADS="${THREADS:-2}"
-WORKERS="${WORKERS:-1}"; MODES="${MODES:-off on}"
+WORKERS="${WORKERS:-1}"; MODES="${MODES:-off on}"; IDLE_SECS="${IDLE_SECS:-5}"
 LOADS=("paced8|8|paced" "c64|64|flat" "c256|256|flat")
 BENCH_TMP="$(mktemp -d /tmp/zap-bench.XXXXXX)"
 JOB=3a3e85c4-96e7-486b-ae02-827120104301
@@ -63,6 +63,7 @@ for p in 19443 19080 19090 19081 19082; do port_open "$p" && die "port $p is bus
 
 tree() { echo "$1"; pgrep -P "$1" 2>/dev/null || true; }
 cpu_ticks() { local t=0 a; for p in $(tree "$1"); do read -r -a a <<< "$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null)" || continue; t=$((t + a[11] + a[12])); done; echo "$t"; }
+switches() { local t=0 p; for p in $(tree "$1"); do t=$((t + $(cat /proc/"$p"/task/*/status 2>/dev/null | awk '/ctxt_switches/{s+=$2} END{print s+0}'))); done; echo "$t"; }
 status_kb() { local t=0 v; for p in $(tree "$1"); do v=$(awk -v k="$2:" '$1==k{print $2}' "/proc/$p/status" 2>/dev/null); t=$((t + ${v:-0})); done; echo "$t"; }
 check() {  # name url: the abort call answered through the candidate
   local got; got=$(curl -s -X POST -H 'Content-Length: 0' "$2$REQ_PATH")
@@ -123,6 +124,17 @@ start_candidates() {  # mode: off | on
   for t in "${TARGETS[@]}"; do
     IFS='|' read -r name url pid <<< "$t"
     echo "$(status_kb "$pid" VmRSS)" > "$BENCH_TMP/cells/$mode.$name.idle_kb"
+  done
+  # Wake-ups while idle: context switches of every thread over IDLE_SECS, per second.
+  local before=()
+  for t in "${TARGETS[@]}"; do IFS='|' read -r name url pid <<< "$t"; before+=("$(switches "$pid")"); done
+  sleep "$IDLE_SECS"
+  local i=0
+  for t in "${TARGETS[@]}"; do
+    IFS='|' read -r name url pid <<< "$t"
+    awk -v a="${before[$i]}" -v b="$(switches "$pid")" -v s="$IDLE_SECS" 'BEGIN{printf "%.1f\n", (b-a)/s}' \
+      > "$BENCH_TMP/cells/$mode.$name.idle_wakeups"
+    i=$((i + 1))
   done
 }
 stop_candidates() {
@@ -187,8 +199,8 @@ done
 echo
 echo "# $(date -u +%Y-%m-%dT%H:%MZ)  $(nproc) cores  wrk -t$THREADS, median of $RUNS x $DURATION  workers=$WORKERS  ($(( $(date +%s) - started )) s)"
 echo
-echo "| logs | load | target | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | idle RSS MiB | errors | req/s ÷ nginx | p50 ÷ nginx | p99 ÷ nginx | CPU ÷ nginx | peak RSS ÷ nginx | idle RSS ÷ nginx |"
-echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| logs | load | target | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | idle RSS MiB | errors | req/s ÷ nginx | p50 ÷ nginx | p99 ÷ nginx | CPU ÷ nginx | peak RSS ÷ nginx | idle RSS ÷ nginx | idle wake-ups/s |"
+echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for mode in $MODES; do
   for l in "${LOADS[@]}"; do
     IFS='|' read -r load _ _ <<< "$l"
@@ -199,10 +211,10 @@ for mode in $MODES; do
       peak=$(cat "$cell.peak_kb"); idle=$(cat "$BENCH_TMP/cells/$mode.$name.idle_kb")
       err=$(awk '{s+=$1} END{print s+0}' "$cell.err")
       n_peak=$(cat "$base.peak_kb"); n_idle=$(cat "$BENCH_TMP/cells/$mode.nginx.idle_kb")
-      echo "| $mode | $load | $name | $rps | $p50 | $p99 | $cpu | $(mib "$peak") | $(mib "$idle") | $err | $(ratio "$rps" "$(median "$base.rps")") | $(ratio "$p50" "$(median "$base.p50")") | $(ratio "$p99" "$(median "$base.p99")") | $(ratio "$cpu" "$(median "$base.cpu")") | $(ratio "$peak" "$n_peak") | $(ratio "$idle" "$n_idle") |"
+      echo "| $mode | $load | $name | $rps | $p50 | $p99 | $cpu | $(mib "$peak") | $(mib "$idle") | $err | $(ratio "$rps" "$(median "$base.rps")") | $(ratio "$p50" "$(median "$base.p50")") | $(ratio "$p99" "$(median "$base.p99")") | $(ratio "$cpu" "$(median "$base.cpu")") | $(ratio "$peak" "$n_peak") | $(ratio "$idle" "$n_idle") | $(cat "$BENCH_TMP/cells/$mode.$name.idle_wakeups") |"
     done
   done
 done
 echo
 echo "paced8 = 8 connections, each waiting 1 ms between requests (wrk delay()); c64, c256 = that many connections flat out."
-echo "CPU = user + system time of the candidate's processes during the measured run, per request; RSS = VmRSS (idle: after start and one request) and VmHWM (peak), summed over the candidate's processes."
+echo "CPU = user + system time of the candidate's processes during the measured run, per request; RSS = VmRSS (idle: after start and one request) and VmHWM (peak), summed over the candidate's processes; idle wake-ups = context switches of all their threads per second over $IDLE_SECS s of no traffic, after start and one request."
