@@ -51,11 +51,12 @@ fn remove_connection_named(headers: &mut HeaderMap) {
     }
 }
 
-/// One pass over the names; only those present are removed (most requests carry none).
+/// Removes every header whose name is `doomed`: a pass over the names for each one removed,
+/// with no list allocated (a message carries one or two such headers, and at most hyper's
+/// `max_headers`).
 fn remove_matching(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
-    let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
-    for name in names {
-        headers.remove(name);
+    while let Some(name) = headers.keys().find(|n| doomed(n)).cloned() {
+        headers.remove(&name);
     }
 }
 
