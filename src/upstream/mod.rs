@@ -1,18 +1,24 @@
-//! The client toward Zuora: per tenant, one hyper-util pooled client per worker, over rustls,
-//! built once and shared by that tenant's API calls and token calls. A request takes the pool
-//! of the worker whose thread it runs on, so that a pooled connection's task lives on the
-//! same thread as the requests that use it.
+//! The client toward Zuora: per tenant, for each worker, a pool of HTTP/1.1 connections to
+//! each of the tenant's hosts (REST base and token endpoint), over rustls, shared by that
+//! tenant's API calls and token calls. A request takes the pool of the worker whose thread it
+//! runs on and drives the exchange from its own task; the connection runs on a task of the
+//! same thread. No map is searched: a tenant has one or two hosts, compared in turn.
 
-use crate::body::UpstreamBody;
+mod pool;
+
+use crate::body::{UpstreamBody, ZuoraBody};
 use crate::config::TenantSettings;
 use crate::tls::{crypto_provider, read_certs, PemError};
-use http::Uri;
+use http::header::HOST;
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::client::conn::http1::SendRequest;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
+use pool::{HostPool, Limits};
 use std::cell::Cell;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -21,13 +27,22 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tower_service::Service;
 
-type PooledClient = Client<HttpsConnector<Egress>, UpstreamBody>;
+type Connector = HttpsConnector<Egress>;
 
-/// A tenant's client: one connection pool per worker (`server.workers`). Cheap to clone.
+/// A tenant's client: for each worker (`server.workers`), a pool per host. Cheap to clone.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    per_worker: Arc<[PooledClient]>,
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    connector: Connector,
+    /// The tenant's hosts, in the order of each worker's pools.
+    hosts: Box<[(Scheme, Authority)]>,
+    /// `per_worker[w][h]`: worker `w`'s idle connections to `hosts[h]`.
+    per_worker: Box<[Box<[Arc<HostPool>]>]>,
 }
 
 thread_local! {
@@ -41,18 +56,161 @@ pub fn enter_worker(index: usize) {
     WORKER.with(|w| w.set(index));
 }
 
+/// Why a request got no answer from Zuora. Its text names the step that failed, as in
+/// "client error (Connect)", its sources say why.
+#[derive(Debug)]
+pub struct ClientError {
+    kind: ClientErrorKind,
+    source: Option<BoxError>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientErrorKind {
+    /// No connection could be made (TCP, egress proxy, TLS).
+    Connect,
+    /// The connection closed before the request was sent (on a new connection: not retried).
+    Canceled,
+    /// Sending the request or reading the answer's head failed.
+    SendRequest,
+}
+
+impl ClientError {
+    fn new(kind: ClientErrorKind, source: impl Into<BoxError>) -> ClientError {
+        ClientError {
+            kind,
+            source: Some(source.into()),
+        }
+    }
+
+    /// Whether no connection could be made: nothing reached Zuora.
+    pub fn is_connect(&self) -> bool {
+        self.kind == ClientErrorKind::Connect
+    }
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client error ({:?})", self.kind)
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as _)
+    }
+}
+
 impl UpstreamClient {
-    /// Sends `request` over the calling worker's pool.
-    pub fn request(&self, request: http::Request<UpstreamBody>) -> hyper_util::client::legacy::ResponseFuture {
+    /// Sends `request` (an absolute `https://` URI) over the calling worker's pool for its
+    /// host. A request that a reused connection closed before taking (the peer had closed it
+    /// while idle) is sent once more, on a new connection: hyper gives such a request back
+    /// unsent, so this repeats nothing that reached Zuora.
+    pub async fn request(&self, mut request: Request<UpstreamBody>) -> Result<Response<ZuoraBody>, ClientError> {
+        let shared = &*self.inner;
+        let uri = request.uri().clone();
+        let pool = shared.pool_for(&uri);
+        set_host(&mut request);
+        *request.uri_mut() = origin_form(&uri);
+        let pooled = pool.and_then(|p| p.checkout());
+        let reused = pooled.is_some();
+        let mut sender = match pooled {
+            Some(sender) => sender,
+            None => shared.connect(&uri).await?,
+        };
+        let response = match sender.try_send_request(request).await {
+            Ok(response) => response,
+            Err(mut e) => match e.take_message() {
+                Some(request) if reused => {
+                    tracing::debug!(error = %e.error(), "a pooled connection closed before the request was sent; sending it on a new one");
+                    sender = shared.connect(&uri).await?;
+                    sender.try_send_request(request).await.map_err(send_error)?
+                }
+                _ => return Err(send_error(e)),
+            },
+        };
+        let at_end = pool.map(|pool| {
+            let pool = pool.clone();
+            Box::new(move || pool.give_back(sender)) as crate::body::AtEnd
+        });
+        Ok(response.map(|body| ZuoraBody::new(body, at_end)))
+    }
+}
+
+fn send_error(mut e: hyper::client::conn::TrySendError<Request<UpstreamBody>>) -> ClientError {
+    let kind = if e.take_message().is_some() {
+        ClientErrorKind::Canceled
+    } else {
+        ClientErrorKind::SendRequest
+    };
+    ClientError::new(kind, e.into_error())
+}
+
+impl Shared {
+    /// The calling worker's pool for the URI's host; none for a host that is not the
+    /// tenant's (then the connection serves this one request).
+    fn pool_for(&self, uri: &Uri) -> Option<&Arc<HostPool>> {
         let worker = WORKER.with(Cell::get).min(self.per_worker.len() - 1);
-        self.per_worker[worker].request(request)
+        let at = self
+            .hosts
+            .iter()
+            .position(|(scheme, authority)| Some(scheme) == uri.scheme() && Some(authority) == uri.authority())?;
+        Some(&self.per_worker[worker][at])
+    }
+
+    /// A new connection to the URI's host, its HTTP/1.1 state machine running on a task of
+    /// the calling thread's runtime.
+    async fn connect(&self, uri: &Uri) -> Result<SendRequest<UpstreamBody>, ClientError> {
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(|e| ClientError::new(ClientErrorKind::Connect, e))?;
+        let io = connector
+            .call(uri.clone())
+            .await
+            .map_err(|e| ClientError::new(ClientErrorKind::Connect, e))?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| ClientError::new(ClientErrorKind::Connect, e))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// `Host` from the URI, when the request has none (the port only when not the scheme's own).
+fn set_host(request: &mut Request<UpstreamBody>) {
+    let uri = request.uri();
+    let (Some(host), false) = (uri.host(), request.headers().contains_key(HOST)) else {
+        return;
+    };
+    let default_port = match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    };
+    let value = match uri.port_u16() {
+        Some(port) if Some(port) != default_port => HeaderValue::from_str(&format!("{host}:{port}")),
+        _ => HeaderValue::from_str(host),
+    };
+    if let Ok(value) = value {
+        request.headers_mut().insert(HOST, value);
+    }
+}
+
+/// The path and query alone, as a request inside a connection (or a CONNECT tunnel) to its
+/// host is written.
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(path) if path.as_str() != "/" => Uri::from(path.clone()),
+        _ => Uri::from_static("/"),
     }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Idle pooled connections are closed after this long; Zuora's edge closes them sooner or later anyway.
-const POOL_IDLE_TIMEOUT_SECS: u64 = 90;
 /// TCP keepalive probes on upstream connections, so a dead peer is noticed while idle.
 const TCP_KEEPALIVE_SECS: u64 = 60;
 
@@ -66,7 +224,7 @@ pub enum UpstreamError {
     Tls(#[from] rustls::Error),
 }
 
-/// Builds the tenant's client, with a pool for each of `workers`: built-in web PKI roots plus
+/// Builds the tenant's client, with pools for each of `workers`: built-in web PKI roots plus
 /// the tenant's `ca_file`, HTTPS only.
 pub fn build(tenant: &TenantSettings, workers: usize) -> Result<UpstreamClient, UpstreamError> {
     let mut roots = rustls::RootCertStore {
@@ -96,18 +254,40 @@ pub fn build(tenant: &TenantSettings, workers: usize) -> Result<UpstreamClient, 
         bypass_loopback: tenant.proxy_url.is_none(),
         connect_timeout: tenant.connect_timeout,
     };
-    let https = HttpsConnectorBuilder::new()
+    let connector = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
         .enable_http1()
         .wrap_connector(egress);
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(POOL_IDLE_TIMEOUT_SECS));
-    // The connector (and its TLS configuration) is shared; each pool is the worker's own.
-    let per_worker = (0..workers.max(1)).map(|_| builder.build(https.clone())).collect();
-    Ok(UpstreamClient { per_worker })
+    let mut hosts: Vec<(Scheme, Authority)> = Vec::with_capacity(2);
+    for url in [&tenant.base_url, &tenant.token_url] {
+        if let Some(host) = scheme_and_authority(url) {
+            if !hosts.contains(&host) {
+                hosts.push(host);
+            }
+        }
+    }
+    let limits = Limits {
+        idle_timeout: tenant.pool_idle_timeout,
+        max_idle: tenant.pool_max_idle,
+    };
+    let per_worker = (0..workers.max(1))
+        .map(|_| hosts.iter().map(|_| HostPool::new(limits)).collect())
+        .collect();
+    Ok(UpstreamClient {
+        inner: Arc::new(Shared {
+            connector,
+            hosts: hosts.into(),
+            per_worker,
+        }),
+    })
+}
+
+/// The scheme and authority a request to `url` carries in its URI.
+fn scheme_and_authority(url: &url::Url) -> Option<(Scheme, Authority)> {
+    let uri: Uri = url.as_str().parse().ok()?;
+    let parts = uri.into_parts();
+    Some((parts.scheme?, parts.authority?))
 }
 
 fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), UpstreamError> {
@@ -121,7 +301,7 @@ fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), Ups
 }
 
 /// A client error with its causes, for logs ("client error (Connect): tcp connect error: Connection refused").
-pub fn describe_client_error(error: &hyper_util::client::legacy::Error) -> String {
+pub fn describe_client_error(error: &ClientError) -> String {
     error_chain(error)
         .map(ToString::to_string)
         .collect::<Vec<_>>()
