@@ -111,23 +111,7 @@ impl UpstreamClient {
         let pool = shared.pool_for(&uri);
         set_host(&mut request);
         *request.uri_mut() = origin_form(&uri);
-        let pooled = pool.and_then(|p| p.checkout());
-        let reused = pooled.is_some();
-        let mut sender = match pooled {
-            Some(sender) => sender,
-            None => shared.connect(&uri).await?,
-        };
-        let response = match sender.try_send_request(request).await {
-            Ok(response) => response,
-            Err(mut e) => match e.take_message() {
-                Some(request) if reused => {
-                    tracing::debug!(error = %e.error(), "a pooled connection closed before the request was sent; sending it on a new one");
-                    sender = shared.connect(&uri).await?;
-                    sender.try_send_request(request).await.map_err(send_error)?
-                }
-                _ => return Err(send_error(e)),
-            },
-        };
+        let (response, sender) = shared.exchange(pool.and_then(|p| p.checkout()), &uri, request).await?;
         let at_end = pool.map(|pool| {
             let pool = pool.clone();
             Box::new(move || pool.give_back(sender)) as crate::body::AtEnd
@@ -146,6 +130,33 @@ fn send_error(mut e: hyper::client::conn::TrySendError<Request<UpstreamBody>>) -
 }
 
 impl Shared {
+    /// Sends `request` on `pooled` (else on a new connection); a request the pooled one
+    /// never took goes once more on a new one. The answer, and the connection it came on.
+    async fn exchange(
+        &self,
+        pooled: Option<SendRequest<UpstreamBody>>,
+        uri: &Uri,
+        request: Request<UpstreamBody>,
+    ) -> Result<(Response<hyper::body::Incoming>, SendRequest<UpstreamBody>), ClientError> {
+        let reused = pooled.is_some();
+        let mut sender = match pooled {
+            Some(sender) => sender,
+            None => self.connect(uri).await?,
+        };
+        let response = match sender.try_send_request(request).await {
+            Ok(response) => response,
+            Err(mut e) => match e.take_message() {
+                Some(request) if reused => {
+                    tracing::debug!(error = %e.error(), "a pooled connection closed before the request was sent; sending it on a new one");
+                    sender = self.connect(uri).await?;
+                    sender.try_send_request(request).await.map_err(send_error)?
+                }
+                _ => return Err(send_error(e)),
+            },
+        };
+        Ok((response, sender))
+    }
+
     /// The calling worker's pool for the URI's host; none for a host that is not the
     /// tenant's (then the connection serves this one request).
     fn pool_for(&self, uri: &Uri) -> Option<&Arc<HostPool>> {
@@ -478,6 +489,97 @@ impl<T: Connection> Connection for EarlyAnswer<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mock::MockZuora;
+    use crate::secret::{Secret, SecretSource};
+    use http_body_util::{Either, Full};
+
+    fn settings(mock: &MockZuora, ca_file: PathBuf) -> TenantSettings {
+        let base_url = url::Url::parse(&mock.base_url()).unwrap();
+        TenantSettings {
+            name: "t".into(),
+            token_url: base_url.join("/oauth/token").unwrap(),
+            base_url,
+            client_id: "id".into(),
+            client_secret: SecretSource::Inline(Secret::new("s")),
+            ca_file: Some(ca_file),
+            refresh_margin: Duration::from_secs(300),
+            token_wait: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle: 8,
+            max_concurrency: 40,
+            queue_timeout: Duration::from_secs(10),
+            proxy_url: None,
+            cluster_max_concurrency: 40,
+            fallback_max_concurrency: 40,
+        }
+    }
+
+    fn request(mock: &MockZuora) -> Request<UpstreamBody> {
+        let mut request = Request::new(Either::Left(Full::default()));
+        *request.uri_mut() = format!("{}/v1/accounts/A1", mock.base_url()).parse().unwrap();
+        set_host(&mut request);
+        *request.uri_mut() = origin_form(&format!("{}/v1/accounts/A1", mock.base_url()).parse().unwrap());
+        request
+    }
+
+    /// A connection whose state machine has ended, as hyper leaves one that the peer closed
+    /// while it sat in the pool: a request sent on it is handed back unsent.
+    async fn closed_connection() -> SendRequest<UpstreamBody> {
+        let (io, _other_end) = tokio::io::duplex(64);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
+        drop(connection);
+        sender
+    }
+
+    #[tokio::test]
+    async fn a_request_a_reused_connection_never_took_is_sent_once_on_a_new_one() {
+        let mock = MockZuora::builder().start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let client = build(&settings(&mock, mock.write_ca(dir.path()).unwrap()), 1).unwrap();
+        let uri: Uri = mock.base_url().parse().unwrap();
+        let stale = closed_connection().await;
+        let (response, _) = client.inner.exchange(Some(stale), &uri, request(&mock)).await.unwrap();
+        assert_eq!(response.status(), 401, "Zuora's answer (no token was sent)");
+        assert_eq!(mock.connections(), 1, "on a new connection");
+        assert_eq!(mock.api_calls(), 1, "once");
+    }
+
+    #[tokio::test]
+    async fn a_request_a_closed_connection_never_took_is_a_canceled_error() {
+        let mock = MockZuora::builder().start().await.unwrap();
+        let mut stale = closed_connection().await;
+        let e = stale
+            .try_send_request(request(&mock))
+            .await
+            .map_err(send_error)
+            .unwrap_err();
+        assert_eq!(e.to_string(), "client error (Canceled)");
+        assert!(!e.is_connect());
+        assert_eq!(mock.connections(), 0, "nothing was sent");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error_with_its_causes() {
+        let mock = MockZuora::builder().start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = settings(&mock, mock.write_ca(dir.path()).unwrap());
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        settings.base_url = url::Url::parse(&format!("https://{closed}")).unwrap();
+        let client = build(&settings, 1).unwrap();
+        let mut request = request(&mock);
+        *request.uri_mut() = format!("https://{closed}/v1/accounts/A1").parse().unwrap();
+        let Err(e) = client.request(request).await else {
+            panic!("nothing listens there")
+        };
+        assert!(e.is_connect());
+        let described = describe_client_error(&e);
+        assert!(described.starts_with("client error (Connect): "), "{described}");
+        assert!(described.contains("refused"), "{described}");
+    }
 
     #[test]
     fn loopback_hosts() {
