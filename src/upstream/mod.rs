@@ -106,9 +106,9 @@ impl UpstreamClient {
     /// while idle) is sent once more, on a new connection: hyper gives such a request back
     /// unsent, so this repeats nothing that reached Zuora.
     ///
-    /// The exchange is boxed, as hyper-util's was: embedded in the request path's future it
-    /// made that future several KiB larger, and each of its moves a copy (callgrind: 14,000
-    /// more instructions of `memcpy` per request).
+    /// The exchange is boxed, as hyper-util's was: awaited inline, its state (the connect
+    /// path's among it) made the request path's future larger, copied at each move
+    /// (callgrind: 14,000 more instructions of `memcpy` per request).
     pub fn request(&self, request: Request<UpstreamBody>) -> Pin<Box<dyn Future<Output = Answered> + Send + '_>> {
         Box::pin(self.exchange_pooled(request))
     }
