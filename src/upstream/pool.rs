@@ -71,24 +71,29 @@ impl HostPool {
     /// stack is full (then it is closed). hyper marks the connection ready once it has
     /// finished with the answer; if it has not yet, a small task waits for that.
     pub fn give_back(self: &Arc<HostPool>, mut sender: SendRequest<UpstreamBody>) {
+        // An answer dropped outside any runtime (one shutting down) has no connection task
+        // left to serve another request.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         if self.limits.max_idle == 0 || sender.is_closed() {
             return;
         }
         if sender.is_ready() {
-            self.push(sender);
+            self.push(sender, &runtime);
             return;
         }
         let pool = Arc::downgrade(self);
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             if sender.ready().await.is_ok() {
-                if let Some(pool) = pool.upgrade() {
-                    pool.push(sender);
+                if let (Some(pool), Ok(runtime)) = (pool.upgrade(), tokio::runtime::Handle::try_current()) {
+                    pool.push(sender, &runtime);
                 }
             }
         });
     }
 
-    fn push(self: &Arc<HostPool>, sender: SendRequest<UpstreamBody>) {
+    fn push(self: &Arc<HostPool>, sender: SendRequest<UpstreamBody>, runtime: &tokio::runtime::Handle) {
         let mut idle = self.idle();
         if idle.stack.len() >= self.limits.max_idle {
             return;
@@ -98,7 +103,7 @@ impl HostPool {
             since: Instant::now(),
         });
         if !std::mem::replace(&mut idle.sweeping, true) {
-            tokio::spawn(sweep(Arc::downgrade(self), self.limits.idle_timeout));
+            runtime.spawn(sweep(Arc::downgrade(self), self.limits.idle_timeout));
         }
     }
 
