@@ -18,7 +18,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use support::client::*;
@@ -46,13 +45,7 @@ async fn a_connection_is_reused_for_the_next_requests() {
 
 #[tokio::test]
 async fn an_idle_connection_is_closed_after_pool_idle_timeout() {
-    let (listener, addr) = bind().await;
-    let h = Harness::builder()
-        .rest_at(addr)
-        .tenant("pool_idle_timeout", "\"300ms\"")
-        .ready()
-        .await;
-    let up = Upstream::serve(listener, h.mock.ca());
+    let (h, up) = with_upstream(&[("pool_idle_timeout", "\"300ms\"")]).await;
     assert_eq!(post(&h.url(&abort_path()), &[]).await.status, 200);
     assert_eq!(up.accepted(), 1);
     // No request follows: the pool itself closes the connection.
@@ -63,13 +56,7 @@ async fn an_idle_connection_is_closed_after_pool_idle_timeout() {
 
 #[tokio::test]
 async fn a_connection_is_kept_while_idle_for_less_than_pool_idle_timeout() {
-    let (listener, addr) = bind().await;
-    let h = Harness::builder()
-        .rest_at(addr)
-        .tenant("pool_idle_timeout", "\"60s\"")
-        .ready()
-        .await;
-    let up = Upstream::serve(listener, h.mock.ca());
+    let (h, up) = with_upstream(&[("pool_idle_timeout", "\"60s\"")]).await;
     assert_eq!(post(&h.url(&abort_path()), &[]).await.status, 200);
     // A pause that an idle timeout of 300 ms would not survive (the control of the test above).
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
@@ -80,13 +67,7 @@ async fn a_connection_is_kept_while_idle_for_less_than_pool_idle_timeout() {
 
 #[tokio::test]
 async fn pool_max_idle_keeps_at_most_that_many_after_a_burst() {
-    let (listener, addr) = bind().await;
-    let h = Harness::builder()
-        .rest_at(addr)
-        .tenant("pool_max_idle", "2")
-        .ready()
-        .await;
-    let up = Upstream::serve(listener, h.mock.ca());
+    let (h, up) = with_upstream(&[("pool_max_idle", "2")]).await;
     up.hold();
     let url = h.url(&abort_path());
     let burst: Vec<_> = (0..5)
@@ -136,9 +117,7 @@ async fn a_connection_whose_answer_was_not_read_to_its_end_is_not_reused() {
 
 #[tokio::test]
 async fn a_kept_alive_connection_closed_by_zuora_costs_the_next_request_nothing() {
-    let (listener, addr) = bind().await;
-    let h = Harness::builder().rest_at(addr).ready().await;
-    let up = Upstream::serve(listener, h.mock.ca());
+    let (h, up) = with_upstream(&[]).await;
     assert_eq!(post(&h.url(&abort_path()), &[]).await.status, 200);
     assert_eq!(up.open(), 1);
     // Zuora's edge closes the idle connection, as it does sooner or later.
@@ -153,10 +132,17 @@ async fn a_kept_alive_connection_closed_by_zuora_costs_the_next_request_nothing(
     assert_eq!(up.answered(), 2, "each request reached the upstream once");
 }
 
-async fn bind() -> (TcpListener, SocketAddr) {
+/// A proxy whose tenant (with these keys) has its REST calls answered by an [`Upstream`] and
+/// its tokens by the harness's mock.
+async fn with_upstream(keys: &[(&str, &str)]) -> (Harness, Upstream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    (listener, addr)
+    let mut builder = Harness::builder().rest_at(listener.local_addr().unwrap());
+    for (key, value) in keys {
+        builder = builder.tenant(key, value);
+    }
+    let h = builder.ready().await;
+    let up = Upstream::serve(listener, h.mock.ca());
+    (h, up)
 }
 
 fn in_flight(h: &Harness) -> f64 {
