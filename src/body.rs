@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::time::Sleep;
 
 /// What the caller receives: Zuora's streamed body, or a body the proxy wrote.
-pub type ResponseBody = WatchedBody<Either<Incoming, Full<Bytes>>>;
+pub type ResponseBody = WatchedBody<Either<ZuoraBody, Full<Bytes>>>;
 
 /// What Zuora receives: a buffered (replayable) body, or the caller's stream under a cap.
 pub type UpstreamBody = Either<Full<Bytes>, CallerBody<Limited<Incoming>>>;
@@ -51,6 +51,63 @@ pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
         inner: Either::Right(Full::new(bytes.into())),
         watch: None,
         idle: None,
+    }
+}
+
+/// Zuora's answer body: hyper's, and what to do once it has been read to its end (the
+/// client hands its connection back to the pool then). Dropped or failed before its end, the
+/// body takes its connection with it: hyper closes a connection whose answer was not read.
+pub struct ZuoraBody {
+    inner: Incoming,
+    at_end: Option<AtEnd>,
+}
+
+/// Run once, when a [`ZuoraBody`] has been read to its end.
+pub type AtEnd = Box<dyn FnOnce() + Send + Sync>;
+
+impl ZuoraBody {
+    pub fn new(inner: Incoming, at_end: Option<AtEnd>) -> ZuoraBody {
+        ZuoraBody { inner, at_end }
+    }
+
+    fn ended(&mut self) {
+        if let Some(at_end) = self.at_end.take() {
+            at_end();
+        }
+    }
+}
+
+impl Body for ZuoraBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.ended(),
+            // A reader may stop at the frame that ends the body and never ask for more.
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.ended(),
+            Poll::Ready(Some(Err(_))) => self.at_end = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ZuoraBody {
+    fn drop(&mut self) {
+        // An empty body (a 204, a HEAD, `Content-Length: 0`) ends without ever being read.
+        if self.inner.is_end_stream() {
+            self.ended();
+        }
     }
 }
 

@@ -47,6 +47,12 @@ pub const DEFAULT_READY_MIN_TTL_SECS: u64 = 60;
 pub const DEFAULT_REFRESH_MARGIN_SECS: u64 = 300;
 pub const DEFAULT_TOKEN_WAIT_SECS: u64 = 5;
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
+/// Zuora's edge closes idle connections sooner or later anyway.
+pub const DEFAULT_POOL_IDLE_TIMEOUT_SECS: u64 = 90;
+/// Idle connections kept per worker: above any concurrency a tenant is allowed by default.
+pub const DEFAULT_POOL_MAX_IDLE: u64 = 512;
+/// The most idle connections a pool may be told to keep.
+pub const MAX_POOL_MAX_IDLE: u64 = 100_000;
 /// Zuora's default per-tenant concurrency limit.
 pub const DEFAULT_MAX_CONCURRENCY: u64 = 40;
 /// With `[cluster]`, the same limit counted across every replica.
@@ -222,6 +228,10 @@ pub struct TenantSettings {
     pub refresh_margin: Duration,
     pub token_wait: Duration,
     pub connect_timeout: Duration,
+    /// An idle connection to Zuora is closed after this long.
+    pub pool_idle_timeout: Duration,
+    /// Idle connections kept per worker per host; 0 keeps none (a connection per request).
+    pub pool_max_idle: usize,
     pub max_concurrency: usize,
     pub queue_timeout: Duration,
     /// Explicit egress proxy; `None` means the `HTTPS_PROXY` / `NO_PROXY` environment.
@@ -409,6 +419,8 @@ impl Config {
                         "refresh_margin": secs(t.refresh_margin),
                         "token_wait": secs(t.token_wait),
                         "connect_timeout": secs(t.connect_timeout),
+                        "pool_idle_timeout": secs(t.pool_idle_timeout),
+                        "pool_max_idle": t.pool_max_idle,
                         "max_concurrency": t.max_concurrency,
                         "queue_timeout": secs(t.queue_timeout),
                         "proxy_url": t.proxy_url.as_ref().map(ProxyUrl::redacted),

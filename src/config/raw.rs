@@ -183,6 +183,10 @@ pub struct RawTenant {
     pub token_wait: Field<String>,
     /// TCP connect timeout toward Zuora.
     pub connect_timeout: Field<String>,
+    /// An idle connection to Zuora is closed after this long.
+    pub pool_idle_timeout: Field<String>,
+    /// Idle connections to Zuora kept per worker (per host); more are closed.
+    pub pool_max_idle: Field<u64>,
     /// Requests in flight to this tenant at once (Zuora's default concurrency limit is 40).
     pub max_concurrency: Field<u64>,
     /// How long a request may queue for a concurrency slot before a 503 `overloaded`.

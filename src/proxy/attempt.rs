@@ -8,6 +8,7 @@ use super::prepare::{self, body_error, Prepared};
 use super::record::Record;
 use super::Deadline;
 use crate::backoff::{self, Backoff};
+use crate::body::ZuoraBody as Incoming;
 use crate::body::{transfer_coding_is_decoded, CallerProgress, UpstreamBody};
 use crate::error::ProxyError;
 use crate::headers;
@@ -19,7 +20,6 @@ use crate::upstream::describe_client_error;
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::Incoming;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 

@@ -287,7 +287,7 @@ impl Record {
     /// when the body ends. With `idle`, a body that sends nothing for that long is cut.
     pub fn answer<B>(mut self, response: Response<B>, idle: Option<Duration>) -> Response<ResponseBody>
     where
-        B: Into<http_body_util::Either<hyper::body::Incoming, Full<Bytes>>>,
+        B: Into<http_body_util::Either<crate::body::ZuoraBody, Full<Bytes>>>,
     {
         self.head = Some((response.status(), self.started.elapsed()));
         response.map(|body| WatchedBody::new(body.into(), Box::new(self), idle))

@@ -83,6 +83,7 @@ fn tenant(issues: &mut Issues, name: &str, t: &RawTenant, expected_replicas: u64
     if connect_timeout.is_zero() {
         issues.push(key("connect_timeout"), "must be greater than zero");
     }
+    let (pool_idle_timeout, pool_max_idle) = pool(issues, name, t);
     let max_concurrency = match issues.number(&key("max_concurrency"), &t.max_concurrency, DEFAULT_MAX_CONCURRENCY) {
         0 => {
             issues.push(key("max_concurrency"), "must be at least 1");
@@ -122,12 +123,37 @@ fn tenant(issues: &mut Issues, name: &str, t: &RawTenant, expected_replicas: u64
         refresh_margin,
         token_wait,
         connect_timeout,
+        pool_idle_timeout,
+        pool_max_idle,
         max_concurrency,
         queue_timeout,
         proxy_url,
         cluster_max_concurrency,
         fallback_max_concurrency,
     })
+}
+
+/// How long an idle connection to Zuora is kept (more than zero), and how many are kept idle
+/// per worker (0 to `MAX_POOL_MAX_IDLE`).
+fn pool(issues: &mut Issues, name: &str, t: &RawTenant) -> (Duration, usize) {
+    let key = |field: &str| format!("tenants.{name}.{field}");
+    let idle_timeout = issues.duration(
+        &key("pool_idle_timeout"),
+        &t.pool_idle_timeout,
+        DEFAULT_POOL_IDLE_TIMEOUT_SECS,
+    );
+    if idle_timeout.is_zero() {
+        issues.push(
+            key("pool_idle_timeout"),
+            "must be greater than zero (pool_max_idle = 0 keeps no idle connection)",
+        );
+    }
+    let max_idle = issues.number(&key("pool_max_idle"), &t.pool_max_idle, DEFAULT_POOL_MAX_IDLE);
+    if max_idle > MAX_POOL_MAX_IDLE {
+        issues.push(key("pool_max_idle"), format!("must be at most {MAX_POOL_MAX_IDLE}"));
+    }
+    let max_idle = usize::try_from(max_idle.min(MAX_POOL_MAX_IDLE)).unwrap_or(usize::MAX);
+    (idle_timeout, max_idle)
 }
 
 /// The cluster-wide cap and the fallback share, each at least 1.
