@@ -3,6 +3,7 @@
 //! left unread, and a kept-alive connection that Zuora closed costs the next request nothing.
 //! Against the harness's mock Zuora, or a TLS server of this file's own that counts the
 //! connections it has open.
+#![cfg(feature = "demo")] // drives the embedded mock Zuora
 
 mod support {
     pub mod client;

@@ -507,7 +507,7 @@ impl<T: Connection> Connection for EarlyAnswer<T> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "demo"))] // against the embedded mock Zuora
 mod tests {
     use super::*;
     use crate::mock::MockZuora;
