@@ -41,6 +41,8 @@ struct Shared {
     connector: Connector,
     /// The tenant's hosts, in the order of each worker's pools.
     hosts: Box<[(Scheme, Authority)]>,
+    /// Each host's `Host` value, made once (a request that has none gets a shared copy).
+    host_headers: Box<[Option<HeaderValue>]>,
     /// `per_worker[w][h]`: worker `w`'s idle connections to `hosts[h]`.
     per_worker: Box<[Box<[Arc<HostPool>]>]>,
 }
@@ -116,8 +118,15 @@ impl UpstreamClient {
     async fn exchange_pooled(&self, mut request: Request<UpstreamBody>) -> Answered {
         let shared = &*self.inner;
         let uri = request.uri().clone();
-        let pool = shared.pool_for(&uri);
-        set_host(&mut request);
+        let at = shared.host_index(&uri);
+        let pool = at.map(|at| shared.pool(at));
+        match at.and_then(|at| shared.host_headers[at].as_ref()) {
+            Some(host) if !request.headers().contains_key(HOST) => {
+                request.headers_mut().insert(HOST, host.clone());
+            }
+            Some(_) => {}
+            None => set_host(&mut request),
+        }
         *request.uri_mut() = origin_form(&uri);
         let (response, sender) = shared.exchange(pool.and_then(|p| p.checkout()), &uri, request).await?;
         let at_end = pool.map(|pool| {
@@ -168,15 +177,18 @@ impl Shared {
         Ok((response, sender))
     }
 
-    /// The calling worker's pool for the URI's host; none for a host that is not the
-    /// tenant's (then the connection serves this one request).
-    fn pool_for(&self, uri: &Uri) -> Option<&Arc<HostPool>> {
-        let worker = WORKER.with(Cell::get).min(self.per_worker.len() - 1);
-        let at = self
-            .hosts
+    /// Which of the tenant's hosts the URI's is; none for a host that is not the tenant's
+    /// (then the connection serves this one request).
+    fn host_index(&self, uri: &Uri) -> Option<usize> {
+        self.hosts
             .iter()
-            .position(|(scheme, authority)| Some(scheme) == uri.scheme() && Some(authority) == uri.authority())?;
-        Some(&self.per_worker[worker][at])
+            .position(|(scheme, authority)| Some(scheme) == uri.scheme() && Some(authority) == uri.authority())
+    }
+
+    /// The calling worker's pool for host `at`.
+    fn pool(&self, at: usize) -> &Arc<HostPool> {
+        let worker = WORKER.with(Cell::get).min(self.per_worker.len() - 1);
+        &self.per_worker[worker][at]
     }
 
     /// A new connection to the URI's host, its HTTP/1.1 state machine running on a task of
@@ -212,12 +224,19 @@ impl Shared {
     }
 }
 
-/// `Host` from the URI, when the request has none (the port only when not the scheme's own).
+/// `Host` from the URI, when the request has none.
 fn set_host(request: &mut Request<UpstreamBody>) {
-    let uri = request.uri();
-    let (Some(host), false) = (uri.host(), request.headers().contains_key(HOST)) else {
+    if request.headers().contains_key(HOST) {
         return;
-    };
+    }
+    if let Some(value) = host_value(request.uri()) {
+        request.headers_mut().insert(HOST, value);
+    }
+}
+
+/// The `Host` value for a URI: its host, and its port when not the scheme's own.
+fn host_value(uri: &Uri) -> Option<HeaderValue> {
+    let host = uri.host()?;
     let default_port = match uri.scheme_str() {
         Some("https") => Some(443),
         Some("http") => Some(80),
@@ -227,9 +246,7 @@ fn set_host(request: &mut Request<UpstreamBody>) {
         Some(port) if Some(port) != default_port => HeaderValue::from_str(&format!("{host}:{port}")),
         _ => HeaderValue::from_str(host),
     };
-    if let Ok(value) = value {
-        request.headers_mut().insert(HOST, value);
-    }
+    value.ok()
 }
 
 /// The path and query alone, as a request inside a connection (or a CONNECT tunnel) to its
@@ -303,6 +320,16 @@ pub fn build(tenant: &TenantSettings, workers: usize) -> Result<UpstreamClient, 
         idle_timeout: tenant.pool_idle_timeout,
         max_idle: tenant.pool_max_idle,
     };
+    let host_headers = hosts
+        .iter()
+        .map(|(scheme, authority)| {
+            let uri = Uri::builder()
+                .scheme(scheme.clone())
+                .authority(authority.clone())
+                .path_and_query("/");
+            uri.build().ok().as_ref().and_then(host_value)
+        })
+        .collect();
     let per_worker = (0..workers.max(1))
         .map(|_| hosts.iter().map(|_| HostPool::new(limits)).collect())
         .collect();
@@ -310,6 +337,7 @@ pub fn build(tenant: &TenantSettings, workers: usize) -> Result<UpstreamClient, 
         inner: Arc::new(Shared {
             connector,
             hosts: hosts.into(),
+            host_headers,
             per_worker,
         }),
     })
