@@ -182,30 +182,18 @@ fn timestamp(out: &mut Vec<u8>, now: SystemTime) {
         let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(second);
         let text = humantime::format_rfc3339_seconds(whole).to_string();
         // `2026-12-02T01:35:33Z`: everything but the `Z`, then the decimal point.
-        match text.as_bytes().get(..19) {
-            Some(head) => {
-                prefix[..19].copy_from_slice(head);
-                prefix[19] = b'.';
-                SECOND.set((second, prefix));
-            }
-            None => {
-                // A year past 9999: rare enough to format in full every time.
-                out.extend_from_slice(
-                    humantime::format_rfc3339_micros(now)
-                        .to_string()
-                        .trim_end_matches('Z')
-                        .as_bytes(),
-                );
-                out.push(b'Z');
-                return;
-            }
-        }
+        prefix[..19].copy_from_slice(&text.as_bytes()[..19]);
+        prefix[19] = b'.';
+        SECOND.set((second, prefix));
     }
     out.extend_from_slice(&prefix);
-    let micros = since_epoch.subsec_micros();
+    // Six digits, leading zeros kept.
+    let mut micros = since_epoch.subsec_micros();
     let mut digits = [b'0'; 6];
-    let formatted = itoa::Buffer::new().format(micros).as_bytes().to_owned();
-    digits[6 - formatted.len()..].copy_from_slice(&formatted);
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
     out.extend_from_slice(&digits);
     out.push(b'Z');
 }
