@@ -294,7 +294,7 @@ impl Metrics {
     /// reason exist from the start, at zero.
     pub fn route(&self, route: &str) -> RouteMeters {
         let meters = self.unrouted(route);
-        meters.requests.counter(200);
+        meters.requests.create(200);
         for (kept, &reason) in meters.retried.iter().zip(RetryOn::ALL) {
             let label = RouteReason {
                 route: meters.name.clone(),
@@ -527,30 +527,30 @@ impl<L: Clone + std::hash::Hash + Eq> ByStatus<L> {
         }
     }
 
-    /// The counter of `status`, created at zero if it was not there.
-    fn counter(&self, status: u16) -> Counter {
+    /// Runs `f` on the counter of `status`, looked up in the family (created at zero if it
+    /// was not there) only the first time for a kept status.
+    fn with(&self, status: u16, f: impl FnOnce(&Counter)) {
         let make = || {
             self.family
                 .get_or_create(&(self.label)(self.name.clone(), status))
                 .clone()
         };
         match KEPT_STATUSES.iter().position(|&s| s == status) {
-            Some(index) => self.kept[index].get_or_init(make).clone(),
+            Some(index) => f(self.kept[index].get_or_init(make)),
             // Any other status is still a number below 1000: the series count stays bounded.
-            None => make(),
+            None => f(&make()),
         }
     }
 
+    /// Makes the series of `status` exist, at zero until something is counted in it.
+    fn create(&self, status: u16) {
+        self.with(status, |_| {});
+    }
+
     fn count(&self, status: u16) {
-        let kept = KEPT_STATUSES.iter().position(|&s| s == status);
-        match kept.and_then(|index| self.kept[index].get()) {
-            Some(counter) => {
-                counter.inc();
-            }
-            None => {
-                self.counter(status).inc();
-            }
-        }
+        self.with(status, |counter| {
+            counter.inc();
+        });
     }
 }
 
@@ -573,7 +573,7 @@ impl UpstreamResponses {
     fn new(family: &Family<TenantStatus, Counter>, tenant: &Name) -> UpstreamResponses {
         let counters = ByStatus::new(family, tenant, |tenant, status| TenantStatus { tenant, status });
         for status in COMMON_UPSTREAM_STATUSES {
-            counters.counter(status);
+            counters.create(status);
         }
         UpstreamResponses(counters)
     }
