@@ -120,12 +120,15 @@ impl UpstreamClient {
         let uri = request.uri().clone();
         let at = shared.host_index(&uri);
         let pool = at.map(|at| shared.pool(at));
-        match at.and_then(|at| shared.host_headers[at].as_ref()) {
-            Some(host) if !request.headers().contains_key(HOST) => {
-                request.headers_mut().insert(HOST, host.clone());
+        if !request.headers().contains_key(HOST) {
+            // A tenant host's value was made once; any other host's is made here.
+            let host = match at {
+                Some(at) => shared.host_headers[at].clone(),
+                None => host_value(&uri),
+            };
+            if let Some(host) = host {
+                request.headers_mut().insert(HOST, host);
             }
-            Some(_) => {}
-            None => set_host(&mut request),
         }
         *request.uri_mut() = origin_form(&uri);
         let (response, sender) = shared.exchange(pool.and_then(|p| p.checkout()), &uri, request).await?;
@@ -221,16 +224,6 @@ impl Shared {
             }
         });
         Ok(sender)
-    }
-}
-
-/// `Host` from the URI, when the request has none.
-fn set_host(request: &mut Request<UpstreamBody>) {
-    if request.headers().contains_key(HOST) {
-        return;
-    }
-    if let Some(value) = host_value(request.uri()) {
-        request.headers_mut().insert(HOST, value);
     }
 }
 
@@ -567,7 +560,8 @@ mod tests {
     fn request(mock: &MockZuora) -> Request<UpstreamBody> {
         let mut request = Request::new(Either::Left(Full::default()));
         *request.uri_mut() = format!("{}/v1/accounts/A1", mock.base_url()).parse().unwrap();
-        set_host(&mut request);
+        let host = host_value(request.uri()).unwrap();
+        request.headers_mut().insert(HOST, host);
         *request.uri_mut() = origin_form(&format!("{}/v1/accounts/A1", mock.base_url()).parse().unwrap());
         request
     }
